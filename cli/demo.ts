@@ -1,0 +1,54 @@
+/**
+ * `gen-durable demo`: runs a node on a real Postgres (DATABASE_URL, else an embedded one),
+ * pushes an order workload through it with a progress bar, and prints a summary.
+ */
+import { Cluster } from '../index.js';
+import { startEmbeddedPostgres } from './embedded-postgres.js';
+import { order, receipt } from './demo/machines.js';
+
+export async function demo(args: { orders: number }): Promise<void> {
+  const embedded = process.env.DATABASE_URL ? undefined : await startEmbeddedPostgres();
+  const connectionString = process.env.DATABASE_URL ?? embedded!.url;
+  const schema = `demo_${Date.now().toString(36)}`;
+  console.log(`database: ${embedded ? 'embedded Postgres' : 'DATABASE_URL'}; schema ${schema}`);
+  const node = await Cluster.join({
+    connectionString,
+    schema,
+    machines: [order, receipt],
+    queues: { orders: { concurrency: 50, threads: 2 }, mail: { concurrency: 20, threads: 1 } },
+  });
+  try {
+    const started = Date.now();
+    await node.client.insertAll(
+      Array.from({ length: args.orders }, (_, i) => ({
+        machine: order,
+        state: { order: i, amount: 10 + (i % 90) },
+      })),
+    );
+    await node.client.insertAll(
+      Array.from({ length: args.orders }, (_, i) => ({ machine: receipt, args: { order: i } })),
+    );
+    const total = args.orders * 2;
+    for (;;) {
+      const counts = await node.client.count();
+      const finished = counts
+        .filter((c) => c.status === 'done' || c.status === 'failed')
+        .reduce((a, c) => a + c.count, 0);
+      const width = 40;
+      const filled = Math.round((finished / total) * width);
+      process.stderr.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${finished}/${total}`);
+      if (finished >= total) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    const seconds = (Date.now() - started) / 1000;
+    process.stderr.write('\n');
+    const counts = await node.client.count();
+    console.log('summary:');
+    for (const c of counts)
+      console.log(`  ${c.queue.padEnd(8)} ${c.machine.padEnd(14)} ${c.status.padEnd(8)} ${c.count}`);
+    console.log(`  ${total} instances in ${seconds.toFixed(2)}s (${Math.round(total / seconds)}/s)`);
+  } finally {
+    await node.stop({ timeout: 5_000 });
+    await embedded?.stop();
+  }
+}

@@ -1,0 +1,280 @@
+/**
+ * A node: one member of the cluster, embedded in a user's process. It composes the runtime's
+ * loop (feeders, flusher, client, notifications) with a thread pool per queue and the
+ * periodic services (heartbeat, reaper).
+ *
+ * A step's path: feeder claims rows → pool runs them on a worker thread → results gather in
+ * the flusher → one commit → slots freed (the feeder claims again), local and remote queues
+ * woken, settled instances announced.
+ */
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { Client } from '../runtime/client.js';
+import { errorMessage } from '../runtime/errors.js';
+import type { StepRequest, StepResult } from '../runtime/executor.js';
+import { Feeder } from '../runtime/feeder.js';
+import { type FlushEntry, Flusher } from '../runtime/flusher.js';
+import { NotificationListener, NotificationSender } from '../runtime/notifications.js';
+import { MachineRegistry } from '../runtime/registry.js';
+import { trackResource } from '../runtime/resources.js';
+import { type ClaimedRow, claimBatch, releaseClaims } from '../runtime/sql/loop.js';
+import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
+import { publish, telemetry } from '../runtime/telemetry.js';
+import { QueuePool } from '../threads/pool.js';
+import { migrate } from '../migrations/migrate.js';
+import { Heartbeat } from './heartbeat.js';
+import type { NodeConfig } from './options.js';
+import { Reaper } from './reaper.js';
+
+interface QueueRuntime {
+  readonly feeder: Feeder;
+  readonly pool: QueuePool;
+}
+
+export interface StopOptions {
+  /** How long in-flight steps may take to finish and commit before their rows are released. */
+  readonly timeout?: number;
+}
+
+export class GenDurableNode {
+  readonly id: string;
+  readonly client: Client;
+  readonly #config: NodeConfig;
+  readonly #db: pg.Pool;
+  readonly #ownsDb: boolean;
+  readonly #queues = new Map<string, QueueRuntime>();
+  readonly #flusher: Flusher;
+  readonly #sender: NotificationSender;
+  readonly #listener: NotificationListener;
+  readonly #heartbeat: Heartbeat;
+  readonly #reaper: Reaper;
+  readonly #registry: MachineRegistry;
+  readonly #untrack: () => void;
+  #stopping: Promise<void> | undefined;
+
+  /** @internal Use `Cluster.join()`. */
+  constructor(config: NodeConfig) {
+    this.#config = config;
+    this.id = config.nodeId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+    this.#registry = new MachineRegistry(config.machines, config.resolve);
+    this.#ownsDb = config.pool === undefined;
+    this.#db =
+      config.pool ?? new pg.Pool({ connectionString: config.connectionString, max: config.poolSize });
+    this.#db.on('error', (error) => this.#reportError('pool', error));
+    const schema = config.schema;
+    this.#sender = new NotificationSender(this.#db, schema, (e) => this.#reportError('notify', e));
+    this.#listener = new NotificationListener(this.#db.options, schema);
+    this.client = new Client({
+      pool: this.#db,
+      ownsPool: false,
+      schema,
+      sender: this.#sender,
+      listener: () => this.#listener,
+    });
+    this.#flusher = new Flusher({
+      db: this.#db,
+      schema,
+      nodeId: this.id,
+      maxBatch: config.flushBatch,
+      onFlushed: (entries, applied) => this.#afterFlush(entries, applied),
+      onError: (e) => this.#reportError('flush', e),
+    });
+    for (const [queue, q] of Object.entries(config.queues)) {
+      const pool = new QueuePool({
+        queue,
+        threads: q.threads,
+        concurrency: q.concurrency,
+        registry: this.#registry,
+        graceMs: config.timeoutGrace,
+        onError: (e) => this.#reportError(`threads ${queue}`, e),
+      });
+      const feeder = new Feeder({
+        queue,
+        concurrency: q.concurrency,
+        batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
+        pollIntervalMs: config.pollInterval,
+        claim: (limit) => this.#claim(queue, limit),
+        dispatch: (rows) => this.#dispatch(queue, pool, rows),
+        onError: (e) => this.#reportError(`pick ${queue}`, e),
+      });
+      this.#queues.set(queue, { feeder, pool });
+    }
+    this.#heartbeat = new Heartbeat({
+      db: this.#db,
+      schema,
+      nodeId: this.id,
+      intervalMs: config.heartbeat,
+      leaseMs: config.lease,
+      register: () => this.#register(),
+      onError: (e) => this.#reportError('heartbeat', e),
+    });
+    this.#reaper = new Reaper({
+      db: this.#db,
+      schema,
+      intervalMs: config.reapInterval,
+      batch: 1_000,
+      onReaped: (rows) => {
+        for (const r of rows) if (r.status === 'runnable') this.#wakeQueue(r.queue, 0);
+        this.#sender.settled(rows.filter((r) => r.status === 'failed').map((r) => r.id));
+      },
+      onError: (e) => this.#reportError('reaper', e),
+    });
+    this.#untrack = trackResource(this, 'node', this.id);
+  }
+
+  /** Leadership arrives with the cluster issue; until then every node runs the reaper. */
+  get isLeader(): boolean {
+    return false;
+  }
+
+  get queues(): string[] {
+    return [...this.#queues.keys()];
+  }
+
+  /** Steps claimed by this node and not yet committed, per queue. */
+  inFlight(queue: string): number {
+    return this.#queues.get(queue)?.feeder.inFlight ?? 0;
+  }
+
+  /** Thread count of a queue's pool (dead threads are replaced). */
+  threads(queue: string): number {
+    return this.#queues.get(queue)?.pool.threadCount ?? 0;
+  }
+
+  /** @internal Migrates, registers and starts every service. */
+  async start(): Promise<void> {
+    try {
+      if (this.#config.migrate) await migrate({ pool: this.#db, schema: this.#config.schema });
+      await this.#register();
+      this.#listener.add({
+        onWake: (queue, delayMs) => this.#wakeLocal(queue, delayMs),
+        onReconnect: () => {
+          publish(telemetry.notifierReconnected, () => ({ node: this.id }));
+          for (const { feeder } of this.#queues.values()) feeder.wake();
+        },
+        onError: (e) => this.#reportError('listener', e),
+      });
+      await this.#listener.start();
+      this.#flusher.start();
+      this.#heartbeat.start();
+      this.#reaper.start();
+      for (const { feeder } of this.#queues.values()) feeder.start();
+      publish(telemetry.nodeJoined, () => ({ node: this.id, queues: this.queues }));
+    } catch (error) {
+      await this.#shutdown(0);
+      throw error;
+    }
+  }
+
+  #register(): Promise<void> {
+    return registerNode(this.#db, this.#config.schema, {
+      id: this.id,
+      host: hostname(),
+      pid: process.pid,
+      queues: this.queues,
+    });
+  }
+
+  async #claim(queue: string, limit: number): Promise<ClaimedRow[]> {
+    const rows = await claimBatch(this.#db, this.#config.schema, {
+      queue,
+      limit,
+      nodeId: this.id,
+      leaseMs: this.#config.lease,
+    });
+    publish(telemetry.pick, () => ({ node: this.id, queue, requested: limit, claimed: rows.length }));
+    return rows;
+  }
+
+  #dispatch(queue: string, pool: QueuePool, rows: ClaimedRow[]): void {
+    const claims = new Map<string, string>();
+    const requests: StepRequest[] = rows.map((row) => {
+      claims.set(row.id, row.claim);
+      return {
+        id: row.id,
+        machine: row.fsm,
+        version: row.version,
+        step: row.step,
+        state: row.state,
+        attempt: row.attempt,
+        maxAttempts: row.max_attempts,
+        correlationKey: row.correlation_key,
+      };
+    });
+    pool.execute(requests, (result: StepResult) => {
+      this.#flusher.push({ id: result.id, claim: claims.get(result.id)!, queue, result });
+    });
+  }
+
+  #afterFlush(entries: readonly FlushEntry[], applied: ReadonlySet<string>): void {
+    const freed = new Map<string, number>();
+    const settled: string[] = [];
+    const stale: string[] = [];
+    for (const entry of entries) {
+      freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
+      if (!applied.has(entry.id)) {
+        stale.push(entry.id);
+        continue;
+      }
+      const r = entry.result;
+      if (r.kind === 'done' || r.kind === 'stop') settled.push(entry.id);
+      else if (r.kind === 'release') this.#wakeQueue(entry.queue, 0);
+      else this.#wakeQueue(entry.queue, r.delayMs);
+    }
+    publish(telemetry.flush, () => ({ node: this.id, outcomes: entries.length, applied: applied.size }));
+    if (stale.length > 0) publish(telemetry.outcomeStale, () => ({ node: this.id, ids: stale }));
+    this.#sender.settled(settled);
+    for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
+  }
+
+  /** Work became runnable in `queue`: wake this node's feeder directly, and other nodes by notification. */
+  #wakeQueue(queue: string, delayMs: number): void {
+    this.#wakeLocal(queue, delayMs);
+    if (this.#queues.size > 0) this.#sender.wake(queue, delayMs);
+  }
+
+  #wakeLocal(queue: string, delayMs: number): void {
+    const feeder = this.#queues.get(queue)?.feeder;
+    if (!feeder) return;
+    if (delayMs > 0) feeder.wakeIn(delayMs);
+    else feeder.wake();
+  }
+
+  #reportError(where: string, error: unknown): void {
+    publish(telemetry.error, () => ({ node: this.id, where, error, message: errorMessage(error) }));
+  }
+
+  /**
+   * Graceful drain: stop claiming, let in-flight steps finish and commit for up to
+   * `timeout`, give the rest back without charging an attempt, deregister, close threads
+   * and connections. Idempotent.
+   */
+  stop(options: StopOptions = {}): Promise<void> {
+    this.#stopping ??= this.#shutdown(options.timeout ?? 30_000);
+    return this.#stopping;
+  }
+
+  async #shutdown(timeoutMs: number): Promise<void> {
+    const schema = this.#config.schema;
+    await Promise.all([...this.#queues.values()].map(({ feeder }) => feeder.stop()));
+    const deadline = Date.now() + timeoutMs;
+    const busy = (): boolean => [...this.#queues.values()].some(({ feeder }) => feeder.inFlight > 0);
+    while (busy() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    await this.#flusher.stop();
+    await Promise.all([this.#heartbeat.stop(), this.#reaper.stop()]);
+    const released = await releaseClaims(this.#db, schema, this.id, null).catch((e: unknown) => {
+      this.#reportError('release', e);
+      return [];
+    });
+    await Promise.all([...this.#queues.values()].map(({ pool }) => pool.close()));
+    for (const queue of new Set(released.map((r) => r.queue))) this.#sender.wake(queue, 0);
+    await deregisterNode(this.#db, schema, this.id).catch((e: unknown) => this.#reportError('deregister', e));
+    await this.client.close();
+    await this.#sender.flush();
+    await this.#listener.close();
+    if (this.#ownsDb) await this.#db.end();
+    publish(telemetry.nodeLeft, () => ({ node: this.id, released: released.length }));
+    this.#untrack();
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * `Cluster.join` options: what users pass (`JoinOptions`, the zod input) and the resolved,
+ * frozen configuration (`NodeConfig`, the zod output). A bad option is a `ValidationError`
+ * naming its path, e.g. `queues.checkout.threads`.
+ */
+import pg from 'pg';
+import { z } from 'zod';
+import { durationSchema } from '../runtime/duration.js';
+import { ValidationError, describeZodIssues } from '../runtime/errors.js';
+import { NAME_PATTERN } from '../runtime/machine.js';
+import { validateSchemaName } from '../runtime/sql/db.js';
+
+const queueSchema = z
+  .object({
+    /** Steps of this queue in flight on this node at most. */
+    concurrency: z.number().int().min(1).max(10_000).default(10),
+    /** Worker threads of this queue's pool. */
+    threads: z.number().int().min(1).max(256).default(1),
+    /** Rows claimed by one pick at most (default: the concurrency, capped at 500). */
+    batchSize: z.number().int().min(1).max(10_000).optional(),
+  })
+  .strict();
+
+export const joinOptionsSchema = z
+  .object({
+    connectionString: z.string().min(1).optional(),
+    pool: z.custom<pg.Pool>((v) => v instanceof pg.Pool, 'must be a pg.Pool').optional(),
+    schema: z
+      .string()
+      .default('public')
+      .superRefine((s, ctx) => {
+        try {
+          validateSchemaName(s);
+        } catch (e) {
+          ctx.addIssue({ code: 'custom', message: (e as Error).message });
+        }
+      }),
+    machines: z.array(z.unknown()).default([]),
+    resolve: z
+      .custom<(name: string, version: number) => string | undefined>((v) => typeof v === 'function')
+      .optional(),
+    queues: z
+      .record(
+        z.string().regex(NAME_PATTERN, 'queue names are 1-200 characters of letters, digits, _ . : / -'),
+        queueSchema,
+      )
+      .default({ default: { concurrency: 10, threads: 1 } }),
+    /** How long a claim holds without a heartbeat. */
+    lease: durationSchema.default(30_000),
+    /** How often the node heartbeats (and extends its leases). Must be shorter than lease / 2. */
+    heartbeat: durationSchema.default(5_000),
+    /** Safety-net poll of each feeder, for a notification that never arrived. */
+    pollInterval: durationSchema.default(5_000),
+    /** How often expired leases are reaped. */
+    reapInterval: durationSchema.default(5_000),
+    /** How long past its timeout a step may block its thread before the thread is terminated. */
+    timeoutGrace: durationSchema.default(1_000),
+    /** Outcomes committed by one flush at most. */
+    flushBatch: z.number().int().min(1).max(10_000).default(1_000),
+    /** Connections of the node's pool (picks, flushes, heartbeats, the client). */
+    poolSize: z.number().int().min(2).max(100).default(10),
+    /** Apply migrations when joining (safe with concurrent joiners). */
+    migrate: z.boolean().default(true),
+    nodeId: z.string().regex(NAME_PATTERN).optional(),
+  })
+  .strict()
+  .superRefine((o, ctx) => {
+    if ((o.connectionString === undefined) === (o.pool === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['connectionString'],
+        message: 'give exactly one of connectionString or pool',
+      });
+    }
+    if (o.heartbeat * 2 > o.lease) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['heartbeat'],
+        message: `must be at most half the lease (${o.lease}ms)`,
+      });
+    }
+    if (Object.keys(o.queues).length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['queues'], message: 'needs at least one queue' });
+    }
+  });
+
+export type JoinOptions = z.input<typeof joinOptionsSchema>;
+export type NodeConfig = Readonly<z.output<typeof joinOptionsSchema>>;
+
+export function parseJoinOptions(options: unknown): NodeConfig {
+  const parsed = joinOptionsSchema.safeParse(options);
+  if (!parsed.success) {
+    const { path, message } = describeZodIssues('', parsed.error.issues);
+    throw new ValidationError('invalid_input', path, message);
+  }
+  return Object.freeze(parsed.data);
+}

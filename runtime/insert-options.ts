@@ -1,0 +1,117 @@
+/**
+ * Validation of `insert` / `insertAll` input, before anything touches the database: the
+ * options themselves (unknown options are errors), the machine, and the state or args
+ * against the machine's schema and JSON.
+ */
+import { z } from 'zod';
+import { type Duration, durationSchema } from './duration.js';
+import { ValidationError, describeZodIssues } from './errors.js';
+import { findNonJson } from './json.js';
+import { type AnyMachine, NAME_PATTERN, isMachineDefinition } from './machine.js';
+import type { Queryable } from './sql/db.js';
+import type { InsertRow } from './sql/instances.js';
+import { ALL_STATUSES, LIVE_STATUSES, type Status } from './status.js';
+
+const statusSchema = z.enum(ALL_STATUSES as [Status, ...Status[]]);
+
+export const insertOptionsSchema = z
+  .object({
+    state: z.unknown().optional(),
+    args: z.unknown().optional(),
+    queue: z
+      .string()
+      .regex(NAME_PATTERN, 'must be 1-200 characters of letters, digits, _ . : / -')
+      .optional(),
+    priority: z.number().int().min(-32768).max(32767).optional(),
+    runAt: z
+      .date()
+      .refine((d) => !Number.isNaN(d.getTime()), 'is an invalid Date')
+      .optional(),
+    delay: durationSchema.optional(),
+    correlationKey: z.string().min(1).max(1_000).optional(),
+    correlationScope: z.array(statusSchema).optional(),
+    maxAttempts: z.number().int().min(1).max(10_000).optional(),
+    tx: z
+      .custom<Queryable>(
+        (v) => typeof (v as Queryable | undefined)?.query === 'function',
+        'must be a pg client',
+      )
+      .optional(),
+  })
+  .strict()
+  .refine((o) => o.runAt === undefined || o.delay === undefined, {
+    message: 'give runAt or delay, not both',
+    path: ['delay'],
+  });
+
+/** Options of `insert` (and of each `insertAll` item). */
+export interface InsertOptions {
+  /** The initial state of a machine (validated with its schema). */
+  readonly state?: unknown;
+  /** The arguments of a job (validated with its schema). */
+  readonly args?: unknown;
+  /** Overrides the machine's queue. */
+  readonly queue?: string;
+  /** Lower runs first; default the machine's priority (0). */
+  readonly priority?: number;
+  readonly runAt?: Date;
+  readonly delay?: Duration;
+  /** Addresses the instance and deduplicates inserts while the key is occupied. */
+  readonly correlationKey?: string;
+  /** Statuses in which the key is occupied; default all live statuses; `[]` addresses only. */
+  readonly correlationScope?: readonly Status[];
+  readonly maxAttempts?: number;
+  /** The caller's `pg` client inside a transaction: the row exists iff it commits. */
+  readonly tx?: Queryable;
+}
+
+/** Validates one insert and turns it into the row to write. `path` prefixes field names. */
+export function toInsertRow(machine: unknown, options: unknown, path: string): InsertRow {
+  if (!isMachineDefinition(machine)) {
+    throw new ValidationError(
+      'unknown_machine',
+      `${path}machine`,
+      'is not a defineMachine/defineJob definition',
+    );
+  }
+  const parsed = insertOptionsSchema.safeParse(options ?? {});
+  if (!parsed.success) {
+    const { path: field, message } = describeZodIssues(path.replace(/\.$/, ''), parsed.error.issues);
+    throw new ValidationError('invalid_input', field, message);
+  }
+  const o: z.output<typeof insertOptionsSchema> = parsed.data;
+  const field = machine.kind === 'job' ? 'args' : 'state';
+  const other = machine.kind === 'job' ? 'state' : 'args';
+  if ((other === 'args' ? o.args : o.state) !== undefined) {
+    throw new ValidationError(
+      'invalid_input',
+      `${path}${other}`,
+      `${machine.name} is a ${machine.kind}: pass ${field}, not ${other}`,
+    );
+  }
+  return {
+    fsm: machine.name,
+    version: machine.version,
+    step: String(machine.initial),
+    state: serializeInput(machine, field === 'args' ? o.args : o.state, `${path}${field}`),
+    queue: o.queue ?? machine.queue,
+    priority: o.priority ?? machine.priority,
+    delayMs: o.delay ?? 0,
+    runAt: o.runAt ?? null,
+    correlationKey: o.correlationKey ?? null,
+    correlationScope: `{${(o.correlationScope ?? LIVE_STATUSES).join(',')}}`,
+    maxAttempts: o.maxAttempts ?? machine.maxAttempts,
+  };
+}
+
+function serializeInput(machine: AnyMachine, value: unknown, path: string): string {
+  const parsed = machine.state.safeParse(value);
+  if (!parsed.success) {
+    const { path: field, message } = describeZodIssues(path, parsed.error.issues);
+    throw new ValidationError('invalid_state', field, message);
+  }
+  const bad = findNonJson(parsed.data, path);
+  if (bad) throw new ValidationError('not_serializable', bad.path, bad.reason);
+  if (parsed.data === undefined) throw new ValidationError('invalid_state', path, 'is required');
+  return JSON.stringify(parsed.data);
+}

@@ -1,0 +1,57 @@
+/**
+ * JSON checks for values that are stored as `jsonb`: functions, symbols, BigInt, cycles,
+ * non-finite numbers and class instances that JSON would silently mangle are rejected with
+ * the path of the first offender.
+ */
+
+/** Returns the dotted path and reason of the first non-JSON value, or null when `value` is JSON. */
+export function findNonJson(value: unknown, path = ''): { path: string; reason: string } | null {
+  const seen = new Set<object>();
+  const visit = (v: unknown, p: string): { path: string; reason: string } | null => {
+    switch (typeof v) {
+      case 'string':
+      case 'boolean':
+        return null;
+      case 'number':
+        return Number.isFinite(v) ? null : { path: p, reason: `${v} is not a JSON number` };
+      case 'bigint':
+        return { path: p, reason: 'a BigInt is not JSON (use a string or number)' };
+      case 'function':
+        return { path: p, reason: 'a function is not JSON' };
+      case 'symbol':
+        return { path: p, reason: 'a symbol is not JSON' };
+      case 'undefined':
+        return null; // dropped by JSON in objects; callers decide about top-level undefined
+      case 'object': {
+        if (v === null) return null;
+        if (seen.has(v)) return { path: p, reason: 'a cycle is not JSON' };
+        if (v instanceof Date) return null; // serialises to an ISO string
+        seen.add(v);
+        if (Array.isArray(v)) {
+          for (let i = 0; i < v.length; i++) {
+            const bad = visit(v[i], `${p}[${i}]`);
+            if (bad) return bad;
+          }
+        } else {
+          const proto: unknown = Object.getPrototypeOf(v);
+          if (proto !== Object.prototype && proto !== null) {
+            const ctor = (v as { constructor?: { name?: string } }).constructor?.name ?? 'object';
+            return { path: p, reason: `a ${ctor} instance is not plain JSON` };
+          }
+          for (const [key, child] of Object.entries(v)) {
+            const bad = visit(child, p ? `${p}.${key}` : key);
+            if (bad) return bad;
+          }
+        }
+        seen.delete(v);
+        return null;
+      }
+    }
+  };
+  return visit(value, path);
+}
+
+/** Stringifies a value known to be JSON; `undefined` becomes `null`. */
+export function toJson(value: unknown): string {
+  return value === undefined ? 'null' : JSON.stringify(value);
+}

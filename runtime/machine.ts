@@ -1,0 +1,225 @@
+/**
+ * Machine and job definitions. A definition is plain data plus step functions; it records
+ * the module it lives in (`module: import.meta.url`) so that a worker thread can import it
+ * by itself. The same definition object is used by the client (to validate inserts) and by
+ * worker threads (to run steps).
+ */
+import { z } from 'zod';
+import { DEFAULT_MAX_ATTEMPTS } from './backoff.js';
+import { type Duration, durationSchema } from './duration.js';
+import { ValidationError, describeZodIssues } from './errors.js';
+import { type Outcome, done, isOutcome } from './outcome.js';
+
+/** What a step sees besides its state. */
+export interface StepContext {
+  readonly id: string;
+  readonly machine: string;
+  readonly version: number;
+  readonly step: string;
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  readonly correlationKey: string | null;
+  /** Fired when the step times out and when the node is forced to shut down. */
+  readonly abortSignal: AbortSignal;
+}
+
+/** An error handed to `onError`: what went wrong with a step. */
+export interface StepFailure {
+  readonly message: string;
+  readonly name: string;
+  /** `'thrown'` (throw or rejection), `'invalid_outcome'`, `'invalid_state'`, `'timeout'`, `'thread_exit'`. */
+  readonly kind: StepFailureKind;
+}
+export type StepFailureKind = 'thrown' | 'invalid_outcome' | 'invalid_state' | 'timeout' | 'thread_exit';
+
+export type StepFn<K extends string, S, In> = (
+  state: S,
+  ctx: StepContext,
+) => Outcome<K, In> | Promise<Outcome<K, In>>;
+export type OnErrorFn<K extends string, S, In> = (
+  error: StepFailure,
+  state: S,
+  ctx: StepContext,
+) => Outcome<K, In> | Promise<Outcome<K, In>>;
+
+export interface MachineConfig<Schema extends z.ZodType, K extends string> {
+  /** Where worker threads import this definition from: pass `import.meta.url`. */
+  readonly module: string;
+  readonly name: string;
+  readonly version?: number;
+  /** Default queue of new instances; defaults to `'default'`. */
+  readonly queue?: string;
+  readonly state: Schema;
+  readonly initial: NoInfer<K>;
+  readonly steps: { readonly [P in K]: StepFn<NoInfer<K>, z.output<Schema>, z.input<Schema>> };
+  readonly onError?: OnErrorFn<NoInfer<K>, z.output<Schema>, z.input<Schema>>;
+  readonly maxAttempts?: number;
+  readonly backoff?: (attempt: number) => Duration;
+  readonly stepTimeout?: Duration;
+  readonly priority?: number;
+}
+
+export interface MachineDefinition<Schema extends z.ZodType = z.ZodType, K extends string = string> {
+  readonly type: 'gen-durable/machine';
+  readonly kind: 'machine' | 'job';
+  readonly module: string;
+  readonly name: string;
+  readonly version: number;
+  readonly queue: string;
+  readonly state: Schema;
+  readonly initial: K;
+  readonly steps: { readonly [P in K]: StepFn<K, z.output<Schema>, z.input<Schema>> };
+  readonly onError: OnErrorFn<K, z.output<Schema>, z.input<Schema>> | undefined;
+  readonly maxAttempts: number;
+  readonly backoff: ((attempt: number) => Duration) | undefined;
+  readonly stepTimeoutMs: number | null;
+  readonly priority: number;
+}
+
+/** A definition whose state and step types are not known statically (registries, workers). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyMachine = MachineDefinition<z.ZodType, any>;
+
+export const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,199}$/;
+const nameSchema = z.string().regex(NAME_PATTERN, 'must be 1-200 characters of letters, digits, _ . : / -');
+
+const baseConfigSchema = z.object({
+  module: z
+    .string()
+    .refine(
+      (m) => /^(file|data|node):/.test(m) || m.startsWith('/'),
+      'must be a module URL (import.meta.url)',
+    ),
+  name: nameSchema,
+  version: z.number().int().min(1).max(2_147_483_647).default(1),
+  queue: nameSchema.default('default'),
+  maxAttempts: z.number().int().min(1).max(10_000).default(DEFAULT_MAX_ATTEMPTS),
+  backoff: z.function().optional(),
+  onError: z.function().optional(),
+  stepTimeout: durationSchema.optional(),
+  priority: z.number().int().min(-32768).max(32767).default(0),
+});
+
+function parseConfig<T extends z.ZodType>(schema: T, input: unknown, what: string): z.output<T> {
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const { path, message } = describeZodIssues('', parsed.error.issues);
+    throw new ValidationError('invalid_input', path, `${what}: ${message}`);
+  }
+  return parsed.data;
+}
+
+const machineConfigSchema = baseConfigSchema
+  .extend({
+    state: z.custom<z.ZodType>((v) => v instanceof z.ZodType, 'must be a zod schema'),
+    initial: z.string().min(1),
+    steps: z.record(z.string(), z.function()),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    if (Object.keys(cfg.steps).length === 0)
+      ctx.addIssue({ code: 'custom', path: ['steps'], message: 'needs at least one step' });
+    if (!Object.hasOwn(cfg.steps, cfg.initial))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['initial'],
+        message: `"${cfg.initial}" is not one of the steps`,
+      });
+  });
+
+/** Defines a durable state machine. */
+export function defineMachine<Schema extends z.ZodType, const K extends string>(
+  config: MachineConfig<Schema, K>,
+): MachineDefinition<Schema, K> {
+  const cfg = parseConfig(
+    machineConfigSchema,
+    config,
+    `machine ${String((config as { name?: unknown }).name)}`,
+  );
+  return Object.freeze({
+    type: 'gen-durable/machine',
+    kind: 'machine',
+    module: cfg.module,
+    name: cfg.name,
+    version: cfg.version,
+    queue: cfg.queue,
+    state: config.state,
+    initial: config.initial,
+    steps: config.steps,
+    onError: config.onError,
+    maxAttempts: cfg.maxAttempts,
+    backoff: config.backoff,
+    stepTimeoutMs: cfg.stepTimeout ?? null,
+    priority: cfg.priority,
+  });
+}
+
+export interface JobConfig<Schema extends z.ZodType> {
+  readonly module: string;
+  readonly name: string;
+  readonly version?: number;
+  readonly queue?: string;
+  readonly args: Schema;
+  readonly maxAttempts?: number;
+  readonly backoff?: (attempt: number) => Duration;
+  readonly stepTimeout?: Duration;
+  readonly priority?: number;
+  /** Returning a value finishes the job as `done(value)`; returning `stop(reason)` fails it at once. */
+  readonly perform: (args: z.output<Schema>, ctx: StepContext) => unknown;
+}
+
+export type JobDefinition<Schema extends z.ZodType = z.ZodType> = MachineDefinition<Schema, 'perform'>;
+
+const jobConfigSchema = baseConfigSchema
+  .extend({
+    args: z.custom<z.ZodType>((v) => v instanceof z.ZodType, 'must be a zod schema'),
+    perform: z.function(),
+  })
+  .strict();
+
+/** The only step of a job. */
+export const JOB_STEP = 'perform';
+
+/** Defines a one-step durable job. */
+export function defineJob<Schema extends z.ZodType>(config: JobConfig<Schema>): JobDefinition<Schema> {
+  const cfg = parseConfig(jobConfigSchema, config, `job ${String((config as { name?: unknown }).name)}`);
+  const perform = config.perform;
+  const step = async (
+    args: z.output<Schema>,
+    ctx: StepContext,
+  ): Promise<Outcome<'perform', z.input<Schema>>> => {
+    const value: unknown = await perform(args, ctx);
+    if (isOutcome(value) && (value.kind === 'stop' || value.kind === 'retry' || value.kind === 'done')) {
+      return value as Outcome<'perform', z.input<Schema>>;
+    }
+    return done(value);
+  };
+  return Object.freeze({
+    type: 'gen-durable/machine',
+    kind: 'job',
+    module: cfg.module,
+    name: cfg.name,
+    version: cfg.version,
+    queue: cfg.queue,
+    state: config.args,
+    initial: JOB_STEP,
+    steps: { perform: step },
+    onError: undefined,
+    maxAttempts: cfg.maxAttempts,
+    backoff: config.backoff,
+    stepTimeoutMs: cfg.stepTimeout ?? null,
+    priority: cfg.priority,
+  });
+}
+
+export function isMachineDefinition(value: unknown): value is AnyMachine {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    (value as { type?: unknown }).type === 'gen-durable/machine'
+  );
+}
+
+export function machineKey(name: string, version: number): string {
+  return `${name}@${version}`;
+}

@@ -1,0 +1,183 @@
+/**
+ * Notifications between processes sharing a schema, on one channel per schema.
+ *
+ * - `wake`: a queue has runnable work (now, or in `delayMs`). Sent after inserts and after
+ *   flushes that made rows runnable.
+ * - `settled`: instances reached a terminal status (for `waitFor`).
+ *
+ * Sending is coalesced: everything asked for while a send is being prepared or in flight
+ * goes out in the next single statement, outside any hot transaction, so bursts of inserts
+ * never serialise on Postgres's notification lock. Payloads never carry state.
+ */
+import { createHash } from 'node:crypto';
+import pgListen, { type Subscriber } from 'pg-listen';
+import type { ClientConfig } from 'pg';
+import type { Queryable } from './sql/db.js';
+import { sendNotifications } from './sql/notify.js';
+
+export interface NotificationPayload {
+  /** Queues to wake, with the delay in ms after which their work is due (0 = now). */
+  readonly w?: Record<string, number>;
+  /** Ids of instances that settled. */
+  readonly s?: string[];
+}
+
+const MAX_PAYLOAD = 7_000;
+
+// pg-listen is CommonJS with a `default` export; ESM loaders differ in how they expose it.
+const pgListenModule: unknown = pgListen;
+const createSubscriber: typeof pgListen.default =
+  typeof pgListenModule === 'function' ? (pgListenModule as typeof pgListen.default) : pgListen.default;
+
+export function channelFor(schema: string): string {
+  const plain = `gen_durable_${schema}`;
+  return plain.length <= 63
+    ? plain
+    : `gen_durable_${createHash('sha1').update(schema).digest('hex').slice(0, 24)}`;
+}
+
+export class NotificationSender {
+  readonly #db: Queryable;
+  readonly #schema: string;
+  readonly #channel: string;
+  readonly #onError: (error: unknown) => void;
+  #wakes = new Map<string, number>();
+  #settled: string[] = [];
+  #scheduled = false;
+  #inFlight: Promise<void> | undefined;
+
+  constructor(db: Queryable, schema: string, onError: (error: unknown) => void) {
+    this.#db = db;
+    this.#schema = schema;
+    this.#channel = channelFor(schema);
+    this.#onError = onError;
+  }
+
+  wake(queue: string, delayMs = 0): void {
+    const known = this.#wakes.get(queue);
+    if (known === undefined || delayMs < known) this.#wakes.set(queue, Math.max(0, delayMs));
+    this.#schedule();
+  }
+
+  settled(ids: readonly string[]): void {
+    if (ids.length === 0) return;
+    this.#settled.push(...ids);
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => void this.#send());
+  }
+
+  async #send(): Promise<void> {
+    await this.#inFlight;
+    this.#scheduled = false;
+    const payloads = this.#drain();
+    if (payloads.length === 0) return;
+    this.#inFlight = sendNotifications(this.#db, this.#schema, this.#channel, payloads).catch(this.#onError);
+    await this.#inFlight;
+  }
+
+  #drain(): string[] {
+    const payloads: string[] = [];
+    if (this.#wakes.size > 0) {
+      payloads.push(JSON.stringify({ w: Object.fromEntries(this.#wakes) } satisfies NotificationPayload));
+      this.#wakes = new Map();
+    }
+    let ids: string[] = [];
+    let size = 0;
+    for (const id of this.#settled) {
+      if (size + id.length + 4 > MAX_PAYLOAD) {
+        payloads.push(JSON.stringify({ s: ids }));
+        ids = [];
+        size = 0;
+      }
+      ids.push(id);
+      size += id.length + 3;
+    }
+    if (ids.length > 0) payloads.push(JSON.stringify({ s: ids }));
+    this.#settled = [];
+    return payloads;
+  }
+
+  /** Waits until everything asked for so far has been sent. */
+  async flush(): Promise<void> {
+    while (this.#scheduled || this.#inFlight) {
+      if (this.#scheduled) await new Promise((resolve) => setImmediate(resolve));
+      const inFlight = this.#inFlight;
+      await inFlight;
+      if (this.#inFlight === inFlight && !this.#scheduled) break;
+    }
+  }
+}
+
+export interface ListenerHandlers {
+  onWake?(queue: string, delayMs: number): void;
+  onSettled?(ids: readonly string[]): void;
+  /** After a reconnect, notifications may have been missed: callers re-check at once. */
+  onReconnect?(): void;
+  onError?(error: unknown): void;
+}
+
+/** A dedicated LISTEN connection (pg-listen, reconnecting forever) fanning out to handlers. */
+export class NotificationListener {
+  readonly #subscriber: Subscriber<Record<string, NotificationPayload>>;
+  readonly #channel: string;
+  readonly #handlers = new Set<ListenerHandlers>();
+  #started: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(connection: ClientConfig, schema: string) {
+    this.#channel = channelFor(schema);
+    this.#subscriber = createSubscriber<Record<string, NotificationPayload>>(connection, {
+      retryLimit: Number.POSITIVE_INFINITY,
+      retryTimeout: 0,
+      retryInterval: (attempt: number) => Math.min(100 * 2 ** attempt, 5_000),
+      paranoidChecking: 10_000,
+    });
+    this.#subscriber.notifications.on(this.#channel, (payload: NotificationPayload | undefined) => {
+      if (!payload) return;
+      for (const h of this.#handlers) {
+        if (payload.w && h.onWake)
+          for (const [queue, delay] of Object.entries(payload.w)) h.onWake(queue, delay);
+        if (payload.s && h.onSettled) h.onSettled(payload.s);
+      }
+    });
+    this.#subscriber.events.on('reconnect', () => undefined);
+    this.#subscriber.events.on('connected', () => {
+      if (this.#started === undefined) return;
+      for (const h of this.#handlers) h.onReconnect?.();
+    });
+    this.#subscriber.events.on('error', (error: Error) => {
+      for (const h of this.#handlers) h.onError?.(error);
+    });
+  }
+
+  get channel(): string {
+    return this.#channel;
+  }
+
+  add(handlers: ListenerHandlers): () => void {
+    this.#handlers.add(handlers);
+    return () => this.#handlers.delete(handlers);
+  }
+
+  /** Connects and listens; idempotent. */
+  start(): Promise<void> {
+    this.#started ??= (async () => {
+      await this.#subscriber.connect();
+      await this.#subscriber.listenTo(this.#channel);
+    })();
+    return this.#started;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (!this.#started) return;
+    await this.#started.catch(() => undefined);
+    await this.#subscriber.close();
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * What the SQL modules need from `pg`: something to query (a pool, a client, the caller's
+ * transaction) and a schema-qualified, prepared-once statement per schema.
+ */
+import { createHash } from 'node:crypto';
+import type { QueryResultRow } from 'pg';
+import { ValidationError } from '../errors.js';
+
+export interface Queryable {
+  query<R extends QueryResultRow = QueryResultRow>(config: {
+    name?: string;
+    text: string;
+    values?: unknown[];
+  }): Promise<{ rows: R[]; rowCount: number | null }>;
+}
+
+const SCHEMA_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+export function validateSchemaName(schema: unknown, path = 'schema'): string {
+  if (typeof schema !== 'string' || !SCHEMA_PATTERN.test(schema)) {
+    throw new ValidationError(
+      'invalid_input',
+      path,
+      `"${String(schema)}" is not a valid schema name (letters, digits, _; at most 63)`,
+    );
+  }
+  return schema;
+}
+
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** A statement text with `:schema` resolved, named so that each connection prepares it once. */
+export interface Statement {
+  readonly name: string;
+  readonly text: string;
+}
+
+const cache = new Map<string, Statement>();
+
+export function statement(schema: string, id: string, text: string): Statement {
+  const key = `${schema}\u0000${id}`;
+  let found = cache.get(key);
+  if (!found) {
+    const resolved = text.replaceAll(':schema', quoteIdent(schema));
+    const hash = createHash('sha1').update(resolved).digest('hex').slice(0, 12);
+    found = { name: `gd_${id}_${hash}`, text: resolved };
+    cache.set(key, found);
+  }
+  return found;
+}
+
+export async function run<R extends QueryResultRow>(
+  db: Queryable,
+  stmt: Statement,
+  values: unknown[],
+): Promise<R[]> {
+  const result = await db.query<R>({ name: stmt.name, text: stmt.text, values });
+  return result.rows;
+}

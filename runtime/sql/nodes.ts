@@ -1,0 +1,21 @@
+/** Statements of node membership (`gen_durable_nodes`). */
+import { type Queryable, run, statement } from './db.js';
+
+export async function registerNode(
+  db: Queryable,
+  schema: string,
+  node: { id: string; host: string; pid: number; queues: readonly string[] },
+): Promise<void> {
+  const stmt = statement(
+    schema,
+    'register_node',
+    `INSERT INTO :schema.gen_durable_nodes (id, host, pid, queues) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), queues = EXCLUDED.queues`,
+  );
+  await run(db, stmt, [node.id, node.host, node.pid, node.queues]);
+}
+
+export async function deregisterNode(db: Queryable, schema: string, nodeId: string): Promise<void> {
+  const stmt = statement(schema, 'deregister_node', `DELETE FROM :schema.gen_durable_nodes WHERE id = $1`);
+  await run(db, stmt, [nodeId]);
+}

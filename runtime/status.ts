@@ -1,0 +1,34 @@
+/**
+ * The lifecycle of an instance row (`gen_durable.status`):
+ *
+ *   insert ──► runnable ──pick──► executing ──outcome──► runnable        (next, retry)
+ *                 ▲                   │                 awaiting_signal (awaitSignals)
+ *                 │                   │                 awaiting_children (spawn)
+ *                 └── lease expired ──┤                 done | failed   (terminal)
+ *                     or drain        │
+ *   cancel(): any live status ──────────────────────────► cancelled      (terminal)
+ */
+export const STATUS = {
+  runnable: 'runnable',
+  executing: 'executing',
+  awaitingSignal: 'awaiting_signal',
+  awaitingChildren: 'awaiting_children',
+  done: 'done',
+  failed: 'failed',
+  cancelled: 'cancelled',
+} as const;
+
+export type Status = (typeof STATUS)[keyof typeof STATUS];
+
+export const LIVE_STATUSES: readonly Status[] = Object.freeze([
+  'runnable',
+  'executing',
+  'awaiting_signal',
+  'awaiting_children',
+]);
+export const TERMINAL_STATUSES: readonly Status[] = Object.freeze(['done', 'failed', 'cancelled']);
+export const ALL_STATUSES: readonly Status[] = Object.freeze([...LIVE_STATUSES, ...TERMINAL_STATUSES]);
+
+export function isTerminal(status: Status): boolean {
+  return TERMINAL_STATUSES.includes(status);
+}

@@ -1,0 +1,29 @@
+/**
+ * Telemetry: every event is published on a `node:diagnostics_channel` channel named
+ * `gen_durable:<area>:<event>`, in the process where it happens. Publishing is skipped when
+ * nobody subscribes, so events cost nothing by default. Payloads are documented in
+ * docs/telemetry.md.
+ */
+import diagnostics from 'node:diagnostics_channel';
+
+function channel(name: string): diagnostics.Channel {
+  return diagnostics.channel(`gen_durable:${name}`);
+}
+
+export const telemetry = {
+  stepStop: channel('step:stop'),
+  stepException: channel('step:exception'),
+  pick: channel('pick'),
+  flush: channel('flush'),
+  outcomeStale: channel('outcome:stale'),
+  insert: channel('insert'),
+  reaperReaped: channel('reaper:reaped'),
+  nodeJoined: channel('node:joined'),
+  nodeLeft: channel('node:left'),
+  notifierReconnected: channel('notifier:reconnected'),
+  error: channel('node:error'),
+} as const;
+
+export function publish(ch: diagnostics.Channel, payload: () => object): void {
+  if (ch.hasSubscribers) ch.publish(payload());
+}

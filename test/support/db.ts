@@ -1,0 +1,44 @@
+/**
+ * Per-file database isolation: each test file gets its own freshly migrated schema, dropped
+ * when the file ends, so files run in parallel against one database.
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, inject } from 'vitest';
+import { migrate } from '../../migrations/migrate.js';
+
+export interface TestDb {
+  readonly url: string;
+  readonly schema: string;
+  /** A pool for the test's own queries (closed after the file). */
+  readonly pool: pg.Pool;
+}
+
+export function useTestSchema(prefix = 't'): TestDb {
+  const url = inject('databaseUrl');
+  const schema = `${prefix}_${randomBytes(5).toString('hex')}`;
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  beforeAll(async () => {
+    await migrate({ pool, schema });
+  });
+  afterAll(async () => {
+    await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    await pool.end();
+  });
+  return { url, schema, pool };
+}
+
+/** Polls `check` until it returns a value other than undefined (no fixed sleeps in tests). */
+export async function eventually<T>(
+  check: () => Promise<T | undefined>,
+  what: string,
+  timeoutMs = 30_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}

@@ -1,0 +1,199 @@
+/**
+ * Runs one step of one instance and turns whatever happens into a validated `StepResult`.
+ *
+ * Every failure — a throw, a rejection, a step timeout, a return value that is not an
+ * outcome, a next step the machine does not have, a state that fails the machine's schema or
+ * is not JSON — goes to the machine's `onError` hook (default: capped exponential backoff
+ * while attempts remain, then `stop`). If `onError` itself fails, the instance stops with a
+ * message naming both problems, so no input can produce an endless crash loop.
+ */
+import { defaultBackoff } from '../runtime/backoff.js';
+import { parseDuration } from '../runtime/duration.js';
+import { describeZodIssues, errorMessage } from '../runtime/errors.js';
+import { findNonJson, toJson } from '../runtime/json.js';
+import type { AnyMachine, StepContext, StepFailure, StepFailureKind } from '../runtime/machine.js';
+import { type Outcome, assertNever, isOutcome, retry, stop } from '../runtime/outcome.js';
+import type { StepItem, StepResult } from './protocol.js';
+
+/** A failure with a classification, thrown inside this module. */
+class Failure extends Error {
+  constructor(
+    readonly kind: StepFailureKind,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function toFailure(error: unknown): StepFailure {
+  if (error instanceof Failure) return { kind: error.kind, name: 'StepFailure', message: error.message };
+  const name = error instanceof Error ? error.name : typeof error;
+  return { kind: 'thrown', name, message: errorMessage(error) };
+}
+
+export async function executeStep(def: AnyMachine, item: StepItem): Promise<StepResult> {
+  const controller = new AbortController();
+  const ctx: StepContext = {
+    id: item.id,
+    machine: item.machine,
+    version: item.version,
+    step: item.step,
+    attempt: item.attempt,
+    maxAttempts: item.maxAttempts,
+    correlationKey: item.correlationKey,
+    abortSignal: controller.signal,
+  };
+  const state: unknown = JSON.parse(item.state);
+  let failure = item.failure;
+  if (!failure) {
+    try {
+      const fn = def.steps[item.step];
+      if (typeof fn !== 'function')
+        throw new Failure('invalid_outcome', `machine ${def.name} has no step "${item.step}"`);
+      const value = await withTimeout(() => fn(state, ctx), def.stepTimeoutMs, controller);
+      return toResult(def, item.id, value);
+    } catch (error) {
+      failure = toFailure(error);
+    }
+  }
+  return handleFailure(def, item, state, ctx, failure);
+}
+
+async function handleFailure(
+  def: AnyMachine,
+  item: StepItem,
+  state: unknown,
+  ctx: StepContext,
+  failure: StepFailure,
+): Promise<StepResult> {
+  const what = `step "${item.step}" attempt ${item.attempt}: ${failure.message}`;
+  try {
+    const outcome: unknown = def.onError
+      ? await def.onError(failure, state, ctx)
+      : defaultOnError(failure, item, def.backoff, state);
+    return { ...toResult(def, item.id, outcome), error: what };
+  } catch (error) {
+    const reason = `onError failed (${errorMessage(error)}) after ${what}`;
+    return { id: item.id, kind: 'stop', reason, error: what };
+  }
+}
+
+/** The default error policy: retry with backoff while attempts remain, then stop. */
+export function defaultOnError(
+  failure: StepFailure,
+  item: Pick<StepItem, 'attempt' | 'maxAttempts'>,
+  backoff: ((attempt: number) => unknown) | undefined,
+  state: unknown,
+): Outcome {
+  if (item.attempt + 1 >= item.maxAttempts) {
+    return stop(`${failure.message} (gave up after ${item.attempt + 1} attempt${item.attempt ? 's' : ''})`);
+  }
+  const delay = backoff ? backoff(item.attempt) : defaultBackoff(item.attempt);
+  const ms = parseDuration(delay);
+  return retry(state, typeof ms === 'number' ? ms : defaultBackoff(item.attempt));
+}
+
+async function withTimeout<T>(
+  run: () => T | Promise<T>,
+  timeoutMs: number | null,
+  controller: AbortController,
+): Promise<T> {
+  if (timeoutMs === null) return await run();
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const failure = new Failure('timeout', `step timed out after ${timeoutMs}ms`);
+      controller.abort(failure);
+      reject(failure);
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([Promise.resolve().then(run), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Validates an outcome against its machine and serialises it for the commit. */
+export function toResult(def: AnyMachine, id: string, value: unknown): StepResult {
+  if (!isOutcome(value)) {
+    throw new Failure(
+      'invalid_outcome',
+      `returned ${describe(value)}, not an outcome (next, retry, done or stop)`,
+    );
+  }
+  switch (value.kind) {
+    case 'next': {
+      if (typeof value.step !== 'string' || !Object.hasOwn(def.steps, value.step)) {
+        const known = Object.keys(def.steps).join(', ');
+        throw new Failure(
+          'invalid_outcome',
+          `next() names unknown step "${String(value.step)}" (${def.name} has: ${known})`,
+        );
+      }
+      return {
+        id,
+        kind: 'next',
+        step: value.step,
+        state: serializeState(def, value.state),
+        delayMs: delayMs(value.delay),
+      };
+    }
+    case 'retry':
+      return { id, kind: 'retry', state: serializeState(def, value.state), delayMs: delayMs(value.delay) };
+    case 'done': {
+      const bad = findNonJson(value.result, 'result');
+      if (bad) throw new Failure('invalid_outcome', `${bad.path}: ${bad.reason}`);
+      return { id, kind: 'done', result: toJson(value.result) };
+    }
+    case 'stop':
+      return { id, kind: 'stop', reason: String(value.reason) };
+    default:
+      return assertNever(value, 'outcome');
+  }
+}
+
+function serializeState(def: AnyMachine, state: unknown): string {
+  const parsed = def.state.safeParse(state);
+  if (!parsed.success) {
+    const { path, message } = describeZodIssues('state', parsed.error.issues);
+    throw new Failure('invalid_state', `invalid state at ${path}: ${message}`);
+  }
+  const bad = findNonJson(parsed.data, 'state');
+  if (bad) throw new Failure('invalid_state', `invalid state at ${bad.path}: ${bad.reason}`);
+  if (parsed.data === undefined) throw new Failure('invalid_state', 'invalid state: undefined is not JSON');
+  return JSON.stringify(parsed.data);
+}
+
+function delayMs(delay: unknown): number {
+  if (delay === undefined) return 0;
+  const ms = parseDuration(delay);
+  if (typeof ms === 'string') throw new Failure('invalid_outcome', `delay ${ms}`);
+  return ms;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (value === undefined) return 'undefined';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return `an object with keys [${Object.keys(value).slice(0, 5).join(', ')}]`;
+  return `a ${typeof value} (${(typeof value === 'symbol' ? value.toString() : `${value as string | number | boolean | bigint}`).slice(0, 40)})`;
+}
+
+/**
+ * The outcome of a failure when the machine's own hooks cannot run (its module does not
+ * load, or the thread died again while running `onError`): the default policy on the row's
+ * stored state.
+ */
+export function fallbackResult(item: StepItem, failure: StepFailure): StepResult {
+  const error = `step "${item.step}" attempt ${item.attempt}: ${failure.message}`;
+  if (item.attempt + 1 >= item.maxAttempts) {
+    return {
+      id: item.id,
+      kind: 'stop',
+      reason: `${failure.message} (gave up after ${item.attempt + 1} attempts)`,
+      error,
+    };
+  }
+  return { id: item.id, kind: 'retry', state: item.state, delayMs: defaultBackoff(item.attempt), error };
+}

@@ -1,0 +1,77 @@
+/**
+ * The worker-thread side: imports machine modules by itself, runs a batch of steps
+ * concurrently and streams their results back on the batch's port.
+ */
+import { threadId } from 'node:worker_threads';
+import { type AnyMachine, isMachineDefinition, machineKey } from '../runtime/machine.js';
+import { executeStep, fallbackResult, toFailure } from './execute-step.js';
+import type { PortMessage, StepItem, StepResult, StepTask } from './protocol.js';
+import { ensureTypeScriptLoader, isTypeScriptModule } from './typescript-loader.js';
+
+const modules = new Map<string, Promise<Map<string, AnyMachine>>>();
+
+async function loadModule(url: string): Promise<Map<string, AnyMachine>> {
+  if (isTypeScriptModule(url)) await ensureTypeScriptLoader();
+  const exports = (await import(url)) as Record<string, unknown>;
+  const found = new Map<string, AnyMachine>();
+  for (const value of Object.values(exports)) {
+    if (isMachineDefinition(value)) found.set(machineKey(value.name, value.version), value);
+  }
+  return found;
+}
+
+async function definitionFor(item: StepItem): Promise<AnyMachine> {
+  let loading = modules.get(item.module);
+  if (!loading) {
+    loading = loadModule(item.module);
+    modules.set(item.module, loading);
+    loading.catch(() => modules.delete(item.module));
+  }
+  const def = (await loading).get(machineKey(item.machine, item.version));
+  if (!def)
+    throw new Error(`module ${item.module} exports no machine ${item.machine} version ${item.version}`);
+  return def;
+}
+
+export default async function runBatch(task: StepTask): Promise<number> {
+  const { items, port } = task;
+  const post = (message: PortMessage): void => port.postMessage(message);
+  const defs = await Promise.all(
+    items.map((item) => definitionFor(item).catch((error: unknown) => toFailure(error))),
+  );
+
+  const timeouts: Array<readonly [string, number]> = [];
+  defs.forEach((def, i) => {
+    if ('steps' in def && def.stepTimeoutMs !== null && !items[i]?.failure)
+      timeouts.push([items[i]!.id, def.stepTimeoutMs]);
+  });
+  if (timeouts.length > 0) post({ type: 'started', threadId, timeouts });
+
+  let buffer: StepResult[] = [];
+  let scheduled = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (buffer.length === 0) return;
+    const results = buffer;
+    buffer = [];
+    post({ type: 'results', results });
+  };
+  await Promise.all(
+    items.map(async (item, i) => {
+      const def = defs[i]!;
+      let result: StepResult;
+      try {
+        result = 'steps' in def ? await executeStep(def, item) : fallbackResult(item, def);
+      } catch (error) {
+        result = fallbackResult(item, toFailure(error));
+      }
+      buffer.push(result);
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    }),
+  );
+  flush();
+  return items.length;
+}
