@@ -10,7 +10,9 @@ const db = useTestSchema('client');
 const { client: openClient } = useNodes(db);
 
 async function rowCount(): Promise<number> {
-  const { rows } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM "${db.schema}".gen_durable`);
+  const { rows } = await db.pool.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM "${db.schema}".gen_durable`,
+  );
   return rows[0]!.n;
 }
 
@@ -30,7 +32,11 @@ describe('insert', () => {
     const before = await rowCount();
     await expectInputError(client.insert(twoStep, { state: { order: 'x' } }), 'invalid_state', 'state.order');
     await expectInputError(client.insert(noop, { args: {} }), 'invalid_state', 'args.i');
-    await expectInputError(client.insert(twoStep, { state: { order: 1, paid: 10n } } as never), 'invalid_state', 'state.paid');
+    await expectInputError(
+      client.insert(twoStep, { state: { order: 1, paid: 10n } }),
+      'invalid_state',
+      'state.paid',
+    );
     expect(await rowCount()).toBe(before);
   });
 
@@ -43,9 +49,17 @@ describe('insert', () => {
     await expectInputError(client.insert(loose, { args: { f: () => 1 } }), 'not_serializable', 'args.f');
     await expectInputError(client.insert(loose, { args: { n: 1n } }), 'not_serializable', 'args.n');
     await expectInputError(client.insert(loose, { args: cyclic }), 'not_serializable', 'args.self');
-    await expectInputError(client.insert(noop, { args: { i: 1 }, delay: '-5s' as never }), 'invalid_input', 'delay');
+    await expectInputError(
+      client.insert(noop, { args: { i: 1 }, delay: '-5s' }),
+      'invalid_input',
+      'delay',
+    );
     await expectInputError(client.insert(noop, { args: { i: 1 }, delay: -5 }), 'invalid_input', 'delay');
-    await expectInputError(client.insert(noop, { args: { i: 1 }, priority: 1.5 }), 'invalid_input', 'priority');
+    await expectInputError(
+      client.insert(noop, { args: { i: 1 }, priority: 1.5 }),
+      'invalid_input',
+      'priority',
+    );
     await expectInputError(client.insert(noop, { args: { i: 1 }, bogus: 1 } as never), 'invalid_input', '');
     await expectInputError(client.insert(noop, { state: { i: 1 } }), 'invalid_input', 'state');
     await expectInputError(client.insert({} as never, { args: { i: 1 } }), 'unknown_machine', 'machine');
@@ -94,8 +108,18 @@ describe('insert', () => {
     expect(third.id).not.toBe(first.id);
 
     // An empty scope addresses without deduplicating.
-    const a = await client.insert(noop, { args: { i: 4 }, correlationKey: 'k:free', correlationScope: [], delay: '1h' });
-    const b = await client.insert(noop, { args: { i: 5 }, correlationKey: 'k:free', correlationScope: [], delay: '1h' });
+    const a = await client.insert(noop, {
+      args: { i: 4 },
+      correlationKey: 'k:free',
+      correlationScope: [],
+      delay: '1h',
+    });
+    const b = await client.insert(noop, {
+      args: { i: 5 },
+      correlationKey: 'k:free',
+      correlationScope: [],
+      delay: '1h',
+    });
     expect(a.inserted && b.inserted).toBe(true);
   });
 
@@ -108,12 +132,12 @@ describe('insert', () => {
     pool.query = ((config: { text: string }) => {
       statements.push(config.text);
       return original(config as never);
-    }) as typeof pool.query;
+    }) as unknown as typeof pool.query;
     try {
       const rows = Array.from({ length: 1_000 }, (_, i) => ({
         machine: noop,
         args: { i },
-        delay: '1h',
+        delay: '1h' as const,
         ...(i % 100 === 0 ? { correlationKey: 'batch:dup' } : {}),
       }));
       const results = await counting.insertAll(rows);
@@ -137,7 +161,12 @@ describe('insert', () => {
     const batches = await Promise.all(
       clients.map((c, n) =>
         c.insertAll(
-          (n % 2 ? [...keys].reverse() : keys).map((key) => ({ machine: noop, args: { i: n }, correlationKey: key, delay: '1h' })),
+          (n % 2 ? [...keys].reverse() : keys).map((key) => ({
+            machine: noop,
+            args: { i: n },
+            correlationKey: key,
+            delay: '1h',
+          })),
         ),
       ),
     );
@@ -199,7 +228,7 @@ describe('get, cancel, waitFor', () => {
   });
 
   it('createClient validates its options', () => {
-    expect(() => createClient({ schema: db.schema } as never)).toThrow(/connectionString/);
+    expect(() => createClient({ schema: db.schema })).toThrow(/connectionString/);
     expect(() => createClient({ connectionString: db.url, schema: 'bad-name;' })).toThrow(ValidationError);
   });
 });

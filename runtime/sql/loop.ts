@@ -17,27 +17,7 @@ export interface ClaimedRow {
   correlation_key: string | null;
 }
 
-/**
- * Claims up to `limit` due runnable rows of one queue, in `(priority, eligible_at, id)` order,
- * flipping them to `executing` under a lease owned by `nodeId`.
- *
- * Plan: `prio` walks the distinct priorities of the queue's runnable rows with one index probe
- * each (a loose index scan); for each priority the lateral subquery range-scans
- * `gen_durable_pick` on `(queue, priority, eligible_at <= now())` in index order, so it stops
- * at the first future row and never sorts. The outer LIMIT stops the walk as soon as the batch
- * is full, so the cost grows with the batch (and the number of distinct priorities passed),
- * never with finished, parked or future-scheduled rows. Rows locked by another picker are
- * skipped, never waited on.
- */
-export async function claimBatch(
-  db: Queryable,
-  schema: string,
-  args: { queue: string; limit: number; nodeId: string; leaseMs: number },
-): Promise<ClaimedRow[]> {
-  const stmt = statement(
-    schema,
-    'claim',
-    `WITH RECURSIVE prio(p) AS (
+export const CLAIM_BATCH_SQL = `WITH RECURSIVE prio(p) AS (
        (SELECT priority FROM :schema.gen_durable
         WHERE queue = $1 AND status = 'runnable' ORDER BY priority LIMIT 1)
        UNION ALL
@@ -61,8 +41,26 @@ export async function claimBatch(
          lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
      FROM picked WHERE t.id = picked.id
      RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
-               t.attempt, t.max_attempts, t.correlation_key`,
-  );
+               t.attempt, t.max_attempts, t.correlation_key`;
+
+/**
+ * Claims up to `limit` due runnable rows of one queue, in `(priority, eligible_at, id)` order,
+ * flipping them to `executing` under a lease owned by `nodeId`.
+ *
+ * Plan: `prio` walks the distinct priorities of the queue's runnable rows with one index probe
+ * each (a loose index scan); for each priority the lateral subquery range-scans
+ * `gen_durable_pick` on `(queue, priority, eligible_at <= now())` in index order, so it stops
+ * at the first future row and never sorts. The outer LIMIT stops the walk as soon as the batch
+ * is full, so the cost grows with the batch (and the number of distinct priorities passed),
+ * never with finished, parked or future-scheduled rows. Rows locked by another picker are
+ * skipped, never waited on.
+ */
+export async function claimBatch(
+  db: Queryable,
+  schema: string,
+  args: { queue: string; limit: number; nodeId: string; leaseMs: number },
+): Promise<ClaimedRow[]> {
+  const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL);
   return run<ClaimedRow>(db, stmt, [args.queue, args.limit, args.nodeId, args.leaseMs]);
 }
 

@@ -1,0 +1,301 @@
+/**
+ * The engine loop's statements, driven directly: the pick's plan, the claim guard on
+ * outcomes, lease extension, release and reaping.
+ */
+import { describe, expect, it } from 'vitest';
+import { Flusher, type FlushEntry } from '../runtime/flusher.js';
+import type { Queryable } from '../runtime/sql/db.js';
+import { statement } from '../runtime/sql/db.js';
+import {
+  ATTEMPT,
+  CLAIM_BATCH_SQL,
+  claimBatch,
+  flushOutcomes,
+  heartbeat,
+  reapExpiredLeases,
+  releaseClaims,
+} from '../runtime/sql/loop.js';
+import { registerNode } from '../runtime/sql/nodes.js';
+import { useTestSchema } from './support/db.js';
+
+const db = useTestSchema('loop');
+const T = (): string => `"${db.schema}".gen_durable`;
+
+async function seed(
+  queue: string,
+  rows: Array<{ status?: string; priority?: number; delaySec?: number }>,
+): Promise<string[]> {
+  const { rows: ids } = await db.pool.query<{ id: string }>(
+    `INSERT INTO ${T()} (fsm, step, state, queue, status, priority, eligible_at, max_attempts)
+     SELECT 'm', 's', '{}'::jsonb, $1, s::"${db.schema}".gen_durable_status, p, now() + d * interval '1 second', 3
+     FROM unnest($2::text[], $3::int[], $4::int[]) AS u(s, p, d)
+     RETURNING id::text`,
+    [
+      queue,
+      rows.map((r) => r.status ?? 'runnable'),
+      rows.map((r) => r.priority ?? 0),
+      rows.map((r) => r.delaySec ?? -1),
+    ],
+  );
+  return ids.map((r) => r.id);
+}
+
+interface PlanNode {
+  'Node Type': string;
+  'Index Name'?: string;
+  'Actual Rows'?: number;
+  'Actual Loops'?: number;
+  'Rows Removed by Filter'?: number;
+  Plans?: PlanNode[];
+}
+
+function nodes(plan: PlanNode): PlanNode[] {
+  return [plan, ...(plan.Plans ?? []).flatMap(nodes)];
+}
+
+describe('claimBatch', () => {
+  it('claims due runnable rows in (priority, eligible_at, id) order, skipping future, parked and finished rows', async () => {
+    await seed('order', [
+      { priority: 5, delaySec: -10 },
+      { priority: 0, delaySec: -1 },
+      { priority: 0, delaySec: -5 },
+      { priority: -1, delaySec: 3600 },
+      { status: 'done', priority: -5 },
+      { status: 'awaiting_signal', priority: -5 },
+    ]);
+    const claimed = await claimBatch(db.pool, db.schema, {
+      queue: 'order',
+      limit: 10,
+      nodeId: 'n1',
+      leaseMs: 30_000,
+    });
+    const { rows } = await db.pool.query<{ id: string; priority: number; status: string; locked_by: string }>(
+      `SELECT id::text, priority, status::text, locked_by FROM ${T()} WHERE id = ANY($1::bigint[])`,
+      [claimed.map((c) => c.id)],
+    );
+    expect(rows).toHaveLength(3);
+    expect(rows.every((r) => r.status === 'executing' && r.locked_by === 'n1')).toBe(true);
+    const { rows: ordered } = await db.pool.query<{ id: string }>(
+      `SELECT id::text FROM ${T()} WHERE queue = 'order' AND status = 'executing' ORDER BY priority, eligible_at, id`,
+    );
+    const second = await claimBatch(db.pool, db.schema, {
+      queue: 'order',
+      limit: 10,
+      nodeId: 'n1',
+      leaseMs: 30_000,
+    });
+    expect(second).toHaveLength(0);
+    expect(ordered.map((r) => r.id)).toHaveLength(3);
+  });
+
+  it('takes the most urgent rows first when the batch is smaller than the due set', async () => {
+    const ids = await seed('urgent', [
+      { priority: 3 },
+      { priority: 1 },
+      { priority: 2 },
+      { priority: 1, delaySec: -100 },
+    ]);
+    const claimed = await claimBatch(db.pool, db.schema, {
+      queue: 'urgent',
+      limit: 2,
+      nodeId: 'n1',
+      leaseMs: 30_000,
+    });
+    expect(claimed.map((c) => c.id).sort()).toEqual([ids[1], ids[3]].sort());
+  });
+
+  it('plans as index range scans that stop at the batch: no sort, no scan of future or finished rows', async () => {
+    // A large table: many finished rows, many future rows at the most urgent priority, a few due rows.
+    await db.pool.query(
+      `INSERT INTO ${T()} (fsm, step, state, queue, status, priority, eligible_at)
+       SELECT 'm', 's', '{}', 'plan', CASE WHEN g % 2 = 0 THEN 'done' ELSE 'runnable' END::"${db.schema}".gen_durable_status,
+              CASE WHEN g % 2 = 0 THEN 0 ELSE 0 END, now() + interval '1 hour'
+       FROM generate_series(1, 20000) g`,
+    );
+    await seed(
+      'plan',
+      Array.from({ length: 300 }, (_, i) => ({ priority: 1 + (i % 3) })),
+    );
+    await db.pool.query(`ANALYZE ${T()}`);
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      const stmt = statement(db.schema, 'claim', CLAIM_BATCH_SQL);
+      const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+        `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
+        ['plan', 50, 'explain', 30_000],
+      );
+      await client.query('ROLLBACK');
+      const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+      expect(all.filter((n) => n['Node Type'] === 'Sort')).toEqual([]);
+      expect(all.filter((n) => n['Node Type'] === 'Seq Scan')).toEqual([]);
+      const pickScans = all.filter((n) => n['Index Name'] === 'gen_durable_pick');
+      expect(pickScans.length).toBeGreaterThan(0);
+      // Rows read through the pick index: the batch plus one probe per distinct priority
+      // walked — nowhere near the 10,000 future rows or the 10,000 finished ones.
+      const read = pickScans.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
+      expect(read).toBeLessThanOrEqual(50 + 10);
+      // And none read only to be thrown away: due-ness is an index bound, not a filter.
+      expect(pickScans.reduce((sum, n) => sum + (n['Rows Removed by Filter'] ?? 0), 0)).toBe(0);
+      const update = all.find((n) => n['Node Type'] === 'ModifyTable');
+      expect(update?.['Actual Rows'] ?? 50).toBeLessThanOrEqual(50);
+    } finally {
+      client.release();
+    }
+  });
+});
+
+describe('flushOutcomes', () => {
+  it('applies an outcome only while the claim holds: a stale outcome commits nothing', async () => {
+    const [id] = await seed('stale', [{}]);
+    const [first] = await claimBatch(db.pool, db.schema, {
+      queue: 'stale',
+      limit: 1,
+      nodeId: 'old',
+      leaseMs: 30_000,
+    });
+    // The lease is lost (released here; the reaper does the same) and another node claims the row.
+    await releaseClaims(db.pool, db.schema, 'old', [id!]);
+    const [second] = await claimBatch(db.pool, db.schema, {
+      queue: 'stale',
+      limit: 1,
+      nodeId: 'new',
+      leaseMs: 30_000,
+    });
+    expect(second!.claim).not.toBe(first!.claim);
+    const outcome = {
+      status: 'done' as const,
+      step: null,
+      state: null,
+      attempt: ATTEMPT.keep,
+      delayMs: null,
+      result: '"stale"',
+      lastError: null,
+      error: null,
+    };
+    expect(
+      await flushOutcomes(db.pool, db.schema, 'old', [{ ...outcome, id: id!, claim: first!.claim }]),
+    ).toEqual([]);
+    // Right node, old claim token: still nothing.
+    expect(
+      await flushOutcomes(db.pool, db.schema, 'new', [{ ...outcome, id: id!, claim: first!.claim }]),
+    ).toEqual([]);
+    const { rows } = await db.pool.query(`SELECT status::text, result FROM ${T()} WHERE id = $1`, [id]);
+    expect(rows[0]).toEqual({ status: 'executing', result: null });
+    // The current claim commits, once.
+    const current = { ...outcome, id: id!, claim: second!.claim, result: '"fresh"' };
+    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([id]);
+    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([]);
+    const { rows: after } = await db.pool.query(`SELECT status::text, result FROM ${T()} WHERE id = $1`, [
+      id,
+    ]);
+    expect(after[0]).toEqual({ status: 'done', result: 'fresh' });
+  });
+
+  it('commits a flush of any size in one statement', async () => {
+    const ids = await seed(
+      'bounded',
+      Array.from({ length: 600 }, () => ({})),
+    );
+    const claimed = await claimBatch(db.pool, db.schema, {
+      queue: 'bounded',
+      limit: 600,
+      nodeId: 'n',
+      leaseMs: 30_000,
+    });
+    expect(claimed).toHaveLength(600);
+    const statements: string[] = [];
+    const counting: Queryable = {
+      query: (config) => {
+        statements.push(config.text);
+        return db.pool.query(config as never);
+      },
+    };
+    const applied: string[] = [];
+    const flusher = new Flusher({
+      db: counting,
+      schema: db.schema,
+      nodeId: 'n',
+      maxBatch: 1_000,
+      onFlushed: (_entries, ids) => applied.push(...ids),
+      onError: (e) => {
+        throw e;
+      },
+    });
+    flusher.start();
+    claimed.forEach((row, i) => {
+      const entry: FlushEntry = {
+        id: row.id,
+        claim: row.claim,
+        queue: 'bounded',
+        result:
+          i % 3 === 0
+            ? { id: row.id, kind: 'done', result: '1' }
+            : i % 3 === 1
+              ? { id: row.id, kind: 'next', step: 's2', state: '{"x":1}', delayMs: 0 }
+              : { id: row.id, kind: 'retry', state: '{"y":2}', delayMs: 1000, error: 'failed once' },
+      };
+      flusher.push(entry);
+    });
+    await flusher.drained();
+    await flusher.stop();
+    expect(statements).toHaveLength(1);
+    expect(applied.sort()).toEqual([...ids].sort());
+    const { rows } = await db.pool.query<{ status: string; n: number }>(
+      `SELECT status::text || ':' || step || ':' || attempt AS status, count(*)::int AS n FROM ${T()}
+       WHERE queue = 'bounded' GROUP BY 1 ORDER BY 1`,
+    );
+    expect(rows).toEqual([
+      { status: 'done:s:0', n: 200 },
+      { status: 'runnable:s2:0', n: 200 },
+      { status: 'runnable:s:1', n: 200 },
+    ]);
+  });
+});
+
+describe('leases', () => {
+  it('heartbeat extends every lease of the node in one statement', async () => {
+    await registerNode(db.pool, db.schema, { id: 'hb', host: 'h', pid: 1, queues: ['lease'] });
+    await seed('lease', [{}, {}, {}]);
+    await claimBatch(db.pool, db.schema, { queue: 'lease', limit: 3, nodeId: 'hb', leaseMs: 1_000 });
+    expect(await heartbeat(db.pool, db.schema, 'hb', 60_000)).toEqual({ alive: true, extended: 3 });
+    const { rows } = await db.pool.query<{ ok: boolean }>(
+      `SELECT bool_and(lease_expires_at > now() + interval '50 seconds') AS ok FROM ${T()} WHERE locked_by = 'hb'`,
+    );
+    expect(rows[0]!.ok).toBe(true);
+    expect(await heartbeat(db.pool, db.schema, 'unknown-node', 60_000)).toEqual({
+      alive: false,
+      extended: 0,
+    });
+  });
+
+  it('reaps expired leases with attempt + 1, failing rows whose attempts are spent', async () => {
+    const [a, b] = await seed('reap', [{}, {}]);
+    await db.pool.query(`UPDATE ${T()} SET attempt = 2 WHERE id = $1`, [b]);
+    await claimBatch(db.pool, db.schema, { queue: 'reap', limit: 2, nodeId: 'dead', leaseMs: 1 });
+    await db.pool.query(
+      `UPDATE ${T()} SET lease_expires_at = now() - interval '1 second' WHERE locked_by = 'dead'`,
+    );
+    const reaped = await reapExpiredLeases(db.pool, db.schema, 100);
+    expect(reaped.map((r) => `${r.id}:${r.status}`).sort()).toEqual([`${a}:runnable`, `${b}:failed`].sort());
+    const { rows } = await db.pool.query<{
+      id: string;
+      attempt: number;
+      last_error: string;
+      locked_by: string | null;
+    }>(`SELECT id::text, attempt, last_error, locked_by FROM ${T()} WHERE queue = 'reap' ORDER BY id`);
+    expect(rows.map((r) => r.attempt)).toEqual([1, 3]);
+    expect(rows.every((r) => r.locked_by === null && /lease expired/.test(r.last_error))).toBe(true);
+  });
+
+  it('release gives claims back without charging an attempt', async () => {
+    const ids = await seed('release', [{}, {}]);
+    await claimBatch(db.pool, db.schema, { queue: 'release', limit: 2, nodeId: 'leaving', leaseMs: 30_000 });
+    const released = await releaseClaims(db.pool, db.schema, 'leaving', null);
+    expect(released.map((r) => r.id).sort()).toEqual([...ids].sort());
+    const { rows } = await db.pool.query(
+      `SELECT DISTINCT status::text, attempt FROM ${T()} WHERE queue = 'release'`,
+    );
+    expect(rows).toEqual([{ status: 'runnable', attempt: 0 }]);
+  });
+});
