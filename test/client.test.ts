@@ -49,11 +49,7 @@ describe('insert', () => {
     await expectInputError(client.insert(loose, { args: { f: () => 1 } }), 'not_serializable', 'args.f');
     await expectInputError(client.insert(loose, { args: { n: 1n } }), 'not_serializable', 'args.n');
     await expectInputError(client.insert(loose, { args: cyclic }), 'not_serializable', 'args.self');
-    await expectInputError(
-      client.insert(noop, { args: { i: 1 }, delay: '-5s' }),
-      'invalid_input',
-      'delay',
-    );
+    await expectInputError(client.insert(noop, { args: { i: 1 }, delay: '-5s' }), 'invalid_input', 'delay');
     await expectInputError(client.insert(noop, { args: { i: 1 }, delay: -5 }), 'invalid_input', 'delay');
     await expectInputError(
       client.insert(noop, { args: { i: 1 }, priority: 1.5 }),
