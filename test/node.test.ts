@@ -1,0 +1,117 @@
+/** A node's life: joining with validated options, backpressure, graceful drain, migrations. */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { describe, expect, it } from 'vitest';
+import { Cluster, ValidationError, migrate } from '../index.js';
+import { all, noop, slow } from './fixtures/machines.js';
+import { eventually, useTestSchema } from './support/db.js';
+import { useNodes } from './support/node.js';
+
+const db = useTestSchema('node');
+const { join } = useNodes(db);
+
+describe('Cluster.join', () => {
+  it('rejects bad options with an error naming the option path, before connecting', async () => {
+    const base = { connectionString: 'postgres://nobody@127.0.0.1:1/none', schema: db.schema };
+    const cases: Array<[unknown, string]> = [
+      [{ ...base, queues: { main: { threads: 0 } } }, 'queues.main.threads'],
+      [{ ...base, queues: { main: { concurrency: 'lots' } } }, 'queues.main.concurrency'],
+      [{ ...base, lease: '10 minutes' }, 'lease'],
+      [{ ...base, lease: '10s', heartbeat: '6s' }, 'heartbeat'],
+      [{ ...base, schema: 'no spaces' }, 'schema'],
+      [{ ...base, surprise: true }, ''],
+      [{ schema: db.schema }, 'connectionString'],
+      [{ ...base, machines: [{}] }, 'machines[0]'],
+    ];
+    for (const [options, path] of cases) {
+      const error = await Cluster.join(options as never).catch((e: unknown) => e);
+      expect(error, JSON.stringify(options)).toBeInstanceOf(ValidationError);
+      expect((error as ValidationError).path, JSON.stringify(options)).toBe(path);
+    }
+  });
+
+  it('claims only for free slots (backpressure) and runs everything', async () => {
+    const picks: Array<{ requested: number; claimed: number }> = [];
+    const onPick = (message: unknown): void => {
+      picks.push(message as { requested: number; claimed: number });
+    };
+    subscribe('gen_durable:pick', onPick);
+    try {
+      const node = await join({ machines: all, queues: { slow: { concurrency: 3, threads: 1 } } });
+      const results = await node.client.insertAll(
+        Array.from({ length: 12 }, () => ({ machine: slow, args: { ms: 30 } })),
+      );
+      for (const r of results)
+        expect(await node.client.waitFor(r.id, { timeout: '20s' })).toMatchObject({ status: 'done' });
+      expect(picks.length).toBeGreaterThan(0);
+      expect(Math.max(...picks.map((p) => p.requested))).toBeLessThanOrEqual(3);
+      expect(picks.reduce((sum, p) => sum + p.claimed, 0)).toBe(12);
+    } finally {
+      unsubscribe('gen_durable:pick', onPick);
+    }
+  });
+
+  it('stop() lets in-flight steps commit, returns the rest uncharged and leaves no row executing', async () => {
+    const node = await join({ machines: all, queues: { slow: { concurrency: 4, threads: 1 } } });
+    const quick = await node.client.insert(slow, { args: { ms: 50 } });
+    const stuck = await node.client.insert(slow, { args: { ms: 60_000 } });
+    await eventually(
+      async () => ((await node.client.get(stuck.id))?.status === 'executing' ? true : undefined),
+      'claims',
+    );
+    await node.stop({ timeout: 500 });
+    const { rows } = await db.pool.query<{
+      id: string;
+      status: string;
+      attempt: number;
+      locked_by: string | null;
+    }>(
+      `SELECT id::text, status::text, attempt, locked_by FROM "${db.schema}".gen_durable WHERE id = ANY($1::bigint[]) ORDER BY id`,
+      [[quick.id, stuck.id]],
+    );
+    expect(rows).toEqual([
+      { id: quick.id, status: 'done', attempt: 0, locked_by: null },
+      { id: stuck.id, status: 'runnable', attempt: 0, locked_by: null },
+    ]);
+    const nodes = await db.pool.query(`SELECT id FROM "${db.schema}".gen_durable_nodes WHERE id = $1`, [
+      node.id,
+    ]);
+    expect(nodes.rows).toEqual([]);
+  });
+
+  it('a released row is picked up by the next node', async () => {
+    const first = await join({ machines: all, queues: { main: { concurrency: 2, threads: 1 } } });
+    const { id } = await first.client.insert(noop, { args: { i: 1 }, delay: '1h' });
+    await first.stop();
+    await db.pool.query(`UPDATE "${db.schema}".gen_durable SET eligible_at = now() WHERE id = $1`, [id]);
+    const second = await join({ machines: all, queues: { main: { concurrency: 2, threads: 1 } } });
+    expect(await second.client.waitFor(id, { timeout: '20s' })).toMatchObject({
+      status: 'done',
+      result: { echoed: 1 },
+    });
+  });
+});
+
+describe('migrate', () => {
+  it('is safe when several processes run it at once, and records the version once', async () => {
+    const schema = `${db.schema}_m`;
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 5 }, () => migrate({ connectionString: db.url, schema })),
+      );
+      expect(results.filter((applied) => applied.length > 0)).toHaveLength(1);
+      const { rows } = await db.pool.query<{ version: number }>(
+        `SELECT version FROM "${schema}".gen_durable_migrations`,
+      );
+      expect(rows.map((r) => r.version)).toEqual([1]);
+      expect(await migrate({ connectionString: db.url, schema })).toEqual([]);
+    } finally {
+      await db.pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    }
+  });
+
+  it('rejects a bad schema name before connecting', async () => {
+    await expect(
+      migrate({ connectionString: db.url, schema: 'x"; DROP TABLE y; --' }),
+    ).rejects.toBeInstanceOf(ValidationError);
+  });
+});

@@ -1,0 +1,85 @@
+/** Steps run in worker threads, contained: CPU hogs, hangs and thread deaths never spread. */
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { all, blocker, cpuHog, fast, noop, sleeper } from './fixtures/machines.js';
+import { eventually, useTestSchema } from './support/db.js';
+import { useNodes } from './support/node.js';
+
+const db = useTestSchema('threads');
+const { join } = useNodes(db);
+
+describe('worker threads', () => {
+  it("a CPU-bound step does not delay another queue's steps, commits or heartbeats", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gd-hog-'));
+    const release = path.join(dir, 'release');
+    try {
+      const node = await join({
+        machines: all,
+        queues: { cpu: { concurrency: 1, threads: 1 }, fast: { concurrency: 4, threads: 1 } },
+        heartbeat: 100,
+        lease: 1_000,
+      });
+      const hog = await node.client.insert(cpuHog, { args: { until: release } });
+      await eventually(
+        async () => ((await node.client.get(hog.id))?.status === 'executing' ? true : undefined),
+        'the hog to start',
+      );
+      // While the hog spins (it stops only when the file exists), other queues keep flowing.
+      for (let i = 0; i < 5; i++) {
+        const { id } = await node.client.insert(fast, { args: {} });
+        expect(await node.client.waitFor(id, { timeout: '20s' })).toMatchObject({
+          status: 'done',
+          result: 'quick',
+        });
+      }
+      // The hog's lease is kept alive by heartbeats from the main thread (lease 1s, heartbeat 100ms).
+      const spinning = await node.client.get(hog.id);
+      expect(spinning).toMatchObject({ status: 'executing', attempt: 0 });
+      expect(spinning!.leaseExpiresAt!.getTime()).toBeGreaterThan(Date.now() - 200);
+      expect(existsSync(release)).toBe(false);
+      writeFileSync(release, '');
+      expect(await node.client.waitFor(hog.id, { timeout: '20s' })).toMatchObject({
+        status: 'done',
+        result: { released: true, spins: true },
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('aborts an async step at its timeout and retries it', async () => {
+    const node = await join({ machines: all, queues: { main: { concurrency: 4, threads: 1 } } });
+    const { id } = await node.client.insert(sleeper, { args: {} });
+    const result = await node.client.waitFor(id, { timeout: '20s' });
+    expect(result).toMatchObject({ status: 'done', result: 'woke' });
+    expect(result.snapshot.attempt).toBe(1);
+    expect(JSON.stringify(result.snapshot.errors)).toMatch(/timed out after 200ms/);
+  });
+
+  it('terminates a thread blocked past its timeout; batch-mates are released, not charged', async () => {
+    const node = await join({
+      machines: all,
+      queues: { main: { concurrency: 8, threads: 1 } },
+      timeoutGrace: 300,
+    });
+    // One claim, one thread, one batch: the blocker runs first and starves its batch-mates.
+    const [blocked, ...mates] = await node.client.insertAll([
+      { machine: blocker, args: {} },
+      { machine: noop, args: { i: 1 } },
+      { machine: noop, args: { i: 2 } },
+    ]);
+    const result = await node.client.waitFor(blocked!.id, { timeout: '30s' });
+    expect(result).toMatchObject({ status: 'done', result: 'unblocked' });
+    expect(JSON.stringify(result.snapshot.errors)).toMatch(/blocked its thread, which was terminated/);
+    for (const mate of mates) {
+      const done = await node.client.waitFor(mate.id, { timeout: '20s' });
+      expect(done).toMatchObject({ status: 'done', snapshot: { attempt: 0, errors: [] } });
+    }
+    // The queue still works on a fresh thread.
+    const after = await node.client.insert(noop, { args: { i: 9 } });
+    expect(await node.client.waitFor(after.id, { timeout: '20s' })).toMatchObject({ status: 'done' });
+    expect(node.threads('main')).toBe(1);
+  });
+});
