@@ -188,9 +188,10 @@ export class GenDurableNode {
   }
 
   #dispatch(queue: string, pool: QueuePool, rows: ClaimedRow[]): void {
-    const claims = new Map<string, string>();
+    const claimed = new Map<string, ClaimedRow>();
+    const started = performance.now();
     const requests: StepRequest[] = rows.map((row) => {
-      claims.set(row.id, row.claim);
+      claimed.set(row.id, row);
       return {
         id: row.id,
         machine: row.fsm,
@@ -202,8 +203,33 @@ export class GenDurableNode {
         correlationKey: row.correlation_key,
       };
     });
+    if (telemetry.stepStart.hasSubscribers) {
+      for (const r of rows)
+        telemetry.stepStart.publish({
+          node: this.id,
+          queue,
+          id: r.id,
+          machine: r.fsm,
+          step: r.step,
+          attempt: r.attempt,
+        });
+    }
     pool.execute(requests, (result: StepResult) => {
-      this.#flusher.push({ id: result.id, claim: claims.get(result.id)!, queue, result });
+      const row = claimed.get(result.id)!;
+      this.#flusher.push({ id: result.id, claim: row.claim, queue, result });
+      const event = () => ({
+        node: this.id,
+        queue,
+        id: row.id,
+        machine: row.fsm,
+        step: row.step,
+        attempt: row.attempt,
+        outcome: result.kind,
+        error: result.error,
+        durationMs: performance.now() - started,
+      });
+      publish(telemetry.stepStop, event);
+      if (result.error !== undefined) publish(telemetry.stepException, event);
     });
   }
 

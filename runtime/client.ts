@@ -10,6 +10,7 @@ import { type InsertOptions, toInsertRow } from './insert-options.js';
 import type { AnyMachine } from './machine.js';
 import { NotificationListener, NotificationSender } from './notifications.js';
 import { trackResource } from './resources.js';
+import { publish, telemetry } from './telemetry.js';
 import { type Queryable, validateSchemaName } from './sql/db.js';
 import {
   type InsertRow,
@@ -205,6 +206,12 @@ export class Client {
       todo = missing.filter((i) => results[i] === undefined); // the occupant ended meanwhile: insert again
     }
     await this.#wake(rows, results, tx);
+    publish(telemetry.insert, () => ({
+      schema: this.schema,
+      rows: rows.length,
+      inserted: results.filter((r) => r?.inserted).length,
+      transactional: tx !== undefined,
+    }));
     return results as InsertResult[];
   }
 

@@ -12,6 +12,7 @@
 import { createHash } from 'node:crypto';
 import pgListen, { type Subscriber } from 'pg-listen';
 import type { ClientConfig } from 'pg';
+import { trackResource } from './resources.js';
 import type { Queryable } from './sql/db.js';
 import { sendNotifications } from './sql/notify.js';
 
@@ -128,6 +129,7 @@ export class NotificationListener {
   readonly #handlers = new Set<ListenerHandlers>();
   #started: Promise<void> | undefined;
   #closed = false;
+  #untrack: (() => void) | undefined;
 
   constructor(connection: ClientConfig, schema: string) {
     this.#channel = channelFor(schema);
@@ -167,6 +169,7 @@ export class NotificationListener {
   /** Connects and listens; idempotent. */
   start(): Promise<void> {
     this.#started ??= (async () => {
+      this.#untrack = trackResource(this, 'listener', this.#channel);
       await this.#subscriber.connect();
       await this.#subscriber.listenTo(this.#channel);
     })();
@@ -179,5 +182,6 @@ export class NotificationListener {
     if (!this.#started) return;
     await this.#started.catch(() => undefined);
     await this.#subscriber.close();
+    this.#untrack?.();
   }
 }

@@ -11,6 +11,7 @@ function channel(name: string): diagnostics.Channel {
 }
 
 export const telemetry = {
+  stepStart: channel('step:start'),
   stepStop: channel('step:stop'),
   stepException: channel('step:exception'),
   pick: channel('pick'),

@@ -23,6 +23,7 @@ import { errorMessage } from '../runtime/errors.js';
 import type { StepExecutor, StepRequest, StepResult } from '../runtime/executor.js';
 import type { StepFailure } from '../runtime/machine.js';
 import type { MachineRegistry } from '../runtime/registry.js';
+import { trackResource } from '../runtime/resources.js';
 import { fallbackResult } from './execute-step.js';
 import type { PortMessage, StepItem, StepTask } from './protocol.js';
 
@@ -45,6 +46,7 @@ export class QueuePool implements StepExecutor {
   readonly #piscina: Piscina;
   readonly #options: QueuePoolOptions;
   readonly #graceMs: number;
+  readonly #untrack: () => void;
   #running = 0;
 
   constructor(options: QueuePoolOptions) {
@@ -61,6 +63,7 @@ export class QueuePool implements StepExecutor {
       workerData: { entry: workerEntry },
     });
     this.#piscina.on('error', (error: unknown) => options.onError?.(error));
+    this.#untrack = trackResource(this, 'thread-pool', options.queue);
   }
 
   get running(): number {
@@ -175,5 +178,6 @@ export class QueuePool implements StepExecutor {
 
   async close(): Promise<void> {
     await this.#piscina.destroy();
+    this.#untrack();
   }
 }
