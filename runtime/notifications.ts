@@ -133,7 +133,8 @@ export class NotificationListener {
 
   constructor(connection: ClientConfig, schema: string) {
     this.#channel = channelFor(schema);
-    this.#subscriber = createSubscriber<Record<string, NotificationPayload>>(connection, {
+    const named = { ...connection, application_name: `gen_durable listener ${schema}`.slice(0, 63) };
+    this.#subscriber = createSubscriber<Record<string, NotificationPayload>>(named, {
       retryLimit: Number.POSITIVE_INFINITY,
       retryTimeout: 0,
       retryInterval: (attempt: number) => Math.min(100 * 2 ** attempt, 5_000),

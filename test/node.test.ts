@@ -115,3 +115,42 @@ describe('migrate', () => {
     ).rejects.toBeInstanceOf(ValidationError);
   });
 });
+
+describe('notifications', () => {
+  it('picks at once after the listener reconnects (a notification may have been missed)', async () => {
+    const reconnected: unknown[] = [];
+    const onReconnect = (message: unknown): void => {
+      reconnected.push(message);
+    };
+    const picks: unknown[] = [];
+    const onPick = (message: unknown): void => {
+      picks.push(message);
+    };
+    subscribe('gen_durable:notifier:reconnected', onReconnect);
+    subscribe('gen_durable:pick', onPick);
+    try {
+      const node = await join({ machines: all, queues: { main: { concurrency: 2, threads: 1 } } });
+      // Let the start-up pick finish first, so that it cannot be the one finding the row.
+      await eventually(() => Promise.resolve(picks.length > 0 ? true : undefined), 'the start-up pick');
+      // A row written without any notification: only a pick after the reconnect can find it.
+      const { rows } = await db.pool.query<{ id: string }>(
+        `INSERT INTO "${db.schema}".gen_durable (fsm, step, state, queue) VALUES ('noop', 'perform', '{"i": 7}', 'main')
+         RETURNING id::text`,
+      );
+      const before = reconnected.length;
+      const killed = await db.pool.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1`,
+        [`gen_durable listener ${db.schema}`.slice(0, 63)],
+      );
+      expect(killed.rowCount).toBe(1);
+      expect(await node.client.waitFor(rows[0]!.id, { timeout: '30s' })).toMatchObject({
+        status: 'done',
+        result: { echoed: 7 },
+      });
+      expect(reconnected.length).toBeGreaterThan(before);
+    } finally {
+      unsubscribe('gen_durable:notifier:reconnected', onReconnect);
+      unsubscribe('gen_durable:pick', onPick);
+    }
+  });
+});
