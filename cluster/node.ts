@@ -233,7 +233,7 @@ export class GenDurableNode {
     });
   }
 
-  #afterFlush(entries: readonly FlushEntry[], applied: ReadonlySet<string>): void {
+  #afterFlush(entries: readonly FlushEntry[], applied: ReadonlyMap<string, boolean>): void {
     const freed = new Map<string, number>();
     const settled: string[] = [];
     const stale: string[] = [];
@@ -244,8 +244,9 @@ export class GenDurableNode {
         continue;
       }
       const r = entry.result;
-      if (r.kind === 'done' || r.kind === 'stop') settled.push(entry.id);
-      else if (r.kind === 'release') this.#wakeQueue(entry.queue, 0);
+      if (r.kind === 'done' || r.kind === 'stop') {
+        if (applied.get(entry.id)) settled.push(entry.id);
+      } else if (r.kind === 'release') this.#wakeQueue(entry.queue, 0);
       else this.#wakeQueue(entry.queue, r.delayMs);
     }
     publish(telemetry.flush, () => ({ node: this.id, outcomes: entries.length, applied: applied.size }));

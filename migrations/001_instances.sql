@@ -44,6 +44,9 @@ CREATE TABLE :schema.gen_durable (
   last_error        text,
   -- The latest errors, newest last, at most 10: [{ attempt, step, error, at }].
   errors            jsonb NOT NULL DEFAULT '[]',
+  -- Set by waitFor(): the node that settles the instance sends a notification for it.
+  -- Unwatched instances settle without any notification.
+  watched           boolean NOT NULL DEFAULT false,
   inserted_at       timestamptz NOT NULL DEFAULT now(),
   updated_at        timestamptz NOT NULL DEFAULT now()
 );

@@ -22,6 +22,7 @@ import {
   getInstanceByKey,
   insertInstances,
   listInstances,
+  watchInstance,
 } from './sql/instances.js';
 import { channelFor } from './notifications.js';
 import { sendNotifications } from './sql/notify.js';
@@ -275,6 +276,8 @@ export class Client {
     });
     try {
       await listener.start();
+      const { runnableIn } = await watchInstance(this.#internals.pool, this.schema, id);
+      if (runnableIn !== null) this.#internals.sender.wake(runnableIn, 0);
       for (;;) {
         const row = await getInstanceById(this.#internals.pool, this.schema, id);
         if (!row) throw new GenDurableError('invalid_input', `instance ${id} no longer exists`);

@@ -26,8 +26,11 @@ export interface FlusherOptions {
   readonly schema: string;
   readonly nodeId: string;
   readonly maxBatch: number;
-  /** Called after each commit with the entries it carried and the ids that applied. */
-  readonly onFlushed: (entries: readonly FlushEntry[], applied: ReadonlySet<string>) => void;
+  /**
+   * Called after each commit with the entries it carried and, for each id that applied,
+   * whether the instance is watched (someone waits for it to settle).
+   */
+  readonly onFlushed: (entries: readonly FlushEntry[], applied: ReadonlyMap<string, boolean>) => void;
   readonly onError: (error: unknown) => void;
 }
 
@@ -69,7 +72,7 @@ export class Flusher implements Service {
           batch.map(toOutcomeRow),
         );
         this.#failures = 0;
-        this.#o.onFlushed(batch, new Set(applied));
+        this.#o.onFlushed(batch, new Map(applied.map((r) => [r.id, r.watched])));
       } catch (error) {
         this.#o.onError(error);
         this.#buffer.unshift(...batch);

@@ -7,6 +7,10 @@
  *                 └── lease expired ──┤                 done | failed   (terminal)
  *                     or drain        │
  *   cancel(): any live status ──────────────────────────► cancelled      (terminal)
+ *
+ * Rule for writers: the pick skips locked rows (SKIP LOCKED), so any statement that writes a
+ * runnable row without claiming it may hide it from a concurrent pick; such a writer wakes
+ * the row's queue after it commits (see `watchInstance`).
  */
 export const STATUS = {
   runnable: 'runnable',

@@ -184,7 +184,7 @@ describe('flushOutcomes', () => {
     expect(rows[0]).toEqual({ status: 'executing', result: null });
     // The current claim commits, once.
     const current = { ...outcome, id: id!, claim: second!.claim, result: '"fresh"' };
-    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([id]);
+    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([{ id, watched: false }]);
     expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([]);
     const { rows: after } = await db.pool.query(`SELECT status::text, result FROM ${T()} WHERE id = $1`, [
       id,
@@ -217,7 +217,7 @@ describe('flushOutcomes', () => {
       schema: db.schema,
       nodeId: 'n',
       maxBatch: 1_000,
-      onFlushed: (_entries, ids) => applied.push(...ids),
+      onFlushed: (_entries, ids) => applied.push(...ids.keys()),
       onError: (e) => {
         throw e;
       },

@@ -11,8 +11,8 @@
  *   failure, sent once more to a worker to run the machine's `onError`; if that dies too,
  *   the default policy applies on the stored state;
  * - a step blocked its thread past its timeout (plus `graceMs`): the watchdog terminates the
- *   thread; the late step gets a timeout failure, its innocent batch-mates are released
- *   without charging an attempt.
+ *   thread; the late step gets a timeout failure, and every other step that was on that
+ *   thread (in this batch or another) is released without charging an attempt.
  *
  * Piscina replaces dead threads by itself (`minThreads = maxThreads = threads`).
  */
@@ -47,6 +47,8 @@ export class QueuePool implements StepExecutor {
   readonly #options: QueuePoolOptions;
   readonly #graceMs: number;
   readonly #untrack: () => void;
+  /** Threads the watchdog terminated, with the ids of the steps that overran on them. */
+  readonly #terminated = new Map<number, Map<string, number>>();
   #running = 0;
 
   constructor(options: QueuePoolOptions) {
@@ -108,7 +110,6 @@ export class QueuePool implements StepExecutor {
     const { port1, port2 } = new MessageChannel();
     let threadId: number | undefined;
     let watchdog: NodeJS.Timeout | undefined;
-    let overdue: Map<string, number> | undefined;
 
     const receive = (message: PortMessage): void => {
       if (message.type === 'results') {
@@ -116,6 +117,7 @@ export class QueuePool implements StepExecutor {
         return;
       }
       threadId = message.threadId;
+      if (message.timeouts.length === 0) return;
       const started = Date.now();
       const deadlines = message.timeouts.map(([id, ms]) => [id, ms, started + ms + this.#graceMs] as const);
       watchdog = setInterval(
@@ -124,8 +126,13 @@ export class QueuePool implements StepExecutor {
           const late = deadlines.filter(([id, , at]) => pending.has(id) && at <= now);
           if (late.length === 0) return;
           clearInterval(watchdog);
-          overdue = new Map(late.map(([id, ms]) => [id, ms]));
-          void this.#piscina.threads.find((t) => t.threadId === threadId)?.terminate();
+          const thread = this.#piscina.threads.find((t) => t.threadId === threadId);
+          if (!thread || threadId === undefined) return;
+          const killed = threadId;
+          this.#terminated.set(killed, new Map(late.map(([id, ms]) => [id, ms])));
+          // Batches on that thread settle within moments of its exit; then forget it.
+          setTimeout(() => this.#terminated.delete(killed), 60_000).unref();
+          void thread.terminate();
         },
         Math.max(50, Math.min(this.#graceMs, 1_000)),
       );
@@ -147,15 +154,13 @@ export class QueuePool implements StepExecutor {
     }
     if (pending.size === 0) return;
 
+    // Steps that overran on a thread the watchdog terminated (this batch's, or another's).
+    const overdue = threadId === undefined ? undefined : this.#terminated.get(threadId);
     const failed: StepItem[] = [];
     for (const item of pending.values()) {
       const lateMs = overdue?.get(item.id);
       if (overdue && lateMs === undefined) {
-        deliver({
-          id: item.id,
-          kind: 'release',
-          error: 'released: a step sharing its thread was terminated',
-        });
+        deliver({ id: item.id, kind: 'release' });
         continue;
       }
       const failure: StepFailure =

@@ -27,7 +27,8 @@ export interface StepTask {
 
 /**
  * `started` announces which thread runs a batch and the deadlines of its steps that have a
- * timeout, so the main thread can terminate a thread whose step blocks past its deadline.
+ * timeout, so the main thread can terminate a thread whose step blocks past its deadline,
+ * and can tell the other batches on a thread it terminated from victims of a crash.
  */
 export type PortMessage =
   | {

@@ -45,7 +45,7 @@ export default async function runBatch(task: StepTask): Promise<number> {
     if ('steps' in def && def.stepTimeoutMs !== null && !items[i]?.failure)
       timeouts.push([items[i]!.id, def.stepTimeoutMs]);
   });
-  if (timeouts.length > 0) post({ type: 'started', threadId, timeouts });
+  post({ type: 'started', threadId, timeouts });
 
   let buffer: StepResult[] = [];
   let scheduled = false;

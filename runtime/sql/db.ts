@@ -31,21 +31,30 @@ export function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
-/** A statement text with `:schema` resolved, named so that each connection prepares it once. */
+/**
+ * A statement text with `:schema` resolved. A prepared statement is named, so that each
+ * connection parses it once; an unprepared one is planned afresh with its actual parameter
+ * values on every execution (see `flushOutcomes` for why that matters).
+ */
 export interface Statement {
-  readonly name: string;
+  readonly name: string | undefined;
   readonly text: string;
 }
 
 const cache = new Map<string, Statement>();
 
-export function statement(schema: string, id: string, text: string): Statement {
+export function statement(
+  schema: string,
+  id: string,
+  text: string,
+  options: { prepared?: boolean } = {},
+): Statement {
   const key = `${schema}\u0000${id}`;
   let found = cache.get(key);
   if (!found) {
     const resolved = text.replaceAll(':schema', quoteIdent(schema));
     const hash = createHash('sha1').update(resolved).digest('hex').slice(0, 12);
-    found = { name: `gd_${id}_${hash}`, text: resolved };
+    found = { name: options.prepared === false ? undefined : `gd_${id}_${hash}`, text: resolved };
     cache.set(key, found);
   }
   return found;
@@ -56,6 +65,8 @@ export async function run<R extends QueryResultRow>(
   stmt: Statement,
   values: unknown[],
 ): Promise<R[]> {
-  const result = await db.query<R>({ name: stmt.name, text: stmt.text, values });
+  const result = await db.query<R>(
+    stmt.name ? { name: stmt.name, text: stmt.text, values } : { text: stmt.text, values },
+  );
   return result.rows;
 }

@@ -211,3 +211,25 @@ export async function listInstances(
   );
   return run<InstanceRow>(db, stmt, [filter.queue, filter.fsm, filter.status, filter.afterId, filter.limit]);
 }
+
+/**
+ * Marks a live instance as waited for, so that whoever settles it notifies. Writing the row
+ * itself (not a side table) serialises with the commit of its outcome, so the notification
+ * cannot be missed. Returns the row's queue when it was runnable: the write may have hidden
+ * it from a concurrent pick (SKIP LOCKED), so the caller must wake that queue.
+ */
+export async function watchInstance(
+  db: Queryable,
+  schema: string,
+  id: string,
+): Promise<{ runnableIn: string | null }> {
+  const stmt = statement(
+    schema,
+    'watch',
+    `UPDATE :schema.gen_durable SET watched = true
+     WHERE id = $1 AND NOT watched AND status IN ('runnable', 'executing', 'awaiting_signal', 'awaiting_children')
+     RETURNING queue, status = 'runnable' AS runnable`,
+  );
+  const row = (await run<{ queue: string; runnable: boolean }>(db, stmt, [id]))[0];
+  return { runnableIn: row?.runnable ? row.queue : null };
+}

@@ -90,13 +90,20 @@ export interface OutcomeRow {
  * Commits a batch of outcomes in one statement. Each row is guarded by its claim: the owning
  * node, the claim token and `executing` must all still hold, so an outcome whose lease was
  * reaped (and maybe re-claimed) commits nothing. Returns the ids that were applied.
+ *
+ * Planner trap: as a prepared statement, Postgres soon switches to a generic plan that
+ * guesses 10 rows for `unnest` of a parameter array and ~1 row for this node's executing
+ * rows, and picks a nested loop that rescans the arrays once per executing row — work that
+ * grows with in-flight rows × batch size (measured: 6-70 ms per flush). Planned with the
+ * actual arrays it drives the update from the arrays by primary key (or a hash join) and
+ * grows with the batch only. So this statement is deliberately not prepared.
  */
 export async function flushOutcomes(
   db: Queryable,
   schema: string,
   nodeId: string,
   rows: readonly OutcomeRow[],
-): Promise<string[]> {
+): Promise<Array<{ id: string; watched: boolean }>> {
   const stmt = statement(
     schema,
     'flush',
@@ -119,9 +126,10 @@ export async function flushOutcomes(
                  $9::text[], $10::text[], $11::text[])
           AS o(id, claim, status, step, state, attempt_op, delay_ms, result, last_error, error)
      WHERE t.id = o.id AND t.claim = o.claim AND t.locked_by = $1 AND t.status = 'executing'
-     RETURNING t.id::text AS id`,
+     RETURNING t.id::text AS id, t.watched`,
+    { prepared: false },
   );
-  const applied = await run<{ id: string }>(db, stmt, [
+  return run<{ id: string; watched: boolean }>(db, stmt, [
     nodeId,
     rows.map((r) => r.id),
     rows.map((r) => r.claim),
@@ -134,7 +142,6 @@ export async function flushOutcomes(
     rows.map((r) => r.lastError),
     rows.map((r) => r.error),
   ]);
-  return applied.map((r) => r.id);
 }
 
 /**

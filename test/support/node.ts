@@ -13,10 +13,13 @@ export function useNodes(db: TestDb): {
   });
   return {
     join: async (options) => {
+      // No safety-net poll in tests: a wake-up that never arrives fails the test instead of
+      // being papered over by the poll.
       const node = await Cluster.join({
         connectionString: db.url,
         schema: db.schema,
         migrate: false,
+        pollInterval: '1h',
         ...options,
       });
       open.push({ stop: () => node.stop({ timeout: 5_000 }) });
