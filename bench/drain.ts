@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: how fast does one node drain a backlog of no-op jobs, next to what the same
+ * `npm run bench` (on the compiled package, built first): how fast does one node drain a backlog of no-op jobs, next to what the same
  * Postgres does with the simplest write there is (pgbench, a single-row UPDATE)?
  *
  * 1. pgbench baseline in a throw-away database: best tps over a few client counts.
@@ -20,11 +20,14 @@ import os from 'node:os';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { Cluster, createClient, migrate } from '../index.js';
 import { CpuMeter, type CpuWindow } from './cpu.js';
 import { type StatementStats, instrumentPool } from './instrument.js';
-import { BENCH_QUEUE, noop } from './jobs.js';
+import { BENCH_QUEUE, noop } from './jobs.mjs';
 import { type PgbenchReport, UPDATE_SCRIPT, runPgbench } from './pgbench.js';
+
+// The engine as users run it: the compiled package (`npm run bench` builds it first).
+const compiled = new URL('../dist/index.js', import.meta.url).href;
+const { Cluster, createClient, migrate } = (await import(compiled)) as typeof import('../index.js');
 
 const USAGE = `usage: npm run bench -- [--jobs N] [--concurrency C] [--threads T] [--chunk N]
                         [--pgbench-seconds S] [--pgbench-clients 1,4,8] [--pgbench-threads J]

@@ -1,6 +1,7 @@
-/** The bench's job. Worker threads import this module by itself (via tsx), so keep it small. */
+// The bench's job, in plain JavaScript on the compiled package (dist/), as a production
+// deployment would run it: worker threads import it with no TypeScript loader involved.
 import { z } from 'zod';
-import { defineJob } from '../index.js';
+import { defineJob } from '../dist/index.js';
 
 export const BENCH_QUEUE = 'bench';
 
