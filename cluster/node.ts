@@ -87,6 +87,7 @@ export class GenDurableNode {
         concurrency: q.concurrency,
         registry: this.#registry,
         graceMs: config.timeoutGrace,
+        ...(q.memoryLimitMb ? { memoryLimitMb: q.memoryLimitMb } : {}),
         onError: (e) => this.#reportError(`threads ${queue}`, e),
       });
       const feeder = new Feeder({
@@ -288,12 +289,18 @@ export class GenDurableNode {
     const deadline = Date.now() + timeoutMs;
     const busy = (): boolean => [...this.#queues.values()].some(({ feeder }) => feeder.inFlight > 0);
     while (busy() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    const forced = busy();
+    // Out of time: tell the steps still running (their abort signal fires); their outcomes
+    // are no longer committed, their rows go back to the queue uncharged.
+    if (forced) for (const { pool } of this.#queues.values()) pool.abortRunning();
     await this.#flusher.stop();
     await Promise.all([this.#heartbeat.stop(), this.#reaper.stop()]);
     const released = await releaseClaims(this.#db, schema, this.id, null).catch((e: unknown) => {
       this.#reportError('release', e);
       return [];
     });
+    // A moment for aborted steps to clean up before their threads are terminated.
+    if (forced) await new Promise((resolve) => setTimeout(resolve, 100));
     await Promise.all([...this.#queues.values()].map(({ pool }) => pool.close()));
     for (const queue of new Set(released.map((r) => r.queue))) this.#sender.wake(queue, 0);
     await deregisterNode(this.#db, schema, this.id).catch((e: unknown) => this.#reportError('deregister', e));

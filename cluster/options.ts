@@ -18,6 +18,8 @@ const queueSchema = z
     threads: z.number().int().min(1).max(256).default(1),
     /** Rows claimed by one pick at most (default: the concurrency, capped at 500). */
     batchSize: z.number().int().min(1).max(10_000).optional(),
+    /** Heap limit of each thread in MB; a step that exceeds it kills only its thread. */
+    memoryLimitMb: z.number().int().min(16).max(65_536).optional(),
   })
   .strict();
 

@@ -1,9 +1,9 @@
 /** Steps run in worker threads, contained: CPU hogs, hangs and thread deaths never spread. */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { all, blocker, cpuHog, fast, noop, sleeper } from './fixtures/machines.js';
+import { abortable, all, blocker, cpuHog, fast, memoryHog, noop, sleeper } from './fixtures/machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 
@@ -81,5 +81,39 @@ describe('worker threads', () => {
     const after = await node.client.insert(noop, { args: { i: 9 } });
     expect(await node.client.waitFor(after.id, { timeout: '20s' })).toMatchObject({ status: 'done' });
     expect(node.threads('main')).toBe(1);
+  });
+
+  it('replaces a thread that runs out of memory; the step counts as an error', async () => {
+    const node = await join({
+      machines: all,
+      queues: { mem: { concurrency: 2, threads: 1, memoryLimitMb: 32 } },
+    });
+    const { id } = await node.client.insert(memoryHog, { args: {} });
+    const result = await node.client.waitFor(id, { timeout: '60s' });
+    expect(result).toMatchObject({ status: 'done', result: 'fit', snapshot: { attempt: 1 } });
+    expect(JSON.stringify(result.snapshot.errors)).toMatch(/worker thread died/);
+    expect(node.threads('mem')).toBe(1);
+  });
+
+  it('a forced shutdown fires the abort signal of running steps and returns their rows uncharged', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gd-abort-'));
+    const marker = path.join(dir, 'aborted');
+    try {
+      const node = await join({ machines: all, queues: { slow: { concurrency: 2, threads: 1 } } });
+      const { id } = await node.client.insert(abortable, { args: { marker } });
+      await eventually(
+        () => Promise.resolve(existsSync(`${marker}.started`) ? true : undefined),
+        'the step to run',
+      );
+      await node.stop({ timeout: 100 });
+      expect(readFileSync(marker, 'utf8')).toBe('the node is shutting down');
+      const { rows } = await db.pool.query(
+        `SELECT status::text, attempt FROM "${db.schema}".gen_durable WHERE id = $1`,
+        [id],
+      );
+      expect(rows[0]).toEqual({ status: 'runnable', attempt: 0 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -31,8 +31,29 @@ export function toFailure(error: unknown): StepFailure {
   return { kind: 'thrown', name, message: errorMessage(error) };
 }
 
+/** Controllers of the steps running on this thread, for `abortRunningSteps`. */
+const running = new Set<AbortController>();
+
+/** Fires the abort signal of every step running on this thread (forced shutdown). */
+export function abortRunningSteps(reason: string): void {
+  for (const controller of running) controller.abort(new Error(reason));
+}
+
 export async function executeStep(def: AnyMachine, item: StepItem): Promise<StepResult> {
   const controller = new AbortController();
+  running.add(controller);
+  try {
+    return await executeWith(def, item, controller);
+  } finally {
+    running.delete(controller);
+  }
+}
+
+async function executeWith(
+  def: AnyMachine,
+  item: StepItem,
+  controller: AbortController,
+): Promise<StepResult> {
   const ctx: StepContext = {
     id: item.id,
     machine: item.machine,

@@ -17,7 +17,8 @@
  * Piscina replaces dead threads by itself (`minThreads = maxThreads = threads`).
  */
 import { fileURLToPath } from 'node:url';
-import { MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
+import { randomUUID } from 'node:crypto';
+import { BroadcastChannel, MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { errorMessage } from '../runtime/errors.js';
 import type { StepExecutor, StepRequest, StepResult } from '../runtime/executor.js';
@@ -25,7 +26,7 @@ import type { StepFailure } from '../runtime/machine.js';
 import type { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
 import { fallbackResult } from './execute-step.js';
-import type { PortMessage, StepItem, StepTask } from './protocol.js';
+import type { PoolWorkerData, PortMessage, StepItem, StepTask } from './protocol.js';
 
 export interface QueuePoolOptions {
   readonly queue: string;
@@ -36,6 +37,8 @@ export interface QueuePoolOptions {
   /** How long past its timeout a step may block its thread before the thread is terminated. */
   readonly graceMs?: number;
   readonly onError?: (error: unknown) => void;
+  /** Heap limit of each thread; a thread over it dies (and its steps count as errors). */
+  readonly memoryLimitMb?: number;
 }
 
 const here = import.meta.url;
@@ -47,6 +50,7 @@ export class QueuePool implements StepExecutor {
   readonly #options: QueuePoolOptions;
   readonly #graceMs: number;
   readonly #untrack: () => void;
+  readonly #aborts: BroadcastChannel;
   /** Threads the watchdog terminated, with the ids of the steps that overran on them. */
   readonly #terminated = new Map<number, Map<string, number>>();
   #running = 0;
@@ -54,6 +58,13 @@ export class QueuePool implements StepExecutor {
   constructor(options: QueuePoolOptions) {
     this.#options = options;
     this.#graceMs = options.graceMs ?? 1_000;
+    const abortChannel = `gen-durable:abort:${randomUUID()}`;
+    this.#aborts = new BroadcastChannel(abortChannel);
+    const workerData: PoolWorkerData = {
+      entry: workerEntry,
+      preload: [...new Set(options.registry.definitions.map((d) => d.module))],
+      abortChannel,
+    };
     this.#piscina = new Piscina({
       filename: bootstrapFile,
       minThreads: options.threads,
@@ -62,7 +73,8 @@ export class QueuePool implements StepExecutor {
       concurrentTasksPerWorker: Math.max(1, options.concurrency),
       atomics: 'disabled',
       recordTiming: false,
-      workerData: { entry: workerEntry },
+      workerData,
+      ...(options.memoryLimitMb ? { resourceLimits: { maxOldGenerationSizeMb: options.memoryLimitMb } } : {}),
     });
     this.#piscina.on('error', (error: unknown) => options.onError?.(error));
     this.#untrack = trackResource(this, 'thread-pool', options.queue);
@@ -181,7 +193,13 @@ export class QueuePool implements StepExecutor {
     if (failed.length > 0) await this.#runTask(failed, deliver, true);
   }
 
+  /** Fires the abort signal of every step running in this pool (a forced shutdown). */
+  abortRunning(): void {
+    this.#aborts.postMessage('abort');
+  }
+
   async close(): Promise<void> {
+    this.#aborts.close();
     await this.#piscina.destroy();
     this.#untrack();
   }

@@ -37,3 +37,13 @@ export type PortMessage =
       readonly timeouts: ReadonlyArray<readonly [string, number]>;
     }
   | { readonly type: 'results'; readonly results: readonly StepResult[] };
+
+/** What every worker thread of a pool is started with. */
+export interface PoolWorkerData {
+  /** URL of the worker module that `bootstrap.mjs` hands over to. */
+  readonly entry: string;
+  /** Machine modules to import while the thread starts. */
+  readonly preload: readonly string[];
+  /** `BroadcastChannel` name on which the pool asks its threads to abort running steps. */
+  readonly abortChannel: string;
+}

@@ -2,10 +2,11 @@
  * The worker-thread side: imports machine modules by itself, runs a batch of steps
  * concurrently and streams their results back on the batch's port.
  */
-import { threadId } from 'node:worker_threads';
+import { BroadcastChannel, threadId } from 'node:worker_threads';
+import { workerData } from 'piscina';
 import { type AnyMachine, isMachineDefinition, machineKey } from '../runtime/machine.js';
-import { executeStep, fallbackResult, toFailure } from './execute-step.js';
-import type { PortMessage, StepItem, StepResult, StepTask } from './protocol.js';
+import { abortRunningSteps, executeStep, fallbackResult, toFailure } from './execute-step.js';
+import type { PoolWorkerData, PortMessage, StepItem, StepResult, StepTask } from './protocol.js';
 import { ensureTypeScriptLoader, isTypeScriptModule } from './typescript-loader.js';
 
 const modules = new Map<string, Promise<Map<string, AnyMachine>>>();
@@ -20,18 +21,33 @@ async function loadModule(url: string): Promise<Map<string, AnyMachine>> {
   return found;
 }
 
-async function definitionFor(item: StepItem): Promise<AnyMachine> {
-  let loading = modules.get(item.module);
+function moduleAt(url: string): Promise<Map<string, AnyMachine>> {
+  let loading = modules.get(url);
   if (!loading) {
-    loading = loadModule(item.module);
-    modules.set(item.module, loading);
-    loading.catch(() => modules.delete(item.module));
+    loading = loadModule(url);
+    modules.set(url, loading);
+    loading.catch(() => modules.delete(url));
   }
-  const def = (await loading).get(machineKey(item.machine, item.version));
+  return loading;
+}
+
+async function definitionFor(item: StepItem): Promise<AnyMachine> {
+  const def = (await moduleAt(item.module)).get(machineKey(item.machine, item.version));
   if (!def)
     throw new Error(`module ${item.module} exports no machine ${item.machine} version ${item.version}`);
   return def;
 }
+
+const data = workerData as PoolWorkerData;
+
+// The node's forced shutdown fires the abort signal of every running step.
+const aborts = new BroadcastChannel(data.abortChannel);
+aborts.onmessage = () => abortRunningSteps('the node is shutting down');
+aborts.unref();
+
+// Import the registered machine modules while the thread starts, not on its first batch. A
+// module that fails here fails again, with its error recorded, when a step needs it.
+await Promise.all(data.preload.map((url) => moduleAt(url).catch(() => undefined)));
 
 export default async function runBatch(task: StepTask): Promise<number> {
   const { items, port } = task;
