@@ -11,14 +11,22 @@ import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { Client } from '../runtime/client.js';
-import { errorMessage } from '../runtime/errors.js';
+import { z } from 'zod';
+import { durationSchema } from '../runtime/duration.js';
+import { ValidationError, describeZodIssues, errorMessage } from '../runtime/errors.js';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import { type FlushEntry, Flusher } from '../runtime/flusher.js';
 import { NotificationListener, NotificationSender } from '../runtime/notifications.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
-import { type ClaimedRow, claimBatch, releaseClaims } from '../runtime/sql/loop.js';
+import {
+  type ClaimedRow,
+  claimBatch,
+  nextDueIn,
+  reapNodeClaims,
+  releaseClaims,
+} from '../runtime/sql/loop.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 import { QueuePool } from '../threads/pool.js';
@@ -34,8 +42,10 @@ interface QueueRuntime {
 
 export interface StopOptions {
   /** How long in-flight steps may take to finish and commit before their rows are released. */
-  readonly timeout?: number;
+  readonly timeout?: number | string;
 }
+
+const stopOptionsSchema = z.object({ timeout: durationSchema.default(30_000) }).strict();
 
 export class GenDurableNode {
   readonly id: string;
@@ -96,6 +106,7 @@ export class GenDurableNode {
         batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
         pollIntervalMs: config.pollInterval,
         claim: (limit) => this.#claim(queue, limit),
+        nextDue: () => nextDueIn(this.#db, this.#config.schema, queue),
         dispatch: (rows) => this.#dispatch(queue, pool, rows),
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
@@ -115,10 +126,7 @@ export class GenDurableNode {
       schema,
       intervalMs: config.reapInterval,
       batch: 1_000,
-      onReaped: (rows) => {
-        for (const r of rows) if (r.status === 'runnable') this.#wakeQueue(r.queue, 0);
-        this.#sender.settled(rows.filter((r) => r.status === 'failed').map((r) => r.id));
-      },
+      onReaped: (rows) => this.#afterReap(rows),
       onError: (e) => this.#reportError('reaper', e),
     });
     this.#untrack = trackResource(this, 'node', this.id);
@@ -148,6 +156,8 @@ export class GenDurableNode {
     try {
       if (this.#config.migrate) await migrate({ pool: this.#db, schema: this.#config.schema });
       await this.#register();
+      // Claims still held under this id belong to an earlier process that died with it.
+      this.#afterReap(await reapNodeClaims(this.#db, this.#config.schema, this.id));
       this.#listener.add({
         onWake: (queue, delayMs) => this.#wakeLocal(queue, delayMs),
         onReconnect: () => {
@@ -166,6 +176,11 @@ export class GenDurableNode {
       await this.#shutdown(0);
       throw error;
     }
+  }
+
+  #afterReap(rows: ReadonlyArray<{ id: string; queue: string; status: string }>): void {
+    for (const r of rows) if (r.status === 'runnable') this.#wakeQueue(r.queue, 0);
+    this.#sender.settled(rows.filter((r) => r.status === 'failed').map((r) => r.id));
   }
 
   #register(): Promise<void> {
@@ -215,23 +230,36 @@ export class GenDurableNode {
           attempt: r.attempt,
         });
     }
-    pool.execute(requests, (result: StepResult) => {
-      const row = claimed.get(result.id)!;
-      this.#flusher.push({ id: result.id, claim: row.claim, queue, result });
-      const event = () => ({
-        node: this.id,
-        queue,
-        id: row.id,
-        machine: row.fsm,
-        step: row.step,
-        attempt: row.attempt,
-        outcome: result.kind,
-        error: result.error,
-        durationMs: performance.now() - started,
+    const delivered = new Set<string>();
+    try {
+      pool.execute(requests, (result: StepResult) => {
+        delivered.add(result.id);
+        this.#onResult(queue, claimed.get(result.id)!, result, started);
       });
-      publish(telemetry.stepStop, event);
-      if (result.error !== undefined) publish(telemetry.stepException, event);
+    } catch (error) {
+      // Nothing may strand a claim: give back every step that did not get a result.
+      this.#reportError(`dispatch ${queue}`, error);
+      for (const row of rows) {
+        if (!delivered.has(row.id)) this.#onResult(queue, row, { id: row.id, kind: 'release' }, started);
+      }
+    }
+  }
+
+  #onResult(queue: string, row: ClaimedRow, result: StepResult, started: number): void {
+    this.#flusher.push({ id: result.id, claim: row.claim, queue, result });
+    const event = () => ({
+      node: this.id,
+      queue,
+      id: row.id,
+      machine: row.fsm,
+      step: row.step,
+      attempt: row.attempt,
+      outcome: result.kind,
+      error: result.error,
+      durationMs: performance.now() - started,
     });
+    publish(telemetry.stepStop, event);
+    if (result.error !== undefined) publish(telemetry.stepException, event);
   }
 
   #afterFlush(entries: readonly FlushEntry[], applied: ReadonlyMap<string, boolean>): void {
@@ -241,7 +269,10 @@ export class GenDurableNode {
     for (const entry of entries) {
       freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
       if (!applied.has(entry.id)) {
+        // Reaped meanwhile, or committed by an earlier try whose reply was lost: in the
+        // latter case the row may be runnable again, so look.
         stale.push(entry.id);
+        this.#wakeLocal(entry.queue, 0);
         continue;
       }
       const r = entry.result;
@@ -279,7 +310,12 @@ export class GenDurableNode {
    * and connections. Idempotent.
    */
   stop(options: StopOptions = {}): Promise<void> {
-    this.#stopping ??= this.#shutdown(options.timeout ?? 30_000);
+    const parsed = stopOptionsSchema.safeParse(options);
+    if (!parsed.success) {
+      const { path, message } = describeZodIssues('options', parsed.error.issues);
+      return Promise.reject(new ValidationError('invalid_input', path, message));
+    }
+    this.#stopping ??= this.#shutdown(parsed.data.timeout);
     return this.#stopping;
   }
 

@@ -5,7 +5,7 @@
  */
 import pg from 'pg';
 import { z } from 'zod';
-import { durationSchema } from '../runtime/duration.js';
+import { timerDurationSchema } from '../runtime/duration.js';
 import { ValidationError, describeZodIssues } from '../runtime/errors.js';
 import { NAME_PATTERN } from '../runtime/machine.js';
 import { validateSchemaName } from '../runtime/sql/db.js';
@@ -48,15 +48,15 @@ export const joinOptionsSchema = z
       )
       .default({ default: { concurrency: 10, threads: 1 } }),
     /** How long a claim holds without a heartbeat. */
-    lease: durationSchema.default(30_000),
+    lease: timerDurationSchema.default(30_000),
     /** How often the node heartbeats (and extends its leases). Must be shorter than lease / 2. */
-    heartbeat: durationSchema.default(5_000),
+    heartbeat: timerDurationSchema.default(5_000),
     /** Safety-net poll of each feeder, for a notification that never arrived. */
-    pollInterval: durationSchema.default(5_000),
+    pollInterval: timerDurationSchema.default(5_000),
     /** How often expired leases are reaped. */
-    reapInterval: durationSchema.default(5_000),
+    reapInterval: timerDurationSchema.default(5_000),
     /** How long past its timeout a step may block its thread before the thread is terminated. */
-    timeoutGrace: durationSchema.default(1_000),
+    timeoutGrace: timerDurationSchema.default(1_000),
     /** Outcomes committed by one flush at most. */
     flushBatch: z.number().int().min(1).max(10_000).default(1_000),
     /** Connections of the node's pool (picks, flushes, heartbeats, the client). */

@@ -85,12 +85,40 @@ const clientOptionsSchema = z
   });
 
 const waitOptionsSchema = z.object({ timeout: durationSchema }).strict();
+/** An instance id: a positive Postgres bigint, as a string. */
+export function isInstanceId(value: unknown): boolean {
+  return (
+    typeof value === 'string' && /^[1-9]\d{0,18}$/.test(value) && BigInt(value) <= 9_223_372_036_854_775_807n
+  );
+}
+
+const instanceIdSchema = z.string().refine(isInstanceId, 'is not an instance id');
+
+const countFilterSchema = z
+  .object({
+    queue: z.string().optional(),
+    machine: z.string().optional(),
+    status: z.enum(ALL_STATUSES as [Status, ...Status[]]).optional(),
+  })
+  .strict();
+
+const insertAllOptionsSchema = z
+  .object({
+    tx: z
+      .custom<Queryable>(
+        (v) => typeof (v as Queryable | undefined)?.query === 'function',
+        'must be a pg client',
+      )
+      .optional(),
+  })
+  .strict();
+
 const listFilterSchema = z
   .object({
     queue: z.string().optional(),
     machine: z.string().optional(),
     status: z.enum(ALL_STATUSES as [Status, ...Status[]]).optional(),
-    afterId: z.string().regex(/^\d+$/).optional(),
+    afterId: instanceIdSchema.optional(),
     limit: z.number().int().min(1).max(10_000).optional(),
   })
   .strict();
@@ -148,7 +176,7 @@ export class Client {
   /** Inserts one instance. With `tx`, the row exists if and only if that transaction commits. */
   async insert<M extends AnyMachine>(machine: M, options: InsertOptions): Promise<InsertResult> {
     const row = toInsertRow(machine, options, '');
-    const [result] = await this.#insertRows([row], options.tx);
+    const [result] = await this.#insertRows([row], (options as InsertOptions | null | undefined)?.tx);
     return result!;
   }
 
@@ -159,14 +187,23 @@ export class Client {
   ): Promise<InsertResult[]> {
     const list: unknown = items;
     if (!Array.isArray(list)) throw new ValidationError('invalid_input', 'items', 'must be an array');
-    const rows = items.map((item, i) => {
-      if (item.tx !== undefined)
+    const { tx } = parseOrThrow(insertAllOptionsSchema, options, 'options');
+    const rows = list.map((item: unknown, i) => {
+      if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+        throw new ValidationError(
+          'invalid_input',
+          `items[${i}]`,
+          'must be an object with machine and state or args',
+        );
+      }
+      const { machine, tx: itemTx, ...rest } = item as InsertOptions & { machine?: unknown };
+      if (itemTx !== undefined) {
         throw new ValidationError('invalid_input', `items[${i}].tx`, 'pass tx as insertAll(items, { tx })');
-      const { machine, ...rest } = item;
+      }
       return toInsertRow(machine, rest, `items[${i}].`);
     });
     if (rows.length === 0) return [];
-    return this.#insertRows(rows, options.tx);
+    return this.#insertRows(rows, tx);
   }
 
   async #insertRows(rows: readonly InsertRow[], tx: Queryable | undefined): Promise<InsertResult[]> {
@@ -175,36 +212,31 @@ export class Client {
     const results = new Array<InsertResult | undefined>(rows.length);
     let todo = rows.map((_, i) => i);
     for (let round = 0; todo.length > 0; round++) {
-      if (round >= 10)
-        throw new GenDurableError('invalid_input', 'insert kept racing with instances ending; gave up');
+      if (round >= 10) {
+        throw new GenDurableError('insert_conflict', 'insert kept racing with instances ending; gave up');
+      }
       const out = await insertInstances(
         db,
         this.schema,
         todo.map((i) => rows[i]!),
       );
-      const byKey = new Map<string, string>();
+      // A row not inserted met an occupied key: answer with the occupant (the row whose own
+      // scope holds the key, which may be one inserted a moment ago by this very batch).
+      const duplicates: number[] = [];
       out.forEach((r, j) => {
-        if (r.inserted) {
-          results[todo[j]!] = { id: r.id, inserted: true };
-          if (r.correlation_key !== null && !byKey.has(r.correlation_key)) byKey.set(r.correlation_key, r.id);
-        }
+        if (r.inserted) results[todo[j]!] = { id: r.id, inserted: true };
+        else duplicates.push(todo[j]!);
       });
-      const missing = todo.filter((i, j) => !out[j]!.inserted && !byKey.has(rows[i]!.correlationKey!));
-      todo.forEach((i, j) => {
-        const key = rows[i]!.correlationKey;
-        if (!out[j]!.inserted && key !== null && byKey.has(key))
-          results[i] = { id: byKey.get(key)!, inserted: false };
-      });
-      if (missing.length === 0) break;
-      const keys = [...new Set(missing.map((i) => rows[i]!.correlationKey!))];
+      if (duplicates.length === 0) break;
+      const keys = [...new Set(duplicates.map((i) => rows[i]!.correlationKey!))];
       const occupied = new Map(
         (await findOccupiedKeys(db, this.schema, keys)).map((r) => [r.correlation_key, r.id]),
       );
-      for (const i of missing) {
+      for (const i of duplicates) {
         const id = occupied.get(rows[i]!.correlationKey!);
         if (id !== undefined) results[i] = { id, inserted: false };
       }
-      todo = missing.filter((i) => results[i] === undefined); // the occupant ended meanwhile: insert again
+      todo = duplicates.filter((i) => results[i] === undefined); // the occupant ended meanwhile: insert again
     }
     await this.#wake(rows, results, tx);
     publish(telemetry.insert, () => ({
@@ -263,7 +295,7 @@ export class Client {
     const { timeout } = parseOrThrow(waitOptionsSchema, options, 'options');
     const deadline = Date.now() + timeout;
     const first = await this.#find(target);
-    if (!first) throw new GenDurableError('invalid_input', `no instance ${describeTarget(target)}`);
+    if (!first) throw new GenDurableError('not_found', `no instance ${describeTarget(target)}`);
     const id = first.id;
     let wakeUp: (() => void) | undefined;
     const listener = this.#internals.listener();
@@ -280,7 +312,7 @@ export class Client {
       if (runnableIn !== null) this.#internals.sender.wake(runnableIn, 0);
       for (;;) {
         const row = await getInstanceById(this.#internals.pool, this.schema, id);
-        if (!row) throw new GenDurableError('invalid_input', `instance ${id} no longer exists`);
+        if (!row) throw new GenDurableError('not_found', `instance ${id} no longer exists`);
         const snapshot = toSnapshot(row);
         if (snapshot.status === 'done') return { status: 'done', result: snapshot.result, snapshot };
         if (snapshot.status === 'failed' || snapshot.status === 'cancelled') {
@@ -307,7 +339,7 @@ export class Client {
     filter: { queue?: string; machine?: string; status?: Status } = {},
   ): Promise<Array<{ queue: string; machine: string; status: Status; count: number }>> {
     this.#assertOpen();
-    const f = parseOrThrow(listFilterSchema, filter, 'filter');
+    const f = parseOrThrow(countFilterSchema, filter, 'filter');
     const rows = await countInstances(this.#internals.pool, this.schema, {
       queue: f.queue ?? null,
       fsm: f.machine ?? null,
@@ -334,7 +366,7 @@ export class Client {
 
   async #find(target: Target): Promise<InstanceRow | undefined> {
     if (typeof target === 'string') {
-      if (!/^\d{1,19}$/.test(target))
+      if (!isInstanceId(target))
         throw new ValidationError('invalid_input', 'target', `"${target}" is not an instance id`);
       return getInstanceById(this.#internals.pool, this.schema, target);
     }

@@ -11,6 +11,8 @@ export type ErrorCode =
   | 'not_serializable'
   | 'invalid_outcome'
   | 'closed'
+  | 'insert_conflict'
+  | 'not_found'
   | 'migration_failed';
 
 export class GenDurableError extends Error {

@@ -9,6 +9,7 @@
  *   completion (slots freed by a commit) claims again at once.
  * A claim that returns less than it asked for means the queue has no more due work: idle.
  */
+import { MAX_TIMER_MS } from './duration.js';
 import type { ClaimedRow } from './sql/loop.js';
 import type { Service } from './service.js';
 
@@ -18,6 +19,8 @@ export interface FeederOptions {
   readonly batchSize: number;
   readonly pollIntervalMs: number;
   readonly claim: (limit: number) => Promise<ClaimedRow[]>;
+  /** Milliseconds until the queue's next scheduled row falls due, or null. */
+  readonly nextDue: () => Promise<number | null>;
   readonly dispatch: (rows: ClaimedRow[]) => void;
   readonly onError: (error: unknown) => void;
 }
@@ -34,6 +37,8 @@ export class Feeder implements Service {
   #dueTimer: NodeJS.Timeout | undefined;
   #dueAt = Number.POSITIVE_INFINITY;
   #retryTimer: NodeJS.Timeout | undefined;
+  /** A due timer fired: after the claim it caused, look up the next due time. */
+  #dueFired = false;
 
   constructor(options: FeederOptions) {
     this.#o = options;
@@ -58,15 +63,20 @@ export class Feeder implements Service {
     this.#pump();
   }
 
-  /** Work becomes due in `delayMs`: claim then (only the earliest such time is kept). */
+  /**
+   * Work becomes due in `delayMs`: claim then. Only the earliest such time is kept; when it
+   * fires, the feeder asks the database for the next one, so later times are not lost.
+   */
   wakeIn(delayMs: number): void {
     if (delayMs <= 0) return this.wake();
+    if (delayMs > MAX_TIMER_MS) return; // beyond a timer's reach: a later look-up or the poll
     const at = Date.now() + delayMs;
     if (at >= this.#dueAt) return;
     clearTimeout(this.#dueTimer);
     this.#dueAt = at;
     this.#dueTimer = setTimeout(() => {
       this.#dueAt = Number.POSITIVE_INFINITY;
+      this.#dueFired = true;
       this.wake();
     }, delayMs + 5);
     this.#dueTimer.unref();
@@ -104,6 +114,15 @@ export class Feeder implements Service {
       }
       this.#backlog = rows.length === limit;
       if (this.#backlog) this.#wanted = true;
+      else if (this.#dueFired) {
+        this.#dueFired = false;
+        try {
+          const ms = await this.#o.nextDue();
+          if (ms !== null) this.wakeIn(ms);
+        } catch (error) {
+          this.#o.onError(error);
+        }
+      }
       if (rows.length === 0) continue;
       this.#inFlight += rows.length;
       this.#o.dispatch(rows);

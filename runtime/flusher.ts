@@ -13,6 +13,12 @@ import type { StepResult } from './executor.js';
 import { ATTEMPT, type OutcomeRow, flushOutcomes } from './sql/loop.js';
 import type { Queryable } from './sql/db.js';
 import type { Service } from './service.js';
+import { isDataError } from './sql/errors.js';
+import { errorMessage } from './errors.js';
+import { storableText } from './json.js';
+
+/** Prefix of the reason an outcome gets when Postgres refuses to store it. */
+const UNSTORABLE = 'the outcome could not be stored';
 
 export interface FlushEntry {
   readonly id: string;
@@ -41,6 +47,7 @@ export class Flusher implements Service {
   #stopped = false;
   #failures = 0;
   #idle: Array<() => void> = [];
+  #wakeSleeper: () => void = () => undefined;
 
   constructor(options: FlusherOptions) {
     this.#o = options;
@@ -64,24 +71,72 @@ export class Flusher implements Service {
     await new Promise((resolve) => setImmediate(resolve));
     while (this.#buffer.length > 0 && !this.#stopped) {
       const batch = this.#buffer.splice(0, this.#o.maxBatch);
+      let committed: Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>;
       try {
-        const applied = await flushOutcomes(
-          this.#o.db,
-          this.#o.schema,
-          this.#o.nodeId,
-          batch.map(toOutcomeRow),
-        );
-        this.#failures = 0;
-        this.#o.onFlushed(batch, new Map(applied.map((r) => [r.id, r.watched])));
+        committed = [[batch, await this.#commit(batch)]];
       } catch (error) {
         this.#o.onError(error);
-        this.#buffer.unshift(...batch);
-        this.#failures++;
-        await new Promise((resolve) => setTimeout(resolve, Math.min(50 * 2 ** this.#failures, 5_000)));
+        try {
+          if (!isDataError(error)) throw error;
+          committed = await this.#isolate(batch);
+        } catch (failure) {
+          // Transient (connection lost, Postgres restarting): the same outcomes again later.
+          // Any that did commit before the failure no longer match their claim: no double apply.
+          if (failure !== error) this.#o.onError(failure);
+          this.#buffer.unshift(...batch);
+          this.#failures++;
+          await this.#sleep(Math.min(50 * 2 ** this.#failures, 5_000));
+          continue;
+        }
       }
+      this.#failures = 0;
+      for (const [entries, applied] of committed) this.#o.onFlushed(entries, applied);
     }
     this.#flushing = undefined;
     for (const resolve of this.#idle.splice(0)) resolve();
+  }
+
+  async #commit(batch: readonly FlushEntry[]): Promise<ReadonlyMap<string, boolean>> {
+    const applied = await flushOutcomes(this.#o.db, this.#o.schema, this.#o.nodeId, batch.map(toOutcomeRow));
+    return new Map(applied.map((r) => [r.id, r.watched]));
+  }
+
+  /**
+   * A batch that Postgres rejected for its values (a data or constraint error) would fail
+   * the same way forever and block every outcome behind it. Bisect it: the good outcomes
+   * commit, a bad one is committed as `stop` with the database's error instead, and if even
+   * that fails it is dropped (its claim expires and the reaper takes the row).
+   */
+  async #isolate(
+    batch: readonly FlushEntry[],
+  ): Promise<Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>> {
+    try {
+      return [[batch, await this.#commit(batch)]];
+    } catch (error) {
+      if (!isDataError(error)) throw error;
+      if (batch.length > 1) {
+        const half = Math.ceil(batch.length / 2);
+        return [...(await this.#isolate(batch.slice(0, half))), ...(await this.#isolate(batch.slice(half)))];
+      }
+      const entry = batch[0]!;
+      if (entry.result.kind === 'stop' && entry.result.reason.startsWith(UNSTORABLE)) {
+        this.#o.onError(error);
+        return [[batch, new Map()]];
+      }
+      const reason = `${UNSTORABLE}: ${errorMessage(error)}`;
+      const stopped: FlushEntry = { ...entry, result: { id: entry.id, kind: 'stop', reason, error: reason } };
+      return this.#isolate([stopped]);
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#wakeSleeper = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
   }
 
   /** Resolves when everything pushed so far has been committed (or the flusher stopped). */
@@ -93,6 +148,7 @@ export class Flusher implements Service {
   /** Stops flushing; outcomes still buffered are dropped (their claims are released or reaped). */
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#wakeSleeper();
     await this.#flushing;
     this.#buffer = [];
   }
@@ -108,7 +164,7 @@ export function toOutcomeRow(entry: FlushEntry): OutcomeRow {
     delayMs: null,
     result: null,
     lastError: null,
-    error: result.error ?? null,
+    error: result.error === undefined ? null : storableText(result.error),
   };
   switch (result.kind) {
     case 'next':
@@ -135,8 +191,8 @@ export function toOutcomeRow(entry: FlushEntry): OutcomeRow {
         ...base,
         status: 'failed',
         attempt: ATTEMPT.keep,
-        lastError: result.reason,
-        error: result.error ?? result.reason,
+        lastError: storableText(result.reason),
+        error: storableText(result.error ?? result.reason),
       };
     case 'release':
       return { ...base, status: 'runnable', attempt: ATTEMPT.keep, error: null };

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { type Duration, durationSchema } from './duration.js';
 import { ValidationError, describeZodIssues } from './errors.js';
-import { findNonJson } from './json.js';
+import { badText, findNonJson } from './json.js';
 import { type AnyMachine, NAME_PATTERN, isMachineDefinition } from './machine.js';
 import type { Queryable } from './sql/db.js';
 import type { InsertRow } from './sql/instances.js';
@@ -28,8 +28,19 @@ export const insertOptionsSchema = z
       .refine((d) => !Number.isNaN(d.getTime()), 'is an invalid Date')
       .optional(),
     delay: durationSchema.optional(),
-    correlationKey: z.string().min(1).max(1_000).optional(),
-    correlationScope: z.array(statusSchema).optional(),
+    correlationKey: z
+      .string()
+      .min(1)
+      .max(1_000)
+      .refine((k) => badText(k) === null, 'must not contain U+0000 or lone surrogates')
+      .optional(),
+    correlationScope: z
+      .array(statusSchema)
+      .refine(
+        (scope) => scope.length === 0 || LIVE_STATUSES.every((s) => scope.includes(s)),
+        `must be [] (address only) or include every live status (${LIVE_STATUSES.join(', ')}), optionally with terminal ones`,
+      )
+      .optional(),
     maxAttempts: z.number().int().min(1).max(10_000).optional(),
     tx: z
       .custom<Queryable>(

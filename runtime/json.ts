@@ -1,7 +1,7 @@
 /**
  * JSON checks for values that are stored as `jsonb`: functions, symbols, BigInt, cycles,
- * non-finite numbers and class instances that JSON would silently mangle are rejected with
- * the path of the first offender.
+ * non-finite numbers and class instances that JSON would silently mangle, and text Postgres
+ * cannot store (U+0000, lone surrogates), are rejected with the path of the first offender.
  */
 
 /** Returns the dotted path and reason of the first non-JSON value, or null when `value` is JSON. */
@@ -9,7 +9,10 @@ export function findNonJson(value: unknown, path = ''): { path: string; reason: 
   const seen = new Set<object>();
   const visit = (v: unknown, p: string): { path: string; reason: string } | null => {
     switch (typeof v) {
-      case 'string':
+      case 'string': {
+        const bad = badText(v);
+        return bad ? { path: p, reason: bad } : null;
+      }
       case 'boolean':
         return null;
       case 'number':
@@ -39,6 +42,8 @@ export function findNonJson(value: unknown, path = ''): { path: string; reason: 
             return { path: p, reason: `a ${ctor} instance is not plain JSON` };
           }
           for (const [key, child] of Object.entries(v)) {
+            const badKey = badText(key);
+            if (badKey) return { path: p ? `${p}.${key}` : key, reason: `the key ${badKey}` };
             const bad = visit(child, p ? `${p}.${key}` : key);
             if (bad) return bad;
           }
@@ -49,6 +54,22 @@ export function findNonJson(value: unknown, path = ''): { path: string; reason: 
     }
   };
   return visit(value, path);
+}
+
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Why Postgres cannot store this text (in `text` or `jsonb`), or null when it can. */
+export function badText(text: string): string | null {
+  if (text.includes('\u0000')) return 'contains U+0000, which Postgres cannot store';
+  if (LONE_SURROGATE.test(text)) return 'contains a lone UTF-16 surrogate, which is not valid Unicode';
+  return null;
+}
+
+/** Makes free text (error messages, reasons) storable: U+0000 and lone surrogates become U+FFFD. */
+export function storableText(text: string): string {
+  return badText(text) === null
+    ? text
+    : text.replaceAll('\u0000', '\ufffd').replace(new RegExp(LONE_SURROGATE.source, 'g'), '\ufffd');
 }
 
 /** Stringifies a value known to be JSON; `undefined` becomes `null`. */

@@ -6,8 +6,9 @@
  */
 import { z } from 'zod';
 import { DEFAULT_MAX_ATTEMPTS } from './backoff.js';
-import { type Duration, durationSchema } from './duration.js';
+import { type Duration, timerDurationSchema } from './duration.js';
 import { ValidationError, describeZodIssues } from './errors.js';
+import { badText } from './json.js';
 import { type Outcome, done, isOutcome } from './outcome.js';
 
 /** What a step sees besides its state. */
@@ -96,7 +97,7 @@ const baseConfigSchema = z.object({
   maxAttempts: z.number().int().min(1).max(10_000).default(DEFAULT_MAX_ATTEMPTS),
   backoff: z.function().optional(),
   onError: z.function().optional(),
-  stepTimeout: durationSchema.optional(),
+  stepTimeout: timerDurationSchema.optional(),
   priority: z.number().int().min(-32768).max(32767).default(0),
 });
 
@@ -113,7 +114,14 @@ const machineConfigSchema = baseConfigSchema
   .extend({
     state: z.custom<z.ZodType>((v) => v instanceof z.ZodType, 'must be a zod schema'),
     initial: z.string().min(1),
-    steps: z.record(z.string(), z.function()),
+    steps: z.record(
+      z
+        .string()
+        .min(1)
+        .max(200)
+        .refine((k) => badText(k) === null, 'step names must be storable text'),
+      z.function(),
+    ),
   })
   .strict()
   .superRefine((cfg, ctx) => {

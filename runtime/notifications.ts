@@ -46,6 +46,7 @@ export class NotificationSender {
   #settled: string[] = [];
   #scheduled = false;
   #inFlight: Promise<void> | undefined;
+  #failures = 0;
 
   constructor(db: Queryable, schema: string, onError: (error: unknown) => void) {
     this.#db = db;
@@ -75,18 +76,40 @@ export class NotificationSender {
   async #send(): Promise<void> {
     await this.#inFlight;
     this.#scheduled = false;
+    const wakes = this.#wakes;
+    const settled = this.#settled;
     const payloads = this.#drain();
     if (payloads.length === 0) return;
-    this.#inFlight = sendNotifications(this.#db, this.#schema, this.#channel, payloads).catch(this.#onError);
+    this.#inFlight = sendNotifications(this.#db, this.#schema, this.#channel, payloads).then(
+      () => {
+        this.#failures = 0;
+      },
+      (error: unknown) => {
+        this.#onError(error);
+        // Put them back for another try (a few, then the receivers' safety nets take over).
+        if (++this.#failures > 5) return;
+        for (const [queue, delay] of wakes) this.wake(queue, delay);
+        this.settled(settled);
+      },
+    );
     await this.#inFlight;
   }
 
   #drain(): string[] {
     const payloads: string[] = [];
-    if (this.#wakes.size > 0) {
-      payloads.push(JSON.stringify({ w: Object.fromEntries(this.#wakes) } satisfies NotificationPayload));
-      this.#wakes = new Map();
+    let wakes: Record<string, number> = {};
+    let wakeSize = 0;
+    for (const [queue, delay] of this.#wakes) {
+      if (wakeSize + queue.length + 24 > MAX_PAYLOAD) {
+        payloads.push(JSON.stringify({ w: wakes } satisfies NotificationPayload));
+        wakes = {};
+        wakeSize = 0;
+      }
+      wakes[queue] = delay;
+      wakeSize += queue.length + 24;
     }
+    if (wakeSize > 0) payloads.push(JSON.stringify({ w: wakes } satisfies NotificationPayload));
+    this.#wakes = new Map();
     let ids: string[] = [];
     let size = 0;
     for (const id of this.#settled) {

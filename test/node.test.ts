@@ -22,6 +22,10 @@ describe('Cluster.join', () => {
       [{ schema: db.schema }, 'connectionString'],
       [{ ...base, machines: [{}] }, 'machines[0]'],
     ];
+    const node = await join({ machines: all, queues: { main: { concurrency: 1, threads: 1 } } });
+    const badStop = await node.stop({ timeout: -1 }).catch((e: unknown) => e);
+    expect(badStop).toBeInstanceOf(ValidationError);
+    expect((badStop as ValidationError).path).toBe('options.timeout');
     for (const [options, path] of cases) {
       const error = await Cluster.join(options as never).catch((e: unknown) => e);
       expect(error, JSON.stringify(options)).toBeInstanceOf(ValidationError);

@@ -39,11 +39,30 @@ export function abortRunningSteps(reason: string): void {
   for (const controller of running) controller.abort(new Error(reason));
 }
 
-export async function executeStep(def: AnyMachine, item: StepItem): Promise<StepResult> {
+/** Told when user code starts (true) and stops (false) running synchronously. */
+export type RunningMark = (running: boolean) => void;
+
+const noMark: RunningMark = () => undefined;
+
+/** Runs user code, marking the span in which it runs synchronously. */
+function marked<T>(mark: RunningMark, run: () => T): T {
+  mark(true);
+  try {
+    return run();
+  } finally {
+    mark(false);
+  }
+}
+
+export async function executeStep(
+  def: AnyMachine,
+  item: StepItem,
+  mark: RunningMark = noMark,
+): Promise<StepResult> {
   const controller = new AbortController();
   running.add(controller);
   try {
-    return await executeWith(def, item, controller);
+    return await executeWith(def, item, controller, mark);
   } finally {
     running.delete(controller);
   }
@@ -53,6 +72,7 @@ async function executeWith(
   def: AnyMachine,
   item: StepItem,
   controller: AbortController,
+  mark: RunningMark,
 ): Promise<StepResult> {
   const ctx: StepContext = {
     id: item.id,
@@ -71,13 +91,17 @@ async function executeWith(
       const fn = def.steps[item.step];
       if (typeof fn !== 'function')
         throw new Failure('invalid_outcome', `machine ${def.name} has no step "${item.step}"`);
-      const value = await withTimeout(() => fn(state, ctx), def.stepTimeoutMs, controller);
+      const value = await withTimeout(
+        () => marked(mark, () => fn(state, ctx)),
+        def.stepTimeoutMs,
+        controller,
+      );
       return toResult(def, item.id, value);
     } catch (error) {
       failure = toFailure(error);
     }
   }
-  return handleFailure(def, item, state, ctx, failure);
+  return handleFailure(def, item, state, ctx, failure, mark);
 }
 
 async function handleFailure(
@@ -86,11 +110,12 @@ async function handleFailure(
   state: unknown,
   ctx: StepContext,
   failure: StepFailure,
+  mark: RunningMark,
 ): Promise<StepResult> {
   const what = `step "${item.step}" attempt ${item.attempt}: ${failure.message}`;
   try {
     const outcome: unknown = def.onError
-      ? await def.onError(failure, state, ctx)
+      ? await marked(mark, () => def.onError!(failure, state, ctx))
       : defaultOnError(failure, item, def.backoff, state);
     return { ...toResult(def, item.id, outcome), error: what };
   } catch (error) {

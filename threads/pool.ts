@@ -41,6 +41,12 @@ export interface QueuePoolOptions {
   readonly memoryLimitMb?: number;
 }
 
+interface TaskState {
+  readonly items: readonly StepItem[];
+  /** See `StepTask.running`. */
+  readonly running: Int32Array;
+}
+
 const here = import.meta.url;
 const workerEntry = new URL(here.endsWith('.ts') ? './worker.ts' : './worker.js', here).href;
 const bootstrapFile = fileURLToPath(new URL('./bootstrap.mjs', here));
@@ -51,8 +57,11 @@ export class QueuePool implements StepExecutor {
   readonly #graceMs: number;
   readonly #untrack: () => void;
   readonly #aborts: BroadcastChannel;
-  /** Threads the watchdog terminated, with the ids of the steps that overran on them. */
-  readonly #terminated = new Map<number, Map<string, number>>();
+  /** Threads the watchdog terminated, with the steps blamed and why. */
+  readonly #terminated = new Map<number, Map<string, string>>();
+  /** Batches running on each thread, as announced by their `started` message. */
+  readonly #tasks = new Map<number, Set<TaskState>>();
+  #lastKillAt = 0;
   #running = 0;
 
   constructor(options: QueuePoolOptions) {
@@ -96,9 +105,14 @@ export class QueuePool implements StepExecutor {
     };
     const items: StepItem[] = [];
     for (const request of requests) {
-      const module = this.#options.registry.moduleOf(request.machine, request.version);
+      let module: string | undefined;
+      let message = `machine ${request.machine} version ${request.version} is not registered on this node`;
+      try {
+        module = this.#options.registry.moduleOf(request.machine, request.version);
+      } catch (error) {
+        message = `resolve(${request.machine}, ${request.version}) failed: ${errorMessage(error)}`;
+      }
       if (module === undefined) {
-        const message = `machine ${request.machine} version ${request.version} is not registered on this node`;
         deliver(
           fallbackResult({ ...request, module: '' }, { kind: 'thrown', name: 'UnknownMachine', message }),
         );
@@ -119,69 +133,74 @@ export class QueuePool implements StepExecutor {
     isRetry: boolean,
   ): Promise<void> {
     const pending = new Map(items.map((item) => [item.id, item]));
+    const task: TaskState = { items, running: new Int32Array(new SharedArrayBuffer(4)) };
     const { port1, port2 } = new MessageChannel();
     let threadId: number | undefined;
     let watchdog: NodeJS.Timeout | undefined;
+    let settled = false;
 
-    const receive = (message: PortMessage): void => {
-      if (message.type === 'results') {
-        for (const result of message.results) if (pending.delete(result.id)) deliver(result);
-        return;
-      }
-      threadId = message.threadId;
-      if (message.timeouts.length === 0) return;
-      const started = Date.now();
-      const deadlines = message.timeouts.map(([id, ms]) => [id, ms, started + ms + this.#graceMs] as const);
+    const arm = (timeouts: ReadonlyArray<readonly [string, number]>): void => {
+      const start = Date.now();
+      const deadlines = timeouts.map(([id, ms]) => ({ id, ms, at: start + ms + this.#graceMs }));
       watchdog = setInterval(
         () => {
           const now = Date.now();
-          const late = deadlines.filter(([id, , at]) => pending.has(id) && at <= now);
-          if (late.length === 0) return;
+          const late = deadlines.filter((d) => pending.has(d.id) && d.at <= now);
+          if (late.length === 0 || threadId === undefined) return;
           clearInterval(watchdog);
-          const thread = this.#piscina.threads.find((t) => t.threadId === threadId);
-          if (!thread || threadId === undefined) return;
-          const killed = threadId;
-          this.#terminated.set(killed, new Map(late.map(([id, ms]) => [id, ms])));
-          // Batches on that thread settle within moments of its exit; then forget it.
-          setTimeout(() => this.#terminated.delete(killed), 60_000).unref();
-          void thread.terminate();
+          this.#terminate(threadId, late);
         },
         Math.max(50, Math.min(this.#graceMs, 1_000)),
       );
       watchdog.unref();
     };
+    const receive = (message: PortMessage): void => {
+      switch (message.type) {
+        case 'results':
+          for (const result of message.results) if (pending.delete(result.id)) deliver(result);
+          return;
+        case 'started':
+          threadId = message.threadId;
+          this.#tasksOn(threadId).add(task);
+          return;
+        case 'deadlines':
+          if (!settled) arm(message.timeouts);
+          return;
+      }
+    };
     port1.on('message', receive);
 
     let crash: unknown;
     try {
-      const task: StepTask = { items, port: port2 };
-      await this.#piscina.run(task, { transferList: [port2] });
+      const message: StepTask = { items, port: port2, running: task.running };
+      await this.#piscina.run(message, { transferList: [port2] });
     } catch (error) {
       crash = error;
     } finally {
+      settled = true;
       clearInterval(watchdog);
       for (let m = receiveMessageOnPort(port1); m; m = receiveMessageOnPort(port1))
         receive(m.message as PortMessage);
       port1.close();
+      if (threadId !== undefined) this.#tasks.get(threadId)?.delete(task);
     }
     if (pending.size === 0) return;
 
-    // Steps that overran on a thread the watchdog terminated (this batch's, or another's).
-    const overdue = threadId === undefined ? undefined : this.#terminated.get(threadId);
+    // Killed by the watchdog: the blamed steps get a timeout failure, every other step on
+    // that thread is released. A batch that never started ran no step: released as well
+    // when the watchdog just killed a thread (it was queued behind the blocked one).
+    const blamed = threadId === undefined ? undefined : this.#terminated.get(threadId);
+    const queuedBehindKill = threadId === undefined && Date.now() - this.#lastKillAt < 60_000;
     const failed: StepItem[] = [];
     for (const item of pending.values()) {
-      const lateMs = overdue?.get(item.id);
-      if (overdue && lateMs === undefined) {
+      const blame = blamed?.get(item.id);
+      if ((blamed && blame === undefined) || queuedBehindKill) {
         deliver({ id: item.id, kind: 'release' });
         continue;
       }
       const failure: StepFailure =
-        lateMs !== undefined
-          ? {
-              kind: 'timeout',
-              name: 'StepTimeout',
-              message: `step timed out after ${lateMs}ms and blocked its thread, which was terminated`,
-            }
+        blame !== undefined
+          ? { kind: 'timeout', name: 'StepTimeout', message: blame }
           : {
               kind: 'thread_exit',
               name: 'ThreadExit',
@@ -191,6 +210,41 @@ export class QueuePool implements StepExecutor {
       else failed.push({ ...item, failure });
     }
     if (failed.length > 0) await this.#runTask(failed, deliver, true);
+  }
+
+  #tasksOn(threadId: number): Set<TaskState> {
+    let tasks = this.#tasks.get(threadId);
+    if (!tasks) {
+      tasks = new Set();
+      this.#tasks.set(threadId, tasks);
+    }
+    return tasks;
+  }
+
+  /**
+   * Terminates a thread that let a step's deadline pass. The blame goes to the step whose
+   * code holds the thread right now (marked in shared memory by the worker); when no step
+   * is marked (it blocks in a continuation), to the steps whose deadlines passed.
+   */
+  #terminate(threadId: number, late: ReadonlyArray<{ id: string; ms: number }>): void {
+    const thread = this.#piscina.threads.find((t) => t.threadId === threadId);
+    if (!thread) return;
+    const blame = this.#terminated.get(threadId) ?? new Map<string, string>();
+    for (const task of this.#tasks.get(threadId) ?? []) {
+      const holder = task.items[Atomics.load(task.running, 0) - 1];
+      if (holder)
+        blame.set(holder.id, `step blocked its thread past a deadline, so the thread was terminated`);
+    }
+    if (blame.size === 0) {
+      for (const d of late) {
+        blame.set(d.id, `step timed out after ${d.ms}ms and blocked its thread, which was terminated`);
+      }
+    }
+    this.#terminated.set(threadId, blame);
+    this.#lastKillAt = Date.now();
+    // Batches on that thread settle within moments of its exit; then forget it.
+    setTimeout(() => this.#terminated.delete(threadId), 60_000).unref();
+    void thread.terminate();
   }
 
   /** Fires the abort signal of every step running in this pool (a forced shutdown). */

@@ -23,19 +23,22 @@ export interface StepItem extends StepRequest {
 export interface StepTask {
   readonly items: readonly StepItem[];
   readonly port: MessagePort;
+  /**
+   * Shared with the main thread: 1 + the index of the item whose user code (step or
+   * `onError`) is running synchronously right now, else 0. When a thread stops responding,
+   * this names the step that blocks it.
+   */
+  readonly running: Int32Array;
 }
 
 /**
- * `started` announces which thread runs a batch and the deadlines of its steps that have a
- * timeout, so the main thread can terminate a thread whose step blocks past its deadline,
- * and can tell the other batches on a thread it terminated from victims of a crash.
+ * `started` comes first, before the worker loads anything for the batch: which thread runs
+ * it. `deadlines` follows for the steps that have a timeout, so the main thread can
+ * terminate a thread that stops responding past one. `results` stream as steps finish.
  */
 export type PortMessage =
-  | {
-      readonly type: 'started';
-      readonly threadId: number;
-      readonly timeouts: ReadonlyArray<readonly [string, number]>;
-    }
+  | { readonly type: 'started'; readonly threadId: number }
+  | { readonly type: 'deadlines'; readonly timeouts: ReadonlyArray<readonly [string, number]> }
   | { readonly type: 'results'; readonly results: readonly StepResult[] };
 
 /** What every worker thread of a pool is started with. */

@@ -50,18 +50,20 @@ aborts.unref();
 await Promise.all(data.preload.map((url) => moduleAt(url).catch(() => undefined)));
 
 export default async function runBatch(task: StepTask): Promise<number> {
-  const { items, port } = task;
+  const { items, port, running } = task;
   const post = (message: PortMessage): void => port.postMessage(message);
+  post({ type: 'started', threadId });
   const defs = await Promise.all(
     items.map((item) => definitionFor(item).catch((error: unknown) => toFailure(error))),
   );
 
   const timeouts: Array<readonly [string, number]> = [];
   defs.forEach((def, i) => {
-    if ('steps' in def && def.stepTimeoutMs !== null && !items[i]?.failure)
+    if ('steps' in def && def.stepTimeoutMs !== null && !items[i]?.failure) {
       timeouts.push([items[i]!.id, def.stepTimeoutMs]);
+    }
   });
-  post({ type: 'started', threadId, timeouts });
+  if (timeouts.length > 0) post({ type: 'deadlines', timeouts });
 
   let buffer: StepResult[] = [];
   let scheduled = false;
@@ -75,9 +77,10 @@ export default async function runBatch(task: StepTask): Promise<number> {
   await Promise.all(
     items.map(async (item, i) => {
       const def = defs[i]!;
+      const mark = (on: boolean): void => void Atomics.store(running, 0, on ? i + 1 : 0);
       let result: StepResult;
       try {
-        result = 'steps' in def ? await executeStep(def, item) : fallbackResult(item, def);
+        result = 'steps' in def ? await executeStep(def, item, mark) : fallbackResult(item, def);
       } catch (error) {
         result = fallbackResult(item, toFailure(error));
       }

@@ -64,6 +64,34 @@ export async function claimBatch(
   return run<ClaimedRow>(db, stmt, [args.queue, args.limit, args.nodeId, args.leaseMs]);
 }
 
+/**
+ * Milliseconds until the queue's next runnable row falls due (null when none is scheduled).
+ * The same walk as the claim: one probe per distinct priority, no scan of the rows.
+ */
+export async function nextDueIn(db: Queryable, schema: string, queue: string): Promise<number | null> {
+  const stmt = statement(
+    schema,
+    'next_due',
+    `WITH RECURSIVE prio(p) AS (
+       (SELECT priority FROM :schema.gen_durable
+        WHERE queue = $1 AND status = 'runnable' ORDER BY priority LIMIT 1)
+       UNION ALL
+       SELECT (SELECT priority FROM :schema.gen_durable
+               WHERE queue = $1 AND status = 'runnable' AND priority > prio.p ORDER BY priority LIMIT 1)
+       FROM prio WHERE prio.p IS NOT NULL
+     )
+     SELECT ceil(greatest(0, extract(epoch FROM min(n.eligible_at) - now()) * 1000))::float8 AS ms
+     FROM prio CROSS JOIN LATERAL (
+       SELECT eligible_at FROM :schema.gen_durable
+       WHERE queue = $1 AND status = 'runnable' AND priority = prio.p AND eligible_at > now()
+       ORDER BY eligible_at LIMIT 1
+     ) n
+     WHERE prio.p IS NOT NULL`,
+  );
+  const row = (await run<{ ms: number | null }>(db, stmt, [queue]))[0];
+  return row?.ms ?? null;
+}
+
 /** How an outcome changes `attempt`. */
 export const ATTEMPT = { reset: 0, increment: 1, keep: 2 } as const;
 
@@ -191,10 +219,22 @@ export async function releaseClaims(
 }
 
 /**
- * Reaps up to `limit` rows whose lease expired: back to runnable with `attempt + 1`, or to
+ * What happens to a claim whose node is gone: back to runnable with `attempt + 1`, or to
  * `failed` when that was the last attempt, so a step that keeps killing its node cannot
- * loop forever.
+ * loop forever. `$2` says why, for the error history.
  */
+const ABANDON_CLAIM = `
+  status = CAST(CASE WHEN t.attempt + 1 < t.max_attempts THEN 'runnable' ELSE 'failed' END
+                AS :schema.gen_durable_status),
+  attempt = t.attempt + 1,
+  last_error = format('%s: node %s, step %s', $2::text, t.locked_by, t.step),
+  errors = (SELECT jsonb_agg(e ORDER BY n) FROM (
+    SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(jsonb_build_object(
+      'step', t.step, 'attempt', t.attempt, 'error', $2::text || ' on node ' || t.locked_by, 'at', now())))
+      WITH ORDINALITY AS a(e, n) ORDER BY n DESC LIMIT 10) latest),
+  eligible_at = now(), locked_by = NULL, lease_expires_at = NULL, updated_at = now()`;
+
+/** Reaps up to `limit` rows whose lease expired (their node died or hung). */
 export async function reapExpiredLeases(
   db: Queryable,
   schema: string,
@@ -209,18 +249,29 @@ export async function reapExpiredLeases(
        ORDER BY lease_expires_at LIMIT $1
        FOR UPDATE SKIP LOCKED
      )
-     UPDATE :schema.gen_durable AS t SET
-       status = CAST(CASE WHEN t.attempt + 1 < t.max_attempts THEN 'runnable' ELSE 'failed' END
-                   AS :schema.gen_durable_status),
-       attempt = t.attempt + 1,
-       last_error = format('lease expired: node %s stopped heartbeating during step %s', t.locked_by, t.step),
-       errors = (SELECT jsonb_agg(e ORDER BY n) FROM (
-         SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(jsonb_build_object(
-           'step', t.step, 'attempt', t.attempt, 'error', 'lease expired on node ' || t.locked_by, 'at', now())))
-           WITH ORDINALITY AS a(e, n) ORDER BY n DESC LIMIT 10) latest),
-       eligible_at = now(), locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+     UPDATE :schema.gen_durable AS t SET ${ABANDON_CLAIM}
      FROM expired WHERE t.id = expired.id
      RETURNING t.id::text AS id, t.queue, t.status::text AS status`,
   );
-  return run(db, stmt, [limit]);
+  return run(db, stmt, [limit, 'lease expired']);
+}
+
+/**
+ * Reaps every claim held under `nodeId` at once, lease or not: run by a node as it starts,
+ * since a node that reuses the id of one that died would otherwise keep that one's claims
+ * alive with its own heartbeats without ever running them.
+ */
+export async function reapNodeClaims(
+  db: Queryable,
+  schema: string,
+  nodeId: string,
+): Promise<Array<{ id: string; queue: string; status: string }>> {
+  const stmt = statement(
+    schema,
+    'reap_node',
+    `UPDATE :schema.gen_durable AS t SET ${ABANDON_CLAIM}
+     WHERE t.locked_by = $1 AND t.status = 'executing'
+     RETURNING t.id::text AS id, t.queue, t.status::text AS status`,
+  );
+  return run(db, stmt, [nodeId, 'claim abandoned by an earlier process with the same node id']);
 }
