@@ -11,6 +11,7 @@ import {
   retrying,
   stopper,
   twoStep,
+  typo,
 } from './fixtures/machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
@@ -84,6 +85,14 @@ describe('machines and jobs on one node', () => {
     expect(result.status).toBe('failed');
     expect(result.snapshot.error).toMatch(/invalid state at state\.order/);
     expect(result.snapshot.state).toEqual({ order: 1 });
+  });
+
+  it('checks step names at run time too', async () => {
+    const node = await join({ machines: all, queues: main });
+    const { id } = await node.client.insert(typo, { state: {} });
+    const result = await node.client.waitFor(id, { timeout: '20s' });
+    expect(result.status).toBe('failed');
+    expect(result.snapshot.error).toMatch(/next\(\) names unknown step "strat" \(typo has: start\)/);
   });
 
   it('lets onError choose the outcome of a failure', async () => {
