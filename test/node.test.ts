@@ -2,6 +2,7 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { describe, expect, it } from 'vitest';
 import { Cluster, ValidationError, migrate } from '../index.js';
+import { claimBatch, releaseClaims } from '../runtime/sql/loop.js';
 import { all, noop, slow } from './fixtures/machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
@@ -80,6 +81,36 @@ describe('Cluster.join', () => {
       node.id,
     ]);
     expect(nodes.rows).toEqual([]);
+  });
+
+  it('drops the outcome of a step whose claim was taken over meanwhile, reporting it stale', async () => {
+    const stale: string[] = [];
+    const onStale = (message: unknown): void => {
+      stale.push(...(message as { ids: string[] }).ids);
+    };
+    subscribe('gen_durable:outcome:stale', onStale);
+    try {
+      const node = await join({ machines: all, queues: { stale: { concurrency: 2, threads: 1 } } });
+      const { id } = await node.client.insert(slow, { args: { ms: 1_000 }, queue: 'stale' });
+      await eventually(
+        async () => ((await node.client.get(id))?.status === 'executing' ? true : undefined),
+        'claim',
+      );
+      // While the step runs, its lease is lost (as the reaper would do) and another node claims the row.
+      await releaseClaims(db.pool, db.schema, node.id, [id]);
+      const [taken] = await claimBatch(db.pool, db.schema, {
+        queue: 'stale',
+        limit: 1,
+        nodeId: 'thief',
+        leaseMs: 60_000,
+      });
+      expect(taken?.id).toBe(id);
+      await eventually(() => Promise.resolve(stale.includes(id) ? true : undefined), 'the stale report');
+      const row = await node.client.get(id);
+      expect(row).toMatchObject({ status: 'executing', lockedBy: 'thief', result: null, attempt: 0 });
+    } finally {
+      unsubscribe('gen_durable:outcome:stale', onStale);
+    }
   });
 
   it('a released row is picked up by the next node', async () => {
