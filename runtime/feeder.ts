@@ -68,6 +68,7 @@ export class Feeder implements Service {
    * fires, the feeder asks the database for the next one, so later times are not lost.
    */
   wakeIn(delayMs: number): void {
+    if (!this.#running) return;
     if (delayMs <= 0) return this.wake();
     if (delayMs > MAX_TIMER_MS) return; // beyond a timer's reach: a later look-up or the poll
     const at = Date.now() + delayMs;

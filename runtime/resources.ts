@@ -3,7 +3,7 @@
  * tests can assert that everything they started was stopped. Tracking is a set insert and
  * delete per resource lifetime: free on any hot path.
  */
-export type ResourceKind = 'client' | 'node' | 'thread-pool' | 'listener' | 'pg-pool';
+export type ResourceKind = 'client' | 'node' | 'thread-pool' | 'listener';
 
 const live = new Map<object, { kind: ResourceKind; label: string }>();
 
