@@ -90,7 +90,7 @@ describe('every delayed row is woken when due, not only the earliest', () => {
       { machine: ok, args: {}, queue: 'rv6', delay: 200 },
       { machine: ok, args: {}, queue: 'rv6', delay: 800 },
     ]);
-    const result = await node.client.waitFor(late!.id, { timeout: '4s' });
+    const result = await node.client.waitFor(late!.id, { timeout: '20s' });
     expect(result.status).toBe('done');
   });
 
@@ -99,7 +99,7 @@ describe('every delayed row is woken when due, not only the earliest', () => {
     await node.client.insert(ok, { args: {}, queue: 'rv7', delay: 300 });
     await new Promise((r) => setTimeout(r, 50)); // let the first wake-up arrive
     const late = await node.client.insert(ok, { args: {}, queue: 'rv7', delay: 800 });
-    const result = await node.client.waitFor(late.id, { timeout: '4s' });
+    const result = await node.client.waitFor(late.id, { timeout: '20s' });
     expect(result.status).toBe('done');
   });
 });
@@ -222,7 +222,7 @@ describe('a node restarted with a fixed nodeId', () => {
       heartbeat: '500ms',
       reapInterval: '300ms',
     });
-    const result = await node.client.waitFor(orphan.id, { timeout: '6s' });
+    const result = await node.client.waitFor(orphan.id, { timeout: '20s' });
     const row = await status(orphan.id);
     expect(result.status).toBe('done');
     expect(row.attempt).toBe(1);

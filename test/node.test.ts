@@ -63,7 +63,9 @@ describe('Cluster.join', () => {
       async () => ((await node.client.get(stuck.id))?.status === 'executing' ? true : undefined),
       'claims',
     );
-    await node.stop({ timeout: 500 });
+    // Generous for a loaded machine (a fresh thread may take a while to start): the quick
+    // step needs 50 ms, the stuck one a minute.
+    await node.stop({ timeout: 4_000 });
     const { rows } = await db.pool.query<{
       id: string;
       status: string;
