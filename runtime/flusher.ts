@@ -78,7 +78,7 @@ export class Flusher implements Service {
         this.#o.onError(error);
         try {
           if (!isDataError(error)) throw error;
-          committed = await this.#isolate(batch);
+          committed = await this.#split(batch);
         } catch (failure) {
           // Transient (connection lost, Postgres restarting): the same outcomes again later.
           // Any that did commit before the failure no longer match their claim: no double apply.
@@ -102,10 +102,11 @@ export class Flusher implements Service {
   }
 
   /**
-   * A batch that Postgres rejected for its values (a data or constraint error) would fail
-   * the same way forever and block every outcome behind it. Bisect it: the good outcomes
-   * commit, a bad one is committed as `stop` with the database's error instead, and if even
-   * that fails it is dropped (its claim expires and the reaper takes the row).
+   * A batch that Postgres rejected for its values (see `isDataError`) would fail the same
+   * way forever and block every outcome behind it. Bisect it: the good outcomes commit, a
+   * bad one is committed as `stop` with the database's error instead. If even that fails
+   * (no known input does) it is dropped and reported; the row stays claimed by this node
+   * until the node stops (the drain releases it) or dies (the reaper takes it).
    */
   async #isolate(
     batch: readonly FlushEntry[],
@@ -114,10 +115,7 @@ export class Flusher implements Service {
       return [[batch, await this.#commit(batch)]];
     } catch (error) {
       if (!isDataError(error)) throw error;
-      if (batch.length > 1) {
-        const half = Math.ceil(batch.length / 2);
-        return [...(await this.#isolate(batch.slice(0, half))), ...(await this.#isolate(batch.slice(half)))];
-      }
+      if (batch.length > 1) return this.#split(batch);
       const entry = batch[0]!;
       if (entry.result.kind === 'stop' && entry.result.reason.startsWith(UNSTORABLE)) {
         this.#o.onError(error);
@@ -129,7 +127,17 @@ export class Flusher implements Service {
     }
   }
 
+  /** Commits the two halves of a batch that failed for its values, each isolated further. */
+  async #split(
+    batch: readonly FlushEntry[],
+  ): Promise<Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>> {
+    if (batch.length === 1) return this.#isolate(batch);
+    const half = Math.ceil(batch.length / 2);
+    return [...(await this.#isolate(batch.slice(0, half))), ...(await this.#isolate(batch.slice(half)))];
+  }
+
   #sleep(ms: number): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(resolve, ms);
       this.#wakeSleeper = () => {

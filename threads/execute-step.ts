@@ -7,6 +7,7 @@
  * while attempts remain, then `stop`). If `onError` itself fails, the instance stops with a
  * message naming both problems, so no input can produce an endless crash loop.
  */
+import { AsyncLocalStorage, createHook } from 'node:async_hooks';
 import { defaultBackoff } from '../runtime/backoff.js';
 import { parseDuration } from '../runtime/duration.js';
 import { describeZodIssues, errorMessage } from '../runtime/errors.js';
@@ -44,11 +45,36 @@ export type RunningMark = (running: boolean) => void;
 
 const noMark: RunningMark = () => undefined;
 
-/** Runs user code, marking the span in which it runs synchronously. */
+/**
+ * The mark of the step whose code is running, carried through its async context: every
+ * callback and continuation of the step (after an `await`, in a timer) is marked while it
+ * runs, so a step that blocks its thread after an `await` is named as the blocker too.
+ * Async hooks cost every promise about 10% in a tight loop, so a thread turns this on only
+ * once it runs a machine that has a step timeout (only those can get a thread terminated);
+ * until then only the synchronous part of a step is marked.
+ */
+const stepContext = new AsyncLocalStorage<RunningMark>();
+const continuations = createHook({
+  before() {
+    stepContext.getStore()?.(true);
+  },
+  after() {
+    stepContext.getStore()?.(false);
+  },
+});
+let tracking = false;
+
+function trackContinuations(): void {
+  if (tracking) return;
+  tracking = true;
+  continuations.enable();
+}
+
+/** Runs user code, marking every span in which it (or, when tracked, a continuation of it) runs. */
 function marked<T>(mark: RunningMark, run: () => T): T {
   mark(true);
   try {
-    return run();
+    return tracking ? stepContext.run(mark, run) : run();
   } finally {
     mark(false);
   }
@@ -74,6 +100,7 @@ async function executeWith(
   controller: AbortController,
   mark: RunningMark,
 ): Promise<StepResult> {
+  if (def.stepTimeoutMs !== null) trackContinuations();
   const ctx: StepContext = {
     id: item.id,
     machine: item.machine,
@@ -114,14 +141,25 @@ async function handleFailure(
 ): Promise<StepResult> {
   const what = `step "${item.step}" attempt ${item.attempt}: ${failure.message}`;
   try {
-    const outcome: unknown = def.onError
-      ? await marked(mark, () => def.onError!(failure, state, ctx))
+    const onError = def.onError;
+    const outcome: unknown = onError
+      ? await withTimeout(
+          () => marked(mark, () => onError(failure, state, ctx)),
+          onErrorLimitMs(def),
+          new AbortController(),
+          'onError',
+        )
       : defaultOnError(failure, item, def.backoff, state);
     return { ...toResult(def, item.id, outcome), error: what };
   } catch (error) {
     const reason = `onError failed (${errorMessage(error)}) after ${what}`;
     return { id: item.id, kind: 'stop', reason, error: what };
   }
+}
+
+/** How long `onError` may take: the step timeout, else 30 s. It is user code too. */
+export function onErrorLimitMs(def: AnyMachine): number {
+  return def.stepTimeoutMs ?? 30_000;
 }
 
 /** The default error policy: retry with backoff while attempts remain, then stop. */
@@ -143,12 +181,13 @@ async function withTimeout<T>(
   run: () => T | Promise<T>,
   timeoutMs: number | null,
   controller: AbortController,
+  what = 'step',
 ): Promise<T> {
   if (timeoutMs === null) return await run();
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      const failure = new Failure('timeout', `step timed out after ${timeoutMs}ms`);
+      const failure = new Failure('timeout', `${what} timed out after ${timeoutMs}ms`);
       controller.abort(failure);
       reject(failure);
     }, timeoutMs);

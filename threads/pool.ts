@@ -190,11 +190,12 @@ export class QueuePool implements StepExecutor {
     // that thread is released. A batch that never started ran no step: released as well
     // when the watchdog just killed a thread (it was queued behind the blocked one).
     const blamed = threadId === undefined ? undefined : this.#terminated.get(threadId);
-    const queuedBehindKill = threadId === undefined && Date.now() - this.#lastKillAt < 60_000;
+    const queuedBehindKill = !isRetry && threadId === undefined && Date.now() - this.#lastKillAt < 60_000;
     const failed: StepItem[] = [];
     for (const item of pending.values()) {
       const blame = blamed?.get(item.id);
-      if ((blamed && blame === undefined) || queuedBehindKill) {
+      // A retry round carries a failure already: it is never released, or it would be lost.
+      if (!isRetry && ((blamed && blame === undefined) || queuedBehindKill)) {
         deliver({ id: item.id, kind: 'release' });
         continue;
       }

@@ -5,7 +5,7 @@
 import { BroadcastChannel, threadId } from 'node:worker_threads';
 import { workerData } from 'piscina';
 import { type AnyMachine, isMachineDefinition, machineKey } from '../runtime/machine.js';
-import { abortRunningSteps, executeStep, fallbackResult, toFailure } from './execute-step.js';
+import { abortRunningSteps, executeStep, fallbackResult, onErrorLimitMs, toFailure } from './execute-step.js';
 import type { PoolWorkerData, PortMessage, StepItem, StepResult, StepTask } from './protocol.js';
 import { ensureTypeScriptLoader, isTypeScriptModule } from './typescript-loader.js';
 
@@ -59,9 +59,10 @@ export default async function runBatch(task: StepTask): Promise<number> {
 
   const timeouts: Array<readonly [string, number]> = [];
   defs.forEach((def, i) => {
-    if ('steps' in def && def.stepTimeoutMs !== null && !items[i]?.failure) {
-      timeouts.push([items[i]!.id, def.stepTimeoutMs]);
-    }
+    if (!('steps' in def)) return;
+    // A step runs under its timeout; a failure's onError round under onError's limit.
+    const limit = items[i]!.failure ? onErrorLimitMs(def) : def.stepTimeoutMs;
+    if (limit !== null) timeouts.push([items[i]!.id, limit]);
   });
   if (timeouts.length > 0) post({ type: 'deadlines', timeouts });
 
