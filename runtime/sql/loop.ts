@@ -17,14 +17,32 @@ export interface ClaimedRow {
   correlation_key: string | null;
 }
 
-export const CLAIM_BATCH_SQL = `WITH RECURSIVE prio(p) AS (
+/**
+ * `t.errors` with one more entry (the row's current step and attempt, the error text given
+ * by the SQL expression `error`, the time), keeping the latest 10.
+ */
+function appendError(error: string): string {
+  return `(SELECT jsonb_agg(e ORDER BY n) FROM (
+    SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(jsonb_build_object(
+      'step', t.step, 'attempt', t.attempt, 'error', ${error}, 'at', now()))) WITH ORDINALITY AS a(e, n)
+    ORDER BY n DESC LIMIT 10) latest)`;
+}
+
+/**
+ * `prio(p)`: the distinct priorities of a queue's runnable rows (queue `$1`), in order, one
+ * index probe each (a loose index scan of `gen_durable_pick`). Evaluated lazily: a consumer
+ * that stops early stops the walk.
+ */
+const PRIORITY_WALK = `WITH RECURSIVE prio(p) AS (
        (SELECT priority FROM :schema.gen_durable
         WHERE queue = $1 AND status = 'runnable' ORDER BY priority LIMIT 1)
        UNION ALL
        SELECT (SELECT priority FROM :schema.gen_durable
                WHERE queue = $1 AND status = 'runnable' AND priority > prio.p ORDER BY priority LIMIT 1)
        FROM prio WHERE prio.p IS NOT NULL
-     ),
+     )`;
+
+export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
      picked AS (
        SELECT c.id FROM prio CROSS JOIN LATERAL (
          SELECT id FROM :schema.gen_durable
@@ -72,14 +90,7 @@ export async function nextDueIn(db: Queryable, schema: string, queue: string): P
   const stmt = statement(
     schema,
     'next_due',
-    `WITH RECURSIVE prio(p) AS (
-       (SELECT priority FROM :schema.gen_durable
-        WHERE queue = $1 AND status = 'runnable' ORDER BY priority LIMIT 1)
-       UNION ALL
-       SELECT (SELECT priority FROM :schema.gen_durable
-               WHERE queue = $1 AND status = 'runnable' AND priority > prio.p ORDER BY priority LIMIT 1)
-       FROM prio WHERE prio.p IS NOT NULL
-     )
+    `${PRIORITY_WALK}
      SELECT ceil(greatest(0, extract(epoch FROM min(n.eligible_at) - now()) * 1000))::float8 AS ms
      FROM prio CROSS JOIN LATERAL (
        SELECT eligible_at FROM :schema.gen_durable
@@ -144,11 +155,7 @@ export async function flushOutcomes(
                           ELSE now() + o.delay_ms * interval '1 millisecond' END,
        result = o.result::jsonb,
        last_error = COALESCE(o.last_error, t.last_error),
-       errors = CASE WHEN o.error IS NULL THEN t.errors ELSE (
-         SELECT jsonb_agg(e ORDER BY n) FROM (
-           SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(jsonb_build_object(
-             'step', t.step, 'attempt', t.attempt, 'error', o.error, 'at', now()))) WITH ORDINALITY AS a(e, n)
-           ORDER BY n DESC LIMIT 10) latest) END,
+       errors = CASE WHEN o.error IS NULL THEN t.errors ELSE ${appendError('o.error')} END,
        locked_by = NULL, lease_expires_at = NULL, updated_at = now()
      FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[], $8::bigint[],
                  $9::text[], $10::text[], $11::text[])
@@ -228,10 +235,7 @@ const ABANDON_CLAIM = `
                 AS :schema.gen_durable_status),
   attempt = t.attempt + 1,
   last_error = format('%s: node %s, step %s', $2::text, t.locked_by, t.step),
-  errors = (SELECT jsonb_agg(e ORDER BY n) FROM (
-    SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(jsonb_build_object(
-      'step', t.step, 'attempt', t.attempt, 'error', $2::text || ' on node ' || t.locked_by, 'at', now())))
-      WITH ORDINALITY AS a(e, n) ORDER BY n DESC LIMIT 10) latest),
+  errors = ${appendError("$2::text || ' on node ' || t.locked_by")},
   eligible_at = now(), locked_by = NULL, lease_expires_at = NULL, updated_at = now()`;
 
 /** Reaps up to `limit` rows whose lease expired (their node died or hung). */
