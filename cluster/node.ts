@@ -13,7 +13,7 @@ import pg from 'pg';
 import { Client } from '../runtime/client.js';
 import { z } from 'zod';
 import { durationSchema } from '../runtime/duration.js';
-import { ValidationError, describeZodIssues, errorMessage } from '../runtime/errors.js';
+import { errorMessage, parseInput } from '../runtime/errors.js';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import { type FlushEntry, Flusher } from '../runtime/flusher.js';
@@ -230,18 +230,17 @@ export class GenDurableNode {
           attempt: r.attempt,
         });
     }
-    const delivered = new Set<string>();
     try {
       pool.execute(requests, (result: StepResult) => {
-        delivered.add(result.id);
-        this.#onResult(queue, claimed.get(result.id)!, result, started);
+        const row = claimed.get(result.id)!;
+        claimed.delete(result.id);
+        this.#onResult(queue, row, result, started);
       });
     } catch (error) {
       // Nothing may strand a claim: give back every step that did not get a result.
       this.#reportError(`dispatch ${queue}`, error);
-      for (const row of rows) {
-        if (!delivered.has(row.id)) this.#onResult(queue, row, { id: row.id, kind: 'release' }, started);
-      }
+      for (const row of claimed.values())
+        this.#onResult(queue, row, { id: row.id, kind: 'release' }, started);
     }
   }
 
@@ -309,13 +308,9 @@ export class GenDurableNode {
    * `timeout`, give the rest back without charging an attempt, deregister, close threads
    * and connections. Idempotent.
    */
-  stop(options: StopOptions = {}): Promise<void> {
-    const parsed = stopOptionsSchema.safeParse(options);
-    if (!parsed.success) {
-      const { path, message } = describeZodIssues('options', parsed.error.issues);
-      return Promise.reject(new ValidationError('invalid_input', path, message));
-    }
-    this.#stopping ??= this.#shutdown(parsed.data.timeout);
+  async stop(options: StopOptions = {}): Promise<void> {
+    const { timeout } = parseInput(stopOptionsSchema, options, 'options');
+    this.#stopping ??= this.#shutdown(timeout);
     return this.#stopping;
   }
 

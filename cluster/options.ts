@@ -6,7 +6,7 @@
 import pg from 'pg';
 import { z } from 'zod';
 import { timerDurationSchema } from '../runtime/duration.js';
-import { ValidationError, describeZodIssues } from '../runtime/errors.js';
+import { parseInput } from '../runtime/errors.js';
 import { NAME_PATTERN } from '../runtime/machine.js';
 import { validateSchemaName } from '../runtime/sql/db.js';
 
@@ -90,10 +90,5 @@ export type JoinOptions = z.input<typeof joinOptionsSchema>;
 export type NodeConfig = Readonly<z.output<typeof joinOptionsSchema>>;
 
 export function parseJoinOptions(options: unknown): NodeConfig {
-  const parsed = joinOptionsSchema.safeParse(options);
-  if (!parsed.success) {
-    const { path, message } = describeZodIssues('', parsed.error.issues);
-    throw new ValidationError('invalid_input', path, message);
-  }
-  return Object.freeze(parsed.data);
+  return Object.freeze(parseInput(joinOptionsSchema, options, ''));
 }

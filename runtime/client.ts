@@ -5,7 +5,7 @@
 import pg from 'pg';
 import { z } from 'zod';
 import { durationSchema } from './duration.js';
-import { GenDurableError, ValidationError, describeZodIssues } from './errors.js';
+import { GenDurableError, ValidationError, parseInput } from './errors.js';
 import { type InsertOptions, toInsertRow } from './insert-options.js';
 import type { AnyMachine } from './machine.js';
 import { NotificationListener, NotificationSender } from './notifications.js';
@@ -123,15 +123,6 @@ const listFilterSchema = z
   })
   .strict();
 
-function parseOrThrow<T extends z.ZodType>(schema: T, value: unknown, path: string): z.output<T> {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    const { path: field, message } = describeZodIssues(path, parsed.error.issues);
-    throw new ValidationError('invalid_input', field, message);
-  }
-  return parsed.data;
-}
-
 /** Hooks a node gives its client so that the client shares the node's connections. */
 export interface ClientInternals {
   readonly pool: pg.Pool;
@@ -142,7 +133,7 @@ export interface ClientInternals {
 }
 
 export function createClient(options: ClientOptions): Client {
-  const o = parseOrThrow(clientOptionsSchema, options, '');
+  const o = parseInput(clientOptionsSchema, options, '');
   const schema = validateSchemaName(o.schema ?? 'public');
   const pool = o.pool ?? new pg.Pool({ connectionString: o.connectionString, max: 10 });
   let listener: NotificationListener | undefined;
@@ -187,7 +178,7 @@ export class Client {
   ): Promise<InsertResult[]> {
     const list: unknown = items;
     if (!Array.isArray(list)) throw new ValidationError('invalid_input', 'items', 'must be an array');
-    const { tx } = parseOrThrow(insertAllOptionsSchema, options, 'options');
+    const { tx } = parseInput(insertAllOptionsSchema, options, 'options');
     const rows = list.map((item: unknown, i) => {
       if (typeof item !== 'object' || item === null || Array.isArray(item)) {
         throw new ValidationError(
@@ -292,7 +283,7 @@ export class Client {
    */
   async waitFor(target: Target, options: { timeout: number | string }): Promise<WaitResult> {
     this.#assertOpen();
-    const { timeout } = parseOrThrow(waitOptionsSchema, options, 'options');
+    const { timeout } = parseInput(waitOptionsSchema, options, 'options');
     const deadline = Date.now() + timeout;
     const first = await this.#find(target);
     if (!first) throw new GenDurableError('not_found', `no instance ${describeTarget(target)}`);
@@ -339,7 +330,7 @@ export class Client {
     filter: { queue?: string; machine?: string; status?: Status } = {},
   ): Promise<Array<{ queue: string; machine: string; status: Status; count: number }>> {
     this.#assertOpen();
-    const f = parseOrThrow(countFilterSchema, filter, 'filter');
+    const f = parseInput(countFilterSchema, filter, 'filter');
     const rows = await countInstances(this.#internals.pool, this.schema, {
       queue: f.queue ?? null,
       fsm: f.machine ?? null,
@@ -353,7 +344,7 @@ export class Client {
     filter: { queue?: string; machine?: string; status?: Status; afterId?: string; limit?: number } = {},
   ): Promise<Snapshot[]> {
     this.#assertOpen();
-    const f = parseOrThrow(listFilterSchema, filter, 'filter');
+    const f = parseInput(listFilterSchema, filter, 'filter');
     const rows = await listInstances(this.#internals.pool, this.schema, {
       queue: f.queue ?? null,
       fsm: f.machine ?? null,

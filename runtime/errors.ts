@@ -2,6 +2,7 @@
  * Typed errors. Every error the library throws at a caller is a `GenDurableError` with a
  * stable `code`; input errors name the offending field in `path`.
  */
+import type { z } from 'zod';
 
 export type ErrorCode =
   | 'invalid_input'
@@ -51,6 +52,23 @@ export function describeZodIssues(
     path: first.path,
     message: parts.map((p) => (p.path === first.path ? p.message : `${p.path}: ${p.message}`)).join('; '),
   };
+}
+
+/**
+ * Parses `value` with a zod schema, or throws a `ValidationError` naming the first bad field
+ * (prefixed by `prefix`, e.g. `items[2].state`). `context` prefixes the message.
+ */
+export function parseInput<T extends z.ZodType>(
+  schema: T,
+  value: unknown,
+  prefix: string,
+  code: ErrorCode = 'invalid_input',
+  context?: string,
+): z.output<T> {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const { path, message } = describeZodIssues(prefix, parsed.error.issues);
+  throw new ValidationError(code, path, context ? `${context}: ${message}` : message);
 }
 
 export function joinPath(prefix: string, path: ReadonlyArray<PropertyKey>): string {

@@ -17,6 +17,9 @@ import { isDataError } from './sql/errors.js';
 import { errorMessage } from './errors.js';
 import { storableText } from './json.js';
 
+/** Sub-batches that committed, each with what applied (id → watched). */
+type Committed = Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>;
+
 /** Prefix of the reason an outcome gets when Postgres refuses to store it. */
 const UNSTORABLE = 'the outcome could not be stored';
 
@@ -71,7 +74,7 @@ export class Flusher implements Service {
     await new Promise((resolve) => setImmediate(resolve));
     while (this.#buffer.length > 0 && !this.#stopped) {
       const batch = this.#buffer.splice(0, this.#o.maxBatch);
-      let committed: Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>;
+      let committed: Committed;
       try {
         committed = [[batch, await this.#commit(batch)]];
       } catch (error) {
@@ -108,9 +111,7 @@ export class Flusher implements Service {
    * (no known input does) it is dropped and reported; the row stays claimed by this node
    * until the node stops (the drain releases it) or dies (the reaper takes it).
    */
-  async #isolate(
-    batch: readonly FlushEntry[],
-  ): Promise<Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>> {
+  async #isolate(batch: readonly FlushEntry[]): Promise<Committed> {
     try {
       return [[batch, await this.#commit(batch)]];
     } catch (error) {
@@ -128,9 +129,7 @@ export class Flusher implements Service {
   }
 
   /** Commits the two halves of a batch that failed for its values, each isolated further. */
-  async #split(
-    batch: readonly FlushEntry[],
-  ): Promise<Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>> {
+  async #split(batch: readonly FlushEntry[]): Promise<Committed> {
     if (batch.length === 1) return this.#isolate(batch);
     const half = Math.ceil(batch.length / 2);
     return [...(await this.#isolate(batch.slice(0, half))), ...(await this.#isolate(batch.slice(half)))];

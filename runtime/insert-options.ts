@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { type Duration, durationSchema } from './duration.js';
-import { ValidationError, describeZodIssues } from './errors.js';
+import { ValidationError, parseInput } from './errors.js';
 import { badText, findNonJson } from './json.js';
 import { type AnyMachine, NAME_PATTERN, isMachineDefinition } from './machine.js';
 import type { Queryable } from './sql/db.js';
@@ -85,12 +85,7 @@ export function toInsertRow(machine: unknown, options: unknown, path: string): I
       'is not a defineMachine/defineJob definition',
     );
   }
-  const parsed = insertOptionsSchema.safeParse(options ?? {});
-  if (!parsed.success) {
-    const { path: field, message } = describeZodIssues(path.replace(/\.$/, ''), parsed.error.issues);
-    throw new ValidationError('invalid_input', field, message);
-  }
-  const o: z.output<typeof insertOptionsSchema> = parsed.data;
+  const o = parseInput(insertOptionsSchema, options ?? {}, path.replace(/\.$/, ''));
   const field = machine.kind === 'job' ? 'args' : 'state';
   const other = machine.kind === 'job' ? 'state' : 'args';
   if ((other === 'args' ? o.args : o.state) !== undefined) {
@@ -116,13 +111,9 @@ export function toInsertRow(machine: unknown, options: unknown, path: string): I
 }
 
 function serializeInput(machine: AnyMachine, value: unknown, path: string): string {
-  const parsed = machine.state.safeParse(value);
-  if (!parsed.success) {
-    const { path: field, message } = describeZodIssues(path, parsed.error.issues);
-    throw new ValidationError('invalid_state', field, message);
-  }
-  const bad = findNonJson(parsed.data, path);
+  const state: unknown = parseInput(machine.state, value, path, 'invalid_state');
+  const bad = findNonJson(state, path);
   if (bad) throw new ValidationError('not_serializable', bad.path, bad.reason);
-  if (parsed.data === undefined) throw new ValidationError('invalid_state', path, 'is required');
-  return JSON.stringify(parsed.data);
+  if (state === undefined) throw new ValidationError('invalid_state', path, 'is required');
+  return JSON.stringify(state);
 }

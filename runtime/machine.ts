@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import { DEFAULT_MAX_ATTEMPTS } from './backoff.js';
 import { type Duration, timerDurationSchema } from './duration.js';
-import { ValidationError, describeZodIssues } from './errors.js';
+import { parseInput } from './errors.js';
 import { badText } from './json.js';
 import { type Outcome, done, isOutcome } from './outcome.js';
 
@@ -101,15 +101,6 @@ const baseConfigSchema = z.object({
   priority: z.number().int().min(-32768).max(32767).default(0),
 });
 
-function parseConfig<T extends z.ZodType>(schema: T, input: unknown, what: string): z.output<T> {
-  const parsed = schema.safeParse(input);
-  if (!parsed.success) {
-    const { path, message } = describeZodIssues('', parsed.error.issues);
-    throw new ValidationError('invalid_input', path, `${what}: ${message}`);
-  }
-  return parsed.data;
-}
-
 const machineConfigSchema = baseConfigSchema
   .extend({
     state: z.custom<z.ZodType>((v) => v instanceof z.ZodType, 'must be a zod schema'),
@@ -139,9 +130,11 @@ const machineConfigSchema = baseConfigSchema
 export function defineMachine<Schema extends z.ZodType, const K extends string>(
   config: MachineConfig<Schema, K>,
 ): MachineDefinition<Schema, K> {
-  const cfg = parseConfig(
+  const cfg = parseInput(
     machineConfigSchema,
     config,
+    '',
+    'invalid_input',
     `machine ${String((config as { name?: unknown }).name)}`,
   );
   return Object.freeze({
@@ -190,7 +183,13 @@ export const JOB_STEP = 'perform';
 
 /** Defines a one-step durable job. */
 export function defineJob<Schema extends z.ZodType>(config: JobConfig<Schema>): JobDefinition<Schema> {
-  const cfg = parseConfig(jobConfigSchema, config, `job ${String((config as { name?: unknown }).name)}`);
+  const cfg = parseInput(
+    jobConfigSchema,
+    config,
+    '',
+    'invalid_input',
+    `job ${String((config as { name?: unknown }).name)}`,
+  );
   const perform = config.perform;
   const step = async (
     args: z.output<Schema>,
