@@ -1,6 +1,8 @@
 /**
- * The node heartbeat: one statement per interval marks the node alive and extends every lease
- * it holds. A node whose row disappeared (declared dead elsewhere) registers again.
+ * The node heartbeat: one statement per interval marks the node alive and extends the leases
+ * of the steps it still runs (`claims()`), and only those: a claim the node gave up on
+ * lapses and is reaped. A node whose row disappeared (declared dead elsewhere) registers
+ * again.
  */
 import type { Queryable } from '../runtime/sql/db.js';
 import { heartbeat } from '../runtime/sql/loop.js';
@@ -14,6 +16,8 @@ export class Heartbeat extends PeriodicService {
       nodeId: string;
       intervalMs: number;
       leaseMs: number;
+      /** Ids of the claims in flight on this node (running, or waiting to be committed). */
+      claims: () => string[];
       register: () => Promise<void>;
       onError: (error: unknown) => void;
     },
@@ -22,7 +26,7 @@ export class Heartbeat extends PeriodicService {
   }
 
   async runOnce(): Promise<{ alive: boolean; extended: number }> {
-    const beat = await heartbeat(this.o.db, this.o.schema, this.o.nodeId, this.o.leaseMs);
+    const beat = await heartbeat(this.o.db, this.o.schema, this.o.nodeId, this.o.leaseMs, this.o.claims());
     if (!beat.alive) await this.o.register();
     return beat;
   }

@@ -20,20 +20,14 @@ import { type FlushEntry, Flusher } from '../runtime/flusher.js';
 import { NotificationListener, NotificationSender } from '../runtime/notifications.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
-import {
-  type ClaimedRow,
-  claimBatch,
-  nextDueIn,
-  reapNodeClaims,
-  releaseClaims,
-} from '../runtime/sql/loop.js';
+import { type ClaimedRow, claimBatch, nextDueIn, releaseClaims } from '../runtime/sql/loop.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 import { QueuePool } from '../threads/pool.js';
 import { migrate } from '../migrations/migrate.js';
 import { Heartbeat } from './heartbeat.js';
 import type { NodeConfig } from './options.js';
-import { Reaper } from './reaper.js';
+import { type ReapedRow, Reaper, reapNodeClaims } from './reaper.js';
 
 interface QueueRuntime {
   readonly feeder: Feeder;
@@ -61,6 +55,8 @@ export class GenDurableNode {
   readonly #reaper: Reaper;
   readonly #registry: MachineRegistry;
   readonly #untrack: () => void;
+  /** Claims in flight on this node (id → claim token): running, or waiting to be committed. */
+  readonly #claims = new Map<string, string>();
   #stopping: Promise<void> | undefined;
 
   /** @internal Use `Cluster.join()`. */
@@ -87,7 +83,10 @@ export class GenDurableNode {
       schema,
       nodeId: this.id,
       maxBatch: config.flushBatch,
+      // Past this, the leases have long expired: the reaper hands the rows on (attempt + 1).
+      retryLimitMs: Math.max(2 * config.lease, 60_000),
       onFlushed: (entries, applied) => this.#afterFlush(entries, applied),
+      onAbandoned: (entries, error) => this.#afterAbandon(entries, error),
       onError: (e) => this.#reportError('flush', e),
     });
     for (const [queue, q] of Object.entries(config.queues)) {
@@ -118,12 +117,14 @@ export class GenDurableNode {
       nodeId: this.id,
       intervalMs: config.heartbeat,
       leaseMs: config.lease,
+      claims: () => [...this.#claims.keys()],
       register: () => this.#register(),
       onError: (e) => this.#reportError('heartbeat', e),
     });
     this.#reaper = new Reaper({
       db: this.#db,
       schema,
+      registry: this.#registry,
       intervalMs: config.reapInterval,
       batch: 1_000,
       onReaped: (rows) => this.#afterReap(rows),
@@ -157,12 +158,12 @@ export class GenDurableNode {
       if (this.#config.migrate) await migrate({ pool: this.#db, schema: this.#config.schema });
       await this.#register();
       // Claims still held under this id belong to an earlier process that died with it.
-      this.#afterReap(await reapNodeClaims(this.#db, this.#config.schema, this.id));
+      this.#afterReap(await reapNodeClaims(this.#db, this.#config.schema, this.#registry, this.id));
       this.#listener.add({
         onWake: (queue, delayMs) => this.#wakeLocal(queue, delayMs),
         onReconnect: () => {
           publish(telemetry.notifierReconnected, () => ({ node: this.id }));
-          for (const { feeder } of this.#queues.values()) feeder.wake();
+          for (const { feeder } of this.#queues.values()) feeder.resync();
         },
         onError: (e) => this.#reportError('listener', e),
       });
@@ -178,8 +179,8 @@ export class GenDurableNode {
     }
   }
 
-  #afterReap(rows: ReadonlyArray<{ id: string; queue: string; status: string }>): void {
-    for (const r of rows) if (r.status === 'runnable') this.#wakeQueue(r.queue, 0);
+  #afterReap(rows: readonly ReapedRow[]): void {
+    for (const r of rows) if (r.status === 'runnable') this.#wakeQueue(r.queue, r.eligibleIn);
     this.#sender.settled(rows.filter((r) => r.status === 'failed').map((r) => r.id));
   }
 
@@ -208,6 +209,7 @@ export class GenDurableNode {
     const started = performance.now();
     const requests: StepRequest[] = rows.map((row) => {
       claimed.set(row.id, row);
+      this.#claims.set(row.id, row.claim);
       return {
         id: row.id,
         machine: row.fsm,
@@ -267,14 +269,17 @@ export class GenDurableNode {
     const stale: string[] = [];
     for (const entry of entries) {
       freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
+      if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
+      const r = entry.result;
       if (!applied.has(entry.id)) {
         // Reaped meanwhile, or committed by an earlier try whose reply was lost: in the
-        // latter case the row may be runnable again, so look.
+        // latter case the row may be runnable again, so look; or settled, so tell waiters
+        // (they re-read the row: a notification too many costs one read).
         stale.push(entry.id);
         this.#wakeLocal(entry.queue, 0);
+        if (r.kind === 'done' || r.kind === 'stop') settled.push(entry.id);
         continue;
       }
-      const r = entry.result;
       if (r.kind === 'done' || r.kind === 'stop') {
         if (applied.get(entry.id)) settled.push(entry.id);
       } else if (r.kind === 'release') this.#wakeQueue(entry.queue, 0);
@@ -283,6 +288,25 @@ export class GenDurableNode {
     publish(telemetry.flush, () => ({ node: this.id, outcomes: entries.length, applied: applied.size }));
     if (stale.length > 0) publish(telemetry.outcomeStale, () => ({ node: this.id, ids: stale }));
     this.#sender.settled(settled);
+    for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
+  }
+
+  /**
+   * Outcomes the flusher could not commit at all: their slots are freed and their leases no
+   * longer extended, so the reaper hands the rows on (attempt + 1) once the leases lapse.
+   */
+  #afterAbandon(entries: readonly FlushEntry[], error: unknown): void {
+    this.#reportError('flush abandoned', error);
+    const freed = new Map<string, number>();
+    for (const entry of entries) {
+      freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
+      if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
+    }
+    publish(telemetry.outcomeAbandoned, () => ({
+      node: this.id,
+      ids: entries.map((e) => e.id),
+      message: errorMessage(error),
+    }));
     for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
   }
 

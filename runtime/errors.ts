@@ -88,3 +88,36 @@ export function errorMessage(error: unknown): string {
     return String(error);
   }
 }
+
+/** Longest error message kept on a row (`last_error`, each history entry), in characters. */
+export const MAX_ERROR_MESSAGE = 4_000;
+/** Longest stack kept in an error history entry, in characters. */
+export const MAX_ERROR_STACK = 4_000;
+
+/** `text` cut to `max` characters, saying how much was cut (never splits a surrogate pair). */
+export function boundText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let end = Math.max(0, max - 40);
+  const code = text.charCodeAt(end - 1);
+  if (code >= 0xd800 && code <= 0xdbff) end--;
+  return `${text.slice(0, end)}… [${text.length - end} more characters]`;
+}
+
+/** What an error history entry keeps of an error besides its message. */
+export interface ErrorDetail {
+  readonly name?: string;
+  readonly code?: string;
+  readonly stack?: string;
+}
+
+/** The name, code and (bounded) stack of a thrown value, as far as it has them. */
+export function errorDetail(error: unknown): ErrorDetail {
+  if (typeof error !== 'object' || error === null) return {};
+  const e = error as { name?: unknown; code?: unknown; stack?: unknown };
+  const detail: { name?: string; code?: string; stack?: string } = {};
+  if (typeof e.name === 'string' && e.name) detail.name = boundText(e.name, 200);
+  if ((typeof e.code === 'string' && e.code) || typeof e.code === 'number')
+    detail.code = boundText(String(e.code), 200);
+  if (typeof e.stack === 'string' && e.stack) detail.stack = boundText(e.stack, MAX_ERROR_STACK);
+  return detail;
+}

@@ -2,6 +2,7 @@
  * The seam between the engine loop (runtime) and where steps run (threads). The loop hands
  * claimed steps to an executor and receives one `StepResult` per step, in any order.
  */
+import type { ErrorDetail } from './errors.js';
 
 /** A claimed step, as the loop hands it to an executor. */
 export interface StepRequest {
@@ -19,27 +20,16 @@ export interface StepRequest {
 /**
  * A step's outcome, validated and serialised (states and results as JSON text).
  * `release` gives the claim back without charging an attempt (drain, a co-runner's crash).
- * `error` is the failure that led to this outcome, kept in the row's error history.
+ * `error` is the failure that led to this outcome (its message, bounded), kept in the row's
+ * error history with its `errorDetail` (name, code, bounded stack).
  */
-export type StepResult =
-  | {
-      readonly id: string;
-      readonly kind: 'next';
-      readonly step: string;
-      readonly state: string;
-      readonly delayMs: number;
-      readonly error?: string;
-    }
-  | {
-      readonly id: string;
-      readonly kind: 'retry';
-      readonly state: string;
-      readonly delayMs: number;
-      readonly error?: string;
-    }
-  | { readonly id: string; readonly kind: 'done'; readonly result: string; readonly error?: string }
-  | { readonly id: string; readonly kind: 'stop'; readonly reason: string; readonly error?: string }
-  | { readonly id: string; readonly kind: 'release'; readonly error?: string };
+export type StepResult = (
+  | { readonly kind: 'next'; readonly step: string; readonly state: string; readonly delayMs: number }
+  | { readonly kind: 'retry'; readonly state: string; readonly delayMs: number }
+  | { readonly kind: 'done'; readonly result: string }
+  | { readonly kind: 'stop'; readonly reason: string }
+  | { readonly kind: 'release' }
+) & { readonly id: string; readonly error?: string; readonly errorDetail?: ErrorDetail };
 
 export interface StepExecutor {
   /** Runs the steps; `onResult` is called exactly once per request. */

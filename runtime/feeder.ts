@@ -8,6 +8,12 @@
  * - backlogged: the last claim filled its batch, so more work is probably waiting; every
  *   completion (slots freed by a commit) claims again at once.
  * A claim that returns less than it asked for means the queue has no more due work: idle.
+ *
+ * Timed wake-ups: the feeder keeps one timer, for the earliest due time it knows of. It asks
+ * the database for the queue's next due time (`nextDue`) after the first short claim
+ * following its start, a due timer, a resync (listener reconnect) or the safety poll, so a
+ * due time is never lost: not one inserted before the node joined, nor a later one merged
+ * away behind an earlier one.
  */
 import { MAX_TIMER_MS } from './duration.js';
 import type { ClaimedRow } from './sql/loop.js';
@@ -37,8 +43,8 @@ export class Feeder implements Service {
   #dueTimer: NodeJS.Timeout | undefined;
   #dueAt = Number.POSITIVE_INFINITY;
   #retryTimer: NodeJS.Timeout | undefined;
-  /** A due timer fired: after the claim it caused, look up the next due time. */
-  #dueFired = false;
+  /** After the next short claim, look up the queue's next due time. */
+  #lookUpDue = false;
 
   constructor(options: FeederOptions) {
     this.#o = options;
@@ -52,8 +58,14 @@ export class Feeder implements Service {
   start(): void {
     if (this.#running) return;
     this.#running = true;
-    this.#poll = setInterval(() => this.wake(), this.#o.pollIntervalMs);
+    this.#poll = setInterval(() => this.resync(), this.#o.pollIntervalMs);
     this.#poll.unref();
+    this.resync();
+  }
+
+  /** Anything may have been missed (start, listener reconnect, safety poll): claim, then look up the next due time. */
+  resync(): void {
+    this.#lookUpDue = true;
     this.wake();
   }
 
@@ -70,16 +82,16 @@ export class Feeder implements Service {
   wakeIn(delayMs: number): void {
     if (!this.#running) return;
     if (delayMs <= 0) return this.wake();
-    if (delayMs > MAX_TIMER_MS) return; // beyond a timer's reach: a later look-up or the poll
-    const at = Date.now() + delayMs;
+    // Beyond a timer's reach: wake at its reach to look up again.
+    const ms = Math.min(delayMs, MAX_TIMER_MS - 5);
+    const at = Date.now() + ms;
     if (at >= this.#dueAt) return;
     clearTimeout(this.#dueTimer);
     this.#dueAt = at;
     this.#dueTimer = setTimeout(() => {
       this.#dueAt = Number.POSITIVE_INFINITY;
-      this.#dueFired = true;
-      this.wake();
-    }, delayMs + 5);
+      this.resync();
+    }, ms + 5);
     this.#dueTimer.unref();
   }
 
@@ -115,12 +127,13 @@ export class Feeder implements Service {
       }
       this.#backlog = rows.length === limit;
       if (this.#backlog) this.#wanted = true;
-      else if (this.#dueFired) {
-        this.#dueFired = false;
+      else if (this.#lookUpDue) {
+        this.#lookUpDue = false;
         try {
           const ms = await this.#o.nextDue();
           if (ms !== null) this.wakeIn(ms);
         } catch (error) {
+          this.#lookUpDue = true;
           this.#o.onError(error);
         }
       }

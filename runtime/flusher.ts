@@ -4,17 +4,23 @@
  * in flight the next batch gathers, and the next flush starts the moment the previous one
  * ends, so there is no fixed added delay at low load and large batches at high load.
  *
- * A flush that fails (connection lost, Postgres restarting) is retried with backoff with
- * the same outcomes. That is safe: each outcome is guarded by its claim, so one that was in
- * fact committed before the failure does not apply twice.
+ * Failures (classified by `isTransient`):
+ * - transient (connection lost, Postgres restarting, a deadlock): the same outcomes again,
+ *   with backoff. That is safe: each outcome is guarded by its claim, so one that was in fact
+ *   committed before the failure does not apply twice. After `retryLimitMs` of failing the
+ *   batch is given up (`onAbandoned`): its rows stay claimed until the reaper takes them.
+ * - anything else would recur with the same values: the batch is bisected so the good
+ *   outcomes commit, and an outcome that fails alone is committed as `stop` (status
+ *   `failed`) with the database's error instead; if even that is refused, as a bare `stop`
+ *   with a fixed reason. An outcome is only ever given up, never dropped silently.
  */
 import { assertNever } from './outcome.js';
 import type { StepResult } from './executor.js';
 import { ATTEMPT, type OutcomeRow, flushOutcomes } from './sql/loop.js';
 import type { Queryable } from './sql/db.js';
 import type { Service } from './service.js';
-import { isDataError } from './sql/errors.js';
-import { errorMessage } from './errors.js';
+import { isTransient } from './sql/errors.js';
+import { MAX_ERROR_MESSAGE, boundText, errorDetail, errorMessage } from './errors.js';
 import { storableText } from './json.js';
 
 /** Sub-batches that committed, each with what applied (id → watched). */
@@ -22,6 +28,8 @@ type Committed = Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>;
 
 /** Prefix of the reason an outcome gets when Postgres refuses to store it. */
 const UNSTORABLE = 'the outcome could not be stored';
+/** The last resort for an outcome Postgres refuses even as a `stop` with its error. */
+const BARE_STOP = `${UNSTORABLE} (nor the error that refused it)`;
 
 export interface FlushEntry {
   readonly id: string;
@@ -35,11 +43,15 @@ export interface FlusherOptions {
   readonly schema: string;
   readonly nodeId: string;
   readonly maxBatch: number;
+  /** How long a batch may keep failing transiently before it is given up. */
+  readonly retryLimitMs: number;
   /**
    * Called after each commit with the entries it carried and, for each id that applied,
    * whether the instance is watched (someone waits for it to settle).
    */
   readonly onFlushed: (entries: readonly FlushEntry[], applied: ReadonlyMap<string, boolean>) => void;
+  /** Entries that could not be committed at all: their rows stay claimed until reaped. */
+  readonly onAbandoned: (entries: readonly FlushEntry[], error: unknown) => void;
   readonly onError: (error: unknown) => void;
 }
 
@@ -49,6 +61,7 @@ export class Flusher implements Service {
   #flushing: Promise<void> | undefined;
   #stopped = false;
   #failures = 0;
+  #failingSince = 0;
   #idle: Array<() => void> = [];
   #wakeSleeper: () => void = () => undefined;
 
@@ -73,27 +86,32 @@ export class Flusher implements Service {
     // Let results that arrive in the same turn of the event loop join this flush.
     await new Promise((resolve) => setImmediate(resolve));
     while (this.#buffer.length > 0 && !this.#stopped) {
-      const batch = this.#buffer.splice(0, this.#o.maxBatch);
+      // In id order: rows are locked in one order by every flush.
+      const batch = this.#buffer.splice(0, this.#o.maxBatch).sort(byId);
       let committed: Committed;
+      const abandoned: FlushEntry[] = [];
+      let abandonedBy: unknown;
       try {
-        committed = [[batch, await this.#commit(batch)]];
+        committed = await this.#isolate(batch, (entry, error) => {
+          abandoned.push(entry);
+          abandonedBy = error;
+        });
       } catch (error) {
+        // Transient (see `#isolate`): the same outcomes again later, while within the limit.
         this.#o.onError(error);
-        try {
-          if (!isDataError(error)) throw error;
-          committed = await this.#split(batch);
-        } catch (failure) {
-          // Transient (connection lost, Postgres restarting): the same outcomes again later.
-          // Any that did commit before the failure no longer match their claim: no double apply.
-          if (failure !== error) this.#o.onError(failure);
-          this.#buffer.unshift(...batch);
-          this.#failures++;
-          await this.#sleep(Math.min(50 * 2 ** this.#failures, 5_000));
+        if (this.#failures++ === 0) this.#failingSince = Date.now();
+        if (Date.now() - this.#failingSince >= this.#o.retryLimitMs) {
+          this.#failures = 0;
+          this.#o.onAbandoned(batch, error);
           continue;
         }
+        this.#buffer.unshift(...batch);
+        await this.#sleep(Math.min(50 * 2 ** this.#failures, 5_000));
+        continue;
       }
       this.#failures = 0;
       for (const [entries, applied] of committed) this.#o.onFlushed(entries, applied);
+      if (abandoned.length > 0) this.#o.onAbandoned(abandoned, abandonedBy);
     }
     this.#flushing = undefined;
     for (const resolve of this.#idle.splice(0)) resolve();
@@ -105,34 +123,48 @@ export class Flusher implements Service {
   }
 
   /**
-   * A batch that Postgres rejected for its values (see `isDataError`) would fail the same
-   * way forever and block every outcome behind it. Bisect it: the good outcomes commit, a
-   * bad one is committed as `stop` with the database's error instead. If even that fails
-   * (no known input does) it is dropped and reported; the row stays claimed by this node
-   * until the node stops (the drain releases it) or dies (the reaper takes it).
+   * Commits a batch; a non-transient failure would recur with the same values and block
+   * every outcome behind it, so the batch is bisected: the good outcomes commit, a bad one
+   * is committed as `stop` with the database's error, then as a bare `stop`, and only when
+   * even that is refused is it given up (`abandon`). A transient failure is thrown: the
+   * caller retries the whole batch (outcomes that committed meanwhile do not apply twice).
    */
-  async #isolate(batch: readonly FlushEntry[]): Promise<Committed> {
+  async #isolate(
+    batch: readonly FlushEntry[],
+    abandon: (entry: FlushEntry, error: unknown) => void,
+  ): Promise<Committed> {
     try {
       return [[batch, await this.#commit(batch)]];
     } catch (error) {
-      if (!isDataError(error)) throw error;
-      if (batch.length > 1) return this.#split(batch);
-      const entry = batch[0]!;
-      if (entry.result.kind === 'stop' && entry.result.reason.startsWith(UNSTORABLE)) {
-        this.#o.onError(error);
-        return [[batch, new Map()]];
+      if (isTransient(error)) throw error;
+      if (batch.length > 1) {
+        const half = Math.ceil(batch.length / 2);
+        return [
+          ...(await this.#isolate(batch.slice(0, half), abandon)),
+          ...(await this.#isolate(batch.slice(half), abandon)),
+        ];
       }
-      const reason = `${UNSTORABLE}: ${errorMessage(error)}`;
-      const stopped: FlushEntry = { ...entry, result: { id: entry.id, kind: 'stop', reason, error: reason } };
-      return this.#isolate([stopped]);
+      const entry = batch[0]!;
+      this.#o.onError(error);
+      const reason =
+        entry.result.kind === 'stop' && entry.result.reason.startsWith(UNSTORABLE)
+          ? entry.result.reason === BARE_STOP
+            ? undefined
+            : BARE_STOP
+          : boundText(`${UNSTORABLE}: ${errorMessage(error)}`, MAX_ERROR_MESSAGE);
+      if (reason === undefined) {
+        abandon(entry, error);
+        return [];
+      }
+      const stopped: FlushEntry = {
+        ...entry,
+        result:
+          reason === BARE_STOP
+            ? { id: entry.id, kind: 'stop', reason }
+            : { id: entry.id, kind: 'stop', reason, error: reason, errorDetail: errorDetail(error) },
+      };
+      return this.#isolate([stopped], abandon);
     }
-  }
-
-  /** Commits the two halves of a batch that failed for its values, each isolated further. */
-  async #split(batch: readonly FlushEntry[]): Promise<Committed> {
-    if (batch.length === 1) return this.#isolate(batch);
-    const half = Math.ceil(batch.length / 2);
-    return [...(await this.#isolate(batch.slice(0, half))), ...(await this.#isolate(batch.slice(half)))];
   }
 
   #sleep(ms: number): Promise<void> {
@@ -161,6 +193,23 @@ export class Flusher implements Service {
   }
 }
 
+/** Instance ids (decimal bigints) in numeric order. */
+function byId(a: FlushEntry, b: FlushEntry): number {
+  return a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/** An error history record as the flush stores it: `{ message, name?, code?, stack? }` as JSON. */
+function errorRecord(result: StepResult): string | null {
+  if (result.error === undefined) return null;
+  const d = result.errorDetail ?? {};
+  return JSON.stringify({
+    message: storableText(boundText(result.error, MAX_ERROR_MESSAGE)),
+    ...(d.name === undefined ? {} : { name: storableText(boundText(d.name, 200)) }),
+    ...(d.code === undefined ? {} : { code: storableText(boundText(d.code, 200)) }),
+    ...(d.stack === undefined ? {} : { stack: storableText(boundText(d.stack, 4_000)) }),
+  });
+}
+
 export function toOutcomeRow(entry: FlushEntry): OutcomeRow {
   const { id, claim, result } = entry;
   const base = {
@@ -171,7 +220,7 @@ export function toOutcomeRow(entry: FlushEntry): OutcomeRow {
     delayMs: null,
     result: null,
     lastError: null,
-    error: result.error === undefined ? null : storableText(result.error),
+    error: errorRecord(result),
   };
   switch (result.kind) {
     case 'next':
@@ -198,8 +247,8 @@ export function toOutcomeRow(entry: FlushEntry): OutcomeRow {
         ...base,
         status: 'failed',
         attempt: ATTEMPT.keep,
-        lastError: storableText(result.reason),
-        error: storableText(result.error ?? result.reason),
+        lastError: storableText(boundText(result.reason, MAX_ERROR_MESSAGE)),
+        error: errorRecord(result.error === undefined ? { ...result, error: result.reason } : result),
       };
     case 'release':
       return { ...base, status: 'runnable', attempt: ATTEMPT.keep, error: null };

@@ -30,6 +30,10 @@ export interface StepFailure {
   readonly name: string;
   /** `'thrown'` (throw or rejection), `'invalid_outcome'`, `'invalid_state'`, `'timeout'`, `'thread_exit'`. */
   readonly kind: StepFailureKind;
+  /** The thrown error's `code`, when it had one (e.g. `ECONNRESET`, a SQLSTATE). */
+  readonly code?: string;
+  /** The thrown error's stack, bounded in size. */
+  readonly stack?: string;
 }
 export type StepFailureKind = 'thrown' | 'invalid_outcome' | 'invalid_state' | 'timeout' | 'thread_exit';
 
@@ -56,7 +60,12 @@ export interface MachineConfig<Schema extends z.ZodType, K extends string> {
   readonly onError?: OnErrorFn<NoInfer<K>, z.output<Schema>, z.input<Schema>>;
   readonly maxAttempts?: number;
   readonly backoff?: (attempt: number) => Duration;
-  readonly stepTimeout?: Duration;
+  /**
+   * How long a step may run before it is aborted and counts as an error (default 15 minutes,
+   * so a promise that never settles cannot hold its slot and its row forever); `null` for no
+   * limit.
+   */
+  readonly stepTimeout?: Duration | null;
   readonly priority?: number;
 }
 
@@ -73,9 +82,15 @@ export interface MachineDefinition<Schema extends z.ZodType = z.ZodType, K exten
   readonly onError: OnErrorFn<K, z.output<Schema>, z.input<Schema>> | undefined;
   readonly maxAttempts: number;
   readonly backoff: ((attempt: number) => Duration) | undefined;
+  /** The step timeout in ms, or null for none. */
   readonly stepTimeoutMs: number | null;
+  /** Whether the step timeout was chosen by the definition (not the default). */
+  readonly stepTimeoutSet: boolean;
   readonly priority: number;
 }
+
+/** The step timeout of a definition that sets none: 15 minutes (pg-boss's default too). */
+export const DEFAULT_STEP_TIMEOUT_MS = 15 * 60_000;
 
 /** A definition whose state and step types are not known statically (registries, workers). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -97,7 +112,7 @@ const baseConfigSchema = z.object({
   maxAttempts: z.number().int().min(1).max(10_000).default(DEFAULT_MAX_ATTEMPTS),
   backoff: z.function().optional(),
   onError: z.function().optional(),
-  stepTimeout: timerDurationSchema.optional(),
+  stepTimeout: timerDurationSchema.nullable().optional(),
   priority: z.number().int().min(-32768).max(32767).default(0),
 });
 
@@ -150,7 +165,8 @@ export function defineMachine<Schema extends z.ZodType, const K extends string>(
     onError: config.onError,
     maxAttempts: cfg.maxAttempts,
     backoff: config.backoff,
-    stepTimeoutMs: cfg.stepTimeout ?? null,
+    stepTimeoutMs: cfg.stepTimeout === undefined ? DEFAULT_STEP_TIMEOUT_MS : cfg.stepTimeout,
+    stepTimeoutSet: cfg.stepTimeout !== undefined,
     priority: cfg.priority,
   });
 }
@@ -163,7 +179,8 @@ export interface JobConfig<Schema extends z.ZodType> {
   readonly args: Schema;
   readonly maxAttempts?: number;
   readonly backoff?: (attempt: number) => Duration;
-  readonly stepTimeout?: Duration;
+  /** As for machines: default 15 minutes, `null` for no limit. */
+  readonly stepTimeout?: Duration | null;
   readonly priority?: number;
   /** Returning a value finishes the job as `done(value)`; returning `stop(reason)` fails it at once. */
   readonly perform: (args: z.output<Schema>, ctx: StepContext) => unknown;
@@ -214,7 +231,8 @@ export function defineJob<Schema extends z.ZodType>(config: JobConfig<Schema>): 
     onError: undefined,
     maxAttempts: cfg.maxAttempts,
     backoff: config.backoff,
-    stepTimeoutMs: cfg.stepTimeout ?? null,
+    stepTimeoutMs: cfg.stepTimeout === undefined ? DEFAULT_STEP_TIMEOUT_MS : cfg.stepTimeout,
+    stepTimeoutSet: cfg.stepTimeout !== undefined,
     priority: cfg.priority,
   });
 }

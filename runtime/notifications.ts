@@ -42,7 +42,10 @@ export class NotificationSender {
   readonly #schema: string;
   readonly #channel: string;
   readonly #onError: (error: unknown) => void;
-  #wakes = new Map<string, number>();
+  /** Queues with work due now. */
+  #wakeNow = new Set<string>();
+  /** Queues with work due later: the earliest delay asked for (ms). */
+  #wakeLater = new Map<string, number>();
   #settled: string[] = [];
   #scheduled = false;
   #inFlight: Promise<void> | undefined;
@@ -55,9 +58,17 @@ export class NotificationSender {
     this.#onError = onError;
   }
 
+  /**
+   * Work in `queue` is due in `delayMs` (0 = now). Wakes due now and later are kept apart,
+   * so merging a burst never turns "now and in 5 s" into only "now": the receiver arms a
+   * timer for the earliest later one and, when it fires, looks up the next due time itself.
+   */
   wake(queue: string, delayMs = 0): void {
-    const known = this.#wakes.get(queue);
-    if (known === undefined || delayMs < known) this.#wakes.set(queue, Math.max(0, delayMs));
+    if (delayMs <= 0) this.#wakeNow.add(queue);
+    else {
+      const known = this.#wakeLater.get(queue);
+      if (known === undefined || delayMs < known) this.#wakeLater.set(queue, delayMs);
+    }
     this.#schedule();
   }
 
@@ -76,7 +87,8 @@ export class NotificationSender {
   async #send(): Promise<void> {
     await this.#inFlight;
     this.#scheduled = false;
-    const wakes = this.#wakes;
+    const now = this.#wakeNow;
+    const later = this.#wakeLater;
     const settled = this.#settled;
     const payloads = this.#drain();
     if (payloads.length === 0) return;
@@ -88,7 +100,8 @@ export class NotificationSender {
         this.#onError(error);
         // Put them back for another try (a few, then the receivers' safety nets take over).
         if (++this.#failures > 5) return;
-        for (const [queue, delay] of wakes) this.wake(queue, delay);
+        for (const queue of now) this.wake(queue, 0);
+        for (const [queue, delay] of later) this.wake(queue, delay);
         this.settled(settled);
       },
     );
@@ -97,31 +110,35 @@ export class NotificationSender {
 
   #drain(): string[] {
     const payloads: string[] = [];
-    let wakes: Record<string, number> = {};
-    let wakeSize = 0;
-    for (const [queue, delay] of this.#wakes) {
-      if (wakeSize + queue.length + 24 > MAX_PAYLOAD) {
-        payloads.push(JSON.stringify({ w: wakes } satisfies NotificationPayload));
-        wakes = {};
-        wakeSize = 0;
+    // Due-now and due-later wakes of one queue go in separate payloads (one key per queue).
+    for (const wakes of [[...this.#wakeNow].map((q) => [q, 0] as const), [...this.#wakeLater]]) {
+      let chunk: Record<string, number> = {};
+      let size = 0;
+      for (const [queue, delay] of wakes) {
+        if (size > 0 && size + queue.length + 24 > MAX_PAYLOAD) {
+          payloads.push(JSON.stringify({ w: chunk } satisfies NotificationPayload));
+          chunk = {};
+          size = 0;
+        }
+        chunk[queue] = delay;
+        size += queue.length + 24;
       }
-      wakes[queue] = delay;
-      wakeSize += queue.length + 24;
+      if (size > 0) payloads.push(JSON.stringify({ w: chunk } satisfies NotificationPayload));
     }
-    if (wakeSize > 0) payloads.push(JSON.stringify({ w: wakes } satisfies NotificationPayload));
-    this.#wakes = new Map();
+    this.#wakeNow = new Set();
+    this.#wakeLater = new Map();
     let ids: string[] = [];
     let size = 0;
     for (const id of this.#settled) {
-      if (size + id.length + 4 > MAX_PAYLOAD) {
-        payloads.push(JSON.stringify({ s: ids }));
+      if (size > 0 && size + id.length + 4 > MAX_PAYLOAD) {
+        payloads.push(JSON.stringify({ s: ids } satisfies NotificationPayload));
         ids = [];
         size = 0;
       }
       ids.push(id);
       size += id.length + 3;
     }
-    if (ids.length > 0) payloads.push(JSON.stringify({ s: ids }));
+    if (ids.length > 0) payloads.push(JSON.stringify({ s: ids } satisfies NotificationPayload));
     this.#settled = [];
     return payloads;
   }

@@ -38,6 +38,11 @@ export class MachineRegistry {
     return [...this.#byKey.values()];
   }
 
+  /** The definition of `name@version` given to this node, if any. */
+  definitionOf(name: string, version: number): AnyMachine | undefined {
+    return this.#byKey.get(machineKey(name, version));
+  }
+
   /** The module URL a worker imports `name@version` from, or undefined when unknown. */
   moduleOf(name: string, version: number): string | undefined {
     return this.#byKey.get(machineKey(name, version))?.module ?? this.#resolve?.(name, version);

@@ -8,11 +8,18 @@ export interface Service {
   stop(): Promise<void>;
 }
 
+/**
+ * A service that runs `runOnce()` at once when started, then `intervalMs` after each round
+ * ends. Every `start()` and `stop()` opens a new epoch; a round or timer of an older epoch
+ * never schedules another, so a `start()` that follows a `stop()` nobody awaited (a leader
+ * hand-off does exactly that) runs one timer chain, never two.
+ */
 export abstract class PeriodicService implements Service {
   readonly #intervalMs: number;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<unknown> | undefined;
   #started = false;
+  #epoch = 0;
 
   constructor(intervalMs: number) {
     this.#intervalMs = intervalMs;
@@ -26,24 +33,31 @@ export abstract class PeriodicService implements Service {
   start(): void {
     if (this.#started) return;
     this.#started = true;
-    this.#schedule(0);
+    const epoch = ++this.#epoch;
+    // A round of an older epoch may still be running: the new chain starts after it.
+    const previous = this.#running ?? Promise.resolve();
+    void previous.then(() => this.#schedule(epoch, 0));
   }
 
-  #schedule(delayMs: number): void {
-    if (!this.#started) return;
+  #schedule(epoch: number, delayMs: number): void {
+    if (epoch !== this.#epoch) return;
+    clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
-      this.#running = this.runOnce()
+      if (epoch !== this.#epoch) return;
+      const round = this.runOnce()
         .catch((error: unknown) => this.onError(error))
         .finally(() => {
-          this.#running = undefined;
-          this.#schedule(this.#intervalMs);
+          if (this.#running === round) this.#running = undefined;
+          this.#schedule(epoch, this.#intervalMs);
         });
+      this.#running = round;
     }, delayMs);
     this.#timer.unref();
   }
 
   async stop(): Promise<void> {
     this.#started = false;
+    this.#epoch++;
     clearTimeout(this.#timer);
     await this.#running;
   }

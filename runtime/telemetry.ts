@@ -17,6 +17,7 @@ export const telemetry = {
   pick: channel('pick'),
   flush: channel('flush'),
   outcomeStale: channel('outcome:stale'),
+  outcomeAbandoned: channel('outcome:abandoned'),
   insert: channel('insert'),
   reaperReaped: channel('reaper:reaped'),
   nodeJoined: channel('node:joined'),

@@ -12,9 +12,11 @@ import {
   claimBatch,
   flushOutcomes,
   heartbeat,
-  reapExpiredLeases,
+  findExpiredLeases,
   releaseClaims,
 } from '../runtime/sql/loop.js';
+import { reapClaims } from '../cluster/reaper.js';
+import { MachineRegistry } from '../runtime/registry.js';
 import { registerNode } from '../runtime/sql/nodes.js';
 import { useTestSchema } from './support/db.js';
 
@@ -224,6 +226,10 @@ describe('flushOutcomes', () => {
       schema: db.schema,
       nodeId: 'n',
       maxBatch: 1_000,
+      retryLimitMs: 60_000,
+      onAbandoned: (_entries, e) => {
+        throw e;
+      },
       onFlushed: (_entries, ids) => applied.push(...ids.keys()),
       onError: (e) => {
         throw e;
@@ -264,13 +270,19 @@ describe('leases', () => {
   it('heartbeat extends every lease of the node in one statement', async () => {
     await registerNode(db.pool, db.schema, { id: 'hb', host: 'h', pid: 1, queues: ['lease'] });
     await seed('lease', [{}, {}, {}]);
-    await claimBatch(db.pool, db.schema, { queue: 'lease', limit: 3, nodeId: 'hb', leaseMs: 1_000 });
-    expect(await heartbeat(db.pool, db.schema, 'hb', 60_000)).toEqual({ alive: true, extended: 3 });
+    const claimed = await claimBatch(db.pool, db.schema, {
+      queue: 'lease',
+      limit: 3,
+      nodeId: 'hb',
+      leaseMs: 1_000,
+    });
+    const ids = claimed.map((c) => c.id);
+    expect(await heartbeat(db.pool, db.schema, 'hb', 60_000, ids)).toEqual({ alive: true, extended: 3 });
     const { rows } = await db.pool.query<{ ok: boolean }>(
       `SELECT bool_and(lease_expires_at > now() + interval '50 seconds') AS ok FROM ${T()} WHERE locked_by = 'hb'`,
     );
     expect(rows[0]!.ok).toBe(true);
-    expect(await heartbeat(db.pool, db.schema, 'unknown-node', 60_000)).toEqual({
+    expect(await heartbeat(db.pool, db.schema, 'unknown-node', 60_000, ids)).toEqual({
       alive: false,
       extended: 0,
     });
@@ -283,7 +295,11 @@ describe('leases', () => {
     await db.pool.query(
       `UPDATE ${T()} SET lease_expires_at = now() - interval '1 second' WHERE locked_by = 'dead'`,
     );
-    const reaped = await reapExpiredLeases(db.pool, db.schema, 100);
+    const found = await findExpiredLeases(db.pool, db.schema, 100);
+    const reaped = await reapClaims(db.pool, db.schema, new MachineRegistry([]), found, {
+      reason: 'lease expired',
+      expired: true,
+    });
     expect(reaped.map((r) => `${r.id}:${r.status}`).sort()).toEqual([`${a}:runnable`, `${b}:failed`].sort());
     const { rows } = await db.pool.query<{
       id: string;

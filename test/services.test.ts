@@ -119,13 +119,15 @@ describe('Feeder', () => {
     await Promise.all([feeder.stop(), feeder.stop()]);
   });
 
-  it('after a due timer fires, looks up the next due time; ignores delays no timer can wait', async () => {
+  it('looks up the next due time after starting and after a due timer fires', async () => {
     const { feeder, state } = feederOver(0, 2);
     feeder.start();
-    await until(() => state.requested.length === 1);
-    feeder.wakeIn(MAX_TIMER_MS + 1); // beyond a timer: no timer is armed, nothing claims
-    feeder.wakeIn(20);
+    // Work scheduled before the node joined: the first short claim is followed by a look-up.
     await until(() => state.lookups === 1);
+    expect(state.requested.length).toBe(1);
+    feeder.wakeIn(MAX_TIMER_MS + 1); // beyond a timer: armed at the timer's reach, not yet due
+    feeder.wakeIn(20);
+    await until(() => state.lookups === 2);
     expect(state.requested.length).toBe(2);
     await feeder.stop();
   });

@@ -147,6 +147,10 @@ async function flushWithin(
     schema: db.schema,
     nodeId,
     maxBatch: 1_000,
+    retryLimitMs: 60_000,
+    onAbandoned: (_entries, e) => {
+      throw e;
+    },
     onFlushed: (_entries, ids) => applied.push(...ids.keys()),
     onError: (e) => {
       errors.push(`${(e as { code?: string }).code ?? (e as Error).constructor.name}`);

@@ -10,7 +10,14 @@
 import { AsyncLocalStorage, createHook } from 'node:async_hooks';
 import { defaultBackoff } from '../runtime/backoff.js';
 import { parseDuration } from '../runtime/duration.js';
-import { describeZodIssues, errorMessage } from '../runtime/errors.js';
+import {
+  type ErrorDetail,
+  MAX_ERROR_MESSAGE,
+  boundText,
+  describeZodIssues,
+  errorDetail,
+  errorMessage,
+} from '../runtime/errors.js';
 import { findNonJson, toJson } from '../runtime/json.js';
 import type { AnyMachine, StepContext, StepFailure, StepFailureKind } from '../runtime/machine.js';
 import { type Outcome, assertNever, isOutcome, retry, stop } from '../runtime/outcome.js';
@@ -28,8 +35,23 @@ class Failure extends Error {
 
 export function toFailure(error: unknown): StepFailure {
   if (error instanceof Failure) return { kind: error.kind, name: 'StepFailure', message: error.message };
-  const name = error instanceof Error ? error.name : typeof error;
-  return { kind: 'thrown', name, message: errorMessage(error) };
+  const { name, code, stack } = errorDetail(error);
+  return {
+    kind: 'thrown',
+    name: name ?? typeof error,
+    message: boundText(errorMessage(error), MAX_ERROR_MESSAGE),
+    ...(code === undefined ? {} : { code }),
+    ...(stack === undefined ? {} : { stack }),
+  };
+}
+
+/** What the error history keeps of a failure besides its message. */
+function detailOf(failure: StepFailure): ErrorDetail {
+  return {
+    name: failure.name,
+    ...(failure.code === undefined ? {} : { code: failure.code }),
+    ...(failure.stack === undefined ? {} : { stack: failure.stack }),
+  };
 }
 
 /** Controllers of the steps running on this thread, for `abortRunningSteps`. */
@@ -100,7 +122,9 @@ async function executeWith(
   controller: AbortController,
   mark: RunningMark,
 ): Promise<StepResult> {
-  if (def.stepTimeoutMs !== null) trackContinuations();
+  // Only an explicitly chosen timeout turns tracking on: the 15-minute default is a backstop
+  // against promises that never settle, not worth 10% of every step's speed.
+  if (def.stepTimeoutSet && def.stepTimeoutMs !== null) trackContinuations();
   const ctx: StepContext = {
     id: item.id,
     machine: item.machine,
@@ -139,7 +163,8 @@ async function handleFailure(
   failure: StepFailure,
   mark: RunningMark,
 ): Promise<StepResult> {
-  const what = `step "${item.step}" attempt ${item.attempt}: ${failure.message}`;
+  const what = boundText(`step "${item.step}" attempt ${item.attempt}: ${failure.message}`, MAX_ERROR_MESSAGE);
+  const errorDetail = detailOf(failure);
   try {
     const onError = def.onError;
     const outcome: unknown = onError
@@ -150,16 +175,16 @@ async function handleFailure(
           'onError',
         )
       : defaultOnError(failure, item, def.backoff, state);
-    return { ...toResult(def, item.id, outcome), error: what };
+    return { ...toResult(def, item.id, outcome), error: what, errorDetail };
   } catch (error) {
-    const reason = `onError failed (${errorMessage(error)}) after ${what}`;
-    return { id: item.id, kind: 'stop', reason, error: what };
+    const reason = boundText(`onError failed (${errorMessage(error)}) after ${what}`, MAX_ERROR_MESSAGE);
+    return { id: item.id, kind: 'stop', reason, error: what, errorDetail };
   }
 }
 
-/** How long `onError` may take: the step timeout, else 30 s. It is user code too. */
+/** How long `onError` may take: the machine's own step timeout, else 30 s. It is user code too. */
 export function onErrorLimitMs(def: AnyMachine): number {
-  return def.stepTimeoutMs ?? 30_000;
+  return def.stepTimeoutSet && def.stepTimeoutMs !== null ? def.stepTimeoutMs : 30_000;
 }
 
 /** The default error policy: retry with backoff while attempts remain, then stop. */
@@ -232,7 +257,7 @@ export function toResult(def: AnyMachine, id: string, value: unknown): StepResul
       return { id, kind: 'done', result: toJson(value.result) };
     }
     case 'stop':
-      return { id, kind: 'stop', reason: String(value.reason) };
+      return { id, kind: 'stop', reason: boundText(String(value.reason), MAX_ERROR_MESSAGE) };
     default:
       return assertNever(value, 'outcome');
   }
@@ -271,14 +296,23 @@ function describe(value: unknown): string {
  * stored state.
  */
 export function fallbackResult(item: StepItem, failure: StepFailure): StepResult {
-  const error = `step "${item.step}" attempt ${item.attempt}: ${failure.message}`;
+  const error = boundText(`step "${item.step}" attempt ${item.attempt}: ${failure.message}`, MAX_ERROR_MESSAGE);
+  const errorDetail = detailOf(failure);
   if (item.attempt + 1 >= item.maxAttempts) {
     return {
       id: item.id,
       kind: 'stop',
       reason: `${failure.message} (gave up after ${item.attempt + 1} attempts)`,
       error,
+      errorDetail,
     };
   }
-  return { id: item.id, kind: 'retry', state: item.state, delayMs: defaultBackoff(item.attempt), error };
+  return {
+    id: item.id,
+    kind: 'retry',
+    state: item.state,
+    delayMs: defaultBackoff(item.attempt),
+    error,
+    errorDetail,
+  };
 }

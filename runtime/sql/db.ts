@@ -49,7 +49,9 @@ export function statement(
   text: string,
   options: { prepared?: boolean } = {},
 ): Statement {
-  const key = `${schema}\u0000${id}`;
+  // Keyed by the text too: two statements sharing an id (or a text built from parameters)
+  // never answer with each other's SQL.
+  const key = `${schema}\u0000${id}\u0000${options.prepared === false ? 'u' : 'p'}\u0000${text}`;
   let found = cache.get(key);
   if (!found) {
     const resolved = text.replaceAll(':schema', quoteIdent(schema));
