@@ -4,6 +4,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { migrate } from '../migrations/migrate.js';
 import { createClient } from '../runtime/client.js';
+import { validateSchemaName } from '../runtime/sql/db.js';
+import { listNodes } from '../runtime/sql/nodes.js';
 import { demo } from './demo.js';
 
 const usage = `usage: gen-durable <command> [options]
@@ -31,11 +33,9 @@ async function main(argv: string[]): Promise<number> {
       const pool = new pg.Pool({ connectionString: url, max: 2 });
       const client = createClient({ pool, schema: values.schema });
       try {
-        const nodes = await pool.query<{ id: string; heartbeat_at: Date }>(
-          `SELECT id, heartbeat_at FROM "${values.schema}".gen_durable_nodes ORDER BY id`,
-        );
-        console.log(`nodes: ${nodes.rows.length}`);
-        for (const n of nodes.rows) console.log(`  ${n.id} (heartbeat ${n.heartbeat_at.toISOString()})`);
+        const nodes = await listNodes(pool, validateSchemaName(values.schema, '--schema'));
+        console.log(`nodes: ${nodes.length}`);
+        for (const n of nodes) console.log(`  ${n.id} (heartbeat ${n.heartbeat_at.toISOString()})`);
         for (const c of await client.count()) console.log(`  ${c.queue} ${c.machine} ${c.status} ${c.count}`);
       } finally {
         await client.close();

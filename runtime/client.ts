@@ -244,20 +244,26 @@ export class Client {
     results: ReadonlyArray<InsertResult | undefined>,
     tx: Queryable | undefined,
   ): Promise<void> {
-    const wakes = new Map<string, number>();
+    // Per queue: whether work is due now, and the earliest later due time. Both are sent,
+    // so a delayed row inserted beside immediate ones still gets its timer.
+    const now = new Map<string, number>();
+    const later = new Map<string, number>();
     rows.forEach((row, i) => {
       if (!results[i]?.inserted) return;
       const delay = row.runAt ? Math.max(0, row.runAt.getTime() - Date.now()) : row.delayMs;
-      const known = wakes.get(row.queue);
-      if (known === undefined || delay < known) wakes.set(row.queue, delay);
+      const known = later.get(row.queue);
+      if (delay <= 0) now.set(row.queue, 0);
+      else if (known === undefined || delay < known) later.set(row.queue, delay);
     });
-    if (wakes.size === 0) return;
+    const groups = [now, later].filter((g) => g.size > 0);
+    if (groups.length === 0) return;
     if (tx) {
       // Inside the caller's transaction the notification must be transactional too.
-      const payload = JSON.stringify({ w: Object.fromEntries(wakes) });
-      await sendNotifications(tx, this.schema, channelFor(this.schema), [payload]);
+      const payloads = groups.map((w) => JSON.stringify({ w: Object.fromEntries(w) }));
+      await sendNotifications(tx, this.schema, channelFor(this.schema), payloads);
     } else {
-      for (const [queue, delay] of wakes) this.#internals.sender.wake(queue, delay);
+      for (const group of groups)
+        for (const [queue, delay] of group) this.#internals.sender.wake(queue, delay);
     }
   }
 

@@ -163,7 +163,10 @@ async function handleFailure(
   failure: StepFailure,
   mark: RunningMark,
 ): Promise<StepResult> {
-  const what = boundText(`step "${item.step}" attempt ${item.attempt}: ${failure.message}`, MAX_ERROR_MESSAGE);
+  const what = boundText(
+    `step "${item.step}" attempt ${item.attempt}: ${failure.message}`,
+    MAX_ERROR_MESSAGE,
+  );
   const errorDetail = detailOf(failure);
   try {
     const onError = def.onError;
@@ -296,7 +299,10 @@ function describe(value: unknown): string {
  * stored state.
  */
 export function fallbackResult(item: StepItem, failure: StepFailure): StepResult {
-  const error = boundText(`step "${item.step}" attempt ${item.attempt}: ${failure.message}`, MAX_ERROR_MESSAGE);
+  const error = boundText(
+    `step "${item.step}" attempt ${item.attempt}: ${failure.message}`,
+    MAX_ERROR_MESSAGE,
+  );
   const errorDetail = detailOf(failure);
   if (item.attempt + 1 >= item.maxAttempts) {
     return {

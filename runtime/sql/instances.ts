@@ -1,7 +1,11 @@
 /**
  * Statements of the client API: inserting, reading, cancelling and counting instances.
  */
+import { LIVE_STATUSES } from '../status.js';
 import { type Queryable, run, statement } from './db.js';
+
+/** The live statuses as a SQL list, from the one definition in `status.ts`. */
+const LIVE = `(${LIVE_STATUSES.map((s) => `'${s}'`).join(', ')})`;
 
 export interface InsertRow {
   readonly fsm: string;
@@ -159,7 +163,7 @@ export async function cancelInstance(db: Queryable, schema: string, id: string):
     'cancel',
     `UPDATE :schema.gen_durable
      SET status = 'cancelled', locked_by = NULL, lease_expires_at = NULL, updated_at = now()
-     WHERE id = $1 AND status IN ('runnable', 'executing', 'awaiting_signal', 'awaiting_children')
+     WHERE id = $1 AND status IN ${LIVE}
      RETURNING id::text AS id`,
   );
   return (await run<{ id: string }>(db, stmt, [id]))[0]?.id;
@@ -227,7 +231,7 @@ export async function watchInstance(
     schema,
     'watch',
     `UPDATE :schema.gen_durable SET watched = true
-     WHERE id = $1 AND NOT watched AND status IN ('runnable', 'executing', 'awaiting_signal', 'awaiting_children')
+     WHERE id = $1 AND NOT watched AND status IN ${LIVE}
      RETURNING queue, status = 'runnable' AS runnable`,
   );
   const row = (await run<{ queue: string; runnable: boolean }>(db, stmt, [id]))[0];

@@ -138,12 +138,14 @@ export interface OutcomeRow {
  * commits nothing. Returns the ids that were applied. Rows are locked in id order (callers
  * sort the batch; see `Flusher`).
  *
- * Plan: driven by primary key from the arrays (`t.id = ANY ($2)`), so the cost grows with
- * the batch, never with the node's rows in flight. `locked_by` is compared with `IS NOT
- * DISTINCT FROM`, which no index serves: stale statistics (analyzed while nothing was
- * executing) otherwise lead the planner to scan `gen_durable_claims` for all of the node's
- * rows once per outcome (measured: 5,000 in flight, 10 outcomes, 49,990 rows filtered,
- * ~13 ms). Not prepared, so it is planned with the actual arrays: a generic plan guesses the
+ * Plan: driven from the arrays by primary key (`t.id = o.id`, a nested loop of pkey
+ * probes; a hash join when the batch is a large part of a small table), so the cost grows
+ * with the batch, never with the node's rows in flight. `status` and `locked_by` are compared
+ * with `IS NOT DISTINCT FROM`, which neither an index condition nor a partial index's
+ * predicate can match: with statistics taken while nothing was executing, the planner
+ * otherwise believes `gen_durable_claims` (partial on `status = 'executing'`) empty and
+ * scans all of the node's rows through it (measured: 5,000 in flight, 10 outcomes, 4,990
+ * rows filtered, or 49,990 per-outcome, ~13-16 ms). `EXPLAIN`-tested. Not prepared, so it is planned with the actual arrays: a generic plan guesses the
  * arrays' sizes and was seen to rescan them per executing row.
  */
 export const FLUSH_OUTCOMES_SQL = `UPDATE :schema.gen_durable AS t SET
@@ -160,8 +162,8 @@ export const FLUSH_OUTCOMES_SQL = `UPDATE :schema.gen_durable AS t SET
      FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[], $8::bigint[],
                  $9::text[], $10::text[], $11::text[])
           AS o(id, claim, status, step, state, attempt_op, delay_ms, result, last_error, error)
-     WHERE t.id = ANY ($2::bigint[]) AND t.id = o.id AND t.claim = o.claim AND t.status = 'executing'
-       AND t.locked_by IS NOT DISTINCT FROM $1::text
+     WHERE t.id = o.id AND t.claim = o.claim
+       AND t.status IS NOT DISTINCT FROM 'executing' AND t.locked_by IS NOT DISTINCT FROM $1::text
      RETURNING t.id::text AS id, t.watched`;
 
 export function flushOutcomeValues(nodeId: string, rows: readonly OutcomeRow[]): unknown[] {
@@ -198,7 +200,8 @@ export async function flushOutcomes(
  * Rows another transaction has locked (the node's own flush committing them right now) are
  * skipped, not waited for: the flush and the heartbeat lock the same rows and, waiting on
  * each other in different orders, deadlocked. A skipped row is about to be committed, or is
- * extended by the next beat (the lease is at least twice the heartbeat interval).
+ * extended by the next beat (the lease is at least twice the heartbeat interval). Found by
+ * primary key, never through `gen_durable_claims` (see `flushOutcomes` for the trap).
  *
  * `alive` is false when the node's row is gone (it was declared dead).
  */
@@ -216,7 +219,8 @@ export async function heartbeat(
        UPDATE :schema.gen_durable_nodes SET heartbeat_at = now() WHERE id = $1 RETURNING id
      ), live AS (
        SELECT id FROM :schema.gen_durable
-       WHERE id = ANY ($3::bigint[]) AND status = 'executing' AND locked_by IS NOT DISTINCT FROM $1::text
+       WHERE id = ANY ($3::bigint[])
+         AND status IS NOT DISTINCT FROM 'executing' AND locked_by IS NOT DISTINCT FROM $1::text
        FOR NO KEY UPDATE SKIP LOCKED
      ), leases AS (
        UPDATE :schema.gen_durable AS t SET lease_expires_at = now() + $2 * interval '1 millisecond'
@@ -318,7 +322,7 @@ export async function abandonClaims(
     `WITH c AS (
        SELECT t.id, o.delay_ms FROM :schema.gen_durable t
        JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS o(id, claim, delay_ms) ON t.id = o.id
-       WHERE t.id = ANY ($1::bigint[]) AND t.claim = o.claim AND t.status = 'executing'
+       WHERE t.id = ANY ($1::bigint[]) AND t.claim = o.claim AND t.status IS NOT DISTINCT FROM 'executing'
          AND (NOT $5::boolean OR t.lease_expires_at < now())
        ORDER BY t.id
        FOR NO KEY UPDATE OF t SKIP LOCKED

@@ -19,3 +19,16 @@ export async function deregisterNode(db: Queryable, schema: string, nodeId: stri
   const stmt = statement(schema, 'deregister_node', `DELETE FROM :schema.gen_durable_nodes WHERE id = $1`);
   await run(db, stmt, [nodeId]);
 }
+
+/** The registered nodes, by id, with their last heartbeat. */
+export async function listNodes(
+  db: Queryable,
+  schema: string,
+): Promise<Array<{ id: string; host: string; pid: number; queues: string[]; heartbeat_at: Date }>> {
+  const stmt = statement(
+    schema,
+    'list_nodes',
+    `SELECT id, host, pid, queues, heartbeat_at FROM :schema.gen_durable_nodes ORDER BY id`,
+  );
+  return run(db, stmt, []);
+}
