@@ -49,8 +49,11 @@ export const joinOptionsSchema = z
       .default({ default: { concurrency: 10, threads: 1 } }),
     /** How long a claim holds without a heartbeat. */
     lease: timerDurationSchema.default(30_000),
-    /** How often the node heartbeats (and extends its leases). Must be shorter than lease / 2. */
-    heartbeat: timerDurationSchema.default(5_000),
+    /**
+     * How often the node heartbeats (and extends its leases): at most half the lease.
+     * Default: a third of the lease, at most 5 s.
+     */
+    heartbeat: timerDurationSchema.optional(),
     /** Safety-net poll of each feeder, for a notification that never arrived. */
     pollInterval: timerDurationSchema.default(5_000),
     /** How often expired leases are reaped. */
@@ -74,7 +77,7 @@ export const joinOptionsSchema = z
         message: 'give exactly one of connectionString or pool',
       });
     }
-    if (o.heartbeat * 2 > o.lease) {
+    if (o.heartbeat !== undefined && o.heartbeat * 2 > o.lease) {
       ctx.addIssue({
         code: 'custom',
         path: ['heartbeat'],
@@ -86,9 +89,19 @@ export const joinOptionsSchema = z
     }
   });
 
+/** The default heartbeat interval: a third of the lease, at most 5 s. */
+export function defaultHeartbeat(leaseMs: number): number {
+  return Math.max(1, Math.min(5_000, Math.floor(leaseMs / 3)));
+}
+
+const resolvedOptionsSchema = joinOptionsSchema.transform((o) => ({
+  ...o,
+  heartbeat: o.heartbeat ?? defaultHeartbeat(o.lease),
+}));
+
 export type JoinOptions = z.input<typeof joinOptionsSchema>;
-export type NodeConfig = Readonly<z.output<typeof joinOptionsSchema>>;
+export type NodeConfig = Readonly<z.output<typeof resolvedOptionsSchema>>;
 
 export function parseJoinOptions(options: unknown): NodeConfig {
-  return Object.freeze(parseInput(joinOptionsSchema, options, ''));
+  return Object.freeze(parseInput(resolvedOptionsSchema, options, ''));
 }

@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'closed'
   | 'insert_conflict'
   | 'not_found'
-  | 'migration_failed';
+  | 'migration_failed'
+  | 'join_in_worker';
 
 export class GenDurableError extends Error {
   override readonly name: string = 'GenDurableError';

@@ -455,4 +455,3 @@ describe('statements', () => {
     expect(names).toEqual([undefined]);
   });
 });
-

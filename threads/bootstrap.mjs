@@ -5,6 +5,9 @@
 import { workerData } from 'piscina';
 
 const REGISTERED = Symbol.for('gen-durable.tsx-registered');
+// Marks this thread as a gen-durable worker: `Cluster.join` refuses to start a node here (a
+// machine module that joins at its top level would otherwise start a node per thread).
+globalThis[Symbol.for('gen-durable.worker-thread')] = true;
 const entry = workerData.entry;
 if (/\.[cm]?ts$/.test(entry) && !globalThis[REGISTERED]) {
   const { register } = await import('tsx/esm/api');

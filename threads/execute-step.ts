@@ -293,6 +293,9 @@ function describe(value: unknown): string {
   return `a ${typeof value} (${(typeof value === 'symbol' ? value.toString() : `${value as string | number | boolean | bigint}`).slice(0, 40)})`;
 }
 
+/** Failure codes no retry can mend: the instance fails at once. */
+const NEVER_RETRIED = new Set(['join_in_worker']);
+
 /**
  * The outcome of a failure when the machine's own hooks cannot run (its module does not
  * load, or the thread died again while running `onError`): the default policy on the row's
@@ -304,6 +307,9 @@ export function fallbackResult(item: StepItem, failure: StepFailure): StepResult
     MAX_ERROR_MESSAGE,
   );
   const errorDetail = detailOf(failure);
+  if (failure.code !== undefined && NEVER_RETRIED.has(failure.code)) {
+    return { id: item.id, kind: 'stop', reason: failure.message, error, errorDetail };
+  }
   if (item.attempt + 1 >= item.maxAttempts) {
     return {
       id: item.id,

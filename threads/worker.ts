@@ -40,6 +40,13 @@ async function definitionFor(item: StepItem): Promise<AnyMachine> {
 
 const data = workerData as PoolWorkerData;
 
+// A machine module that starts a node at its top level without awaiting it leaves a
+// rejected join behind here (see `Cluster.join`): the thread carries on running its steps.
+process.on('unhandledRejection', (reason: unknown) => {
+  if ((reason as { code?: unknown } | null)?.code === 'join_in_worker') return;
+  throw reason;
+});
+
 // The node's forced shutdown fires the abort signal of every running step.
 const aborts = new BroadcastChannel(data.abortChannel);
 aborts.onmessage = () => abortRunningSteps('the node is shutting down');

@@ -1,0 +1,61 @@
+/**
+ * A new user's first hour: what they meet first must work or explain itself. A program in
+ * one module (machines and the join together), a short lease on its own, ...
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { ValidationError } from '../index.js';
+import { parseJoinOptions } from '../cluster/options.js';
+import { all, plain } from './fixtures/loop-machines.js';
+import { useTestSchema } from './support/db.js';
+import { useNodes } from './support/node.js';
+
+const run = promisify(execFile);
+const root = fileURLToPath(new URL('..', import.meta.url));
+const db = useTestSchema('first');
+const { join } = useNodes(db);
+
+describe('a program in one module', () => {
+  it('with a top-level join: worker threads start no node; the job fails at once, saying why', async () => {
+    const app = fileURLToPath(new URL('./fixtures/one-module/app.ts', import.meta.url));
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', app, db.url, db.schema], {
+      cwd: root,
+      timeout: 60_000,
+    });
+    const out = JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
+    expect(out).toMatchObject({ status: 'failed', nodes: 1 });
+    expect(out.error).toMatch(/Cluster\.join\(\) was called inside a gen-durable worker thread/);
+    expect(out.error).toMatch(/Keep machines in their own module/);
+    const { rows } = await db.pool.query<{ attempt: number }>(
+      `SELECT attempt FROM "${db.schema}".gen_durable WHERE fsm = 'one-module-hello'`,
+    );
+    expect(rows).toEqual([{ attempt: 0 }]); // failed at once, not retried 20 times
+  });
+});
+
+describe('options', () => {
+  it('a short lease alone is accepted: the heartbeat follows it', async () => {
+    const base = { connectionString: db.url, machines: [] };
+    expect(parseJoinOptions({ ...base, lease: '2s' }).heartbeat).toBe(666);
+    expect(parseJoinOptions({ ...base, lease: '5s' }).heartbeat).toBe(1_666);
+    expect(parseJoinOptions(base).heartbeat).toBe(5_000);
+    expect(parseJoinOptions({ ...base, lease: '2s', heartbeat: '1s' }).heartbeat).toBe(1_000);
+    const tooLong = (() => {
+      try {
+        return parseJoinOptions({ ...base, lease: '2s', heartbeat: '1500ms' });
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(tooLong).toBeInstanceOf(ValidationError);
+    expect((tooLong as ValidationError).path).toBe('heartbeat');
+    const node = await join({ machines: all, queues: { lh: { concurrency: 2 } }, lease: '2s' });
+    const { id } = await node.client.insert(plain, { args: { i: 7 } });
+    expect(await node.client.waitFor(id, { timeout: '20s' })).toMatchObject({
+      status: 'done',
+      result: { i: 7 },
+    });
+  });
+});
