@@ -2,6 +2,8 @@
 export { Cluster } from './cluster/cluster.js';
 export type { GenDurableNode, StopOptions } from './cluster/node.js';
 export type { JoinOptions } from './cluster/options.js';
+export { shutdownOnSignals } from './cluster/shutdown.js';
+export type { ShutdownOptions } from './cluster/shutdown.js';
 export { createClient, Client } from './runtime/client.js';
 export type { ClientOptions, InsertResult, Snapshot, Target, WaitResult } from './runtime/client.js';
 export type { InsertOptions } from './runtime/insert-options.js';

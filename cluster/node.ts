@@ -127,6 +127,8 @@ export class GenDurableNode {
       registry: this.#registry,
       intervalMs: config.reapInterval,
       batch: 1_000,
+      // Several leases without a heartbeat: that node is gone.
+      deadNodeMs: Math.max(3 * config.lease, 60_000),
       onReaped: (rows) => this.#afterReap(rows),
       onError: (e) => this.#reportError('reaper', e),
     });

@@ -15,6 +15,7 @@ import {
   findExpiredLeases,
   findNodeClaims,
 } from '../runtime/sql/loop.js';
+import { pruneDeadNodes } from '../runtime/sql/nodes.js';
 import { PeriodicService } from '../runtime/service.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 
@@ -78,6 +79,8 @@ export class Reaper extends PeriodicService {
       registry: MachineRegistry;
       intervalMs: number;
       batch: number;
+      /** Node rows whose heartbeat is older than this are pruned (the node died). */
+      deadNodeMs: number;
       onReaped: (rows: readonly ReapedRow[]) => void;
       onError: (error: unknown) => void;
     },
@@ -85,8 +88,9 @@ export class Reaper extends PeriodicService {
     super(o.intervalMs);
   }
 
-  /** Reaps until a batch comes back short; returns how many rows were reaped. */
+  /** Prunes dead nodes' rows, then reaps until a batch comes back short; returns how many rows were reaped. */
   async runOnce(): Promise<number> {
+    await pruneDeadNodes(this.o.db, this.o.schema, this.o.deadNodeMs);
     let total = 0;
     for (;;) {
       const found = await findExpiredLeases(this.o.db, this.o.schema, this.o.batch);

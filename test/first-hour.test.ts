@@ -2,14 +2,14 @@
  * A new user's first hour: what they meet first must work or explain itself. A program in
  * one module (machines and the join together), a short lease on its own, ...
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../index.js';
 import { parseJoinOptions } from '../cluster/options.js';
 import { all, plain } from './fixtures/loop-machines.js';
-import { useTestSchema } from './support/db.js';
+import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 
 const run = promisify(execFile);
@@ -57,5 +57,51 @@ describe('options', () => {
       status: 'done',
       result: { i: 7 },
     });
+  });
+});
+
+describe('a process that embeds a node', () => {
+  it('drains on SIGTERM with shutdownOnSignals: exits 0, the running row is back in its queue uncharged', async () => {
+    const host = fileURLToPath(new URL('./fixtures/signal-host.ts', import.meta.url));
+    const child = spawn(process.execPath, ['--import', 'tsx', host, db.url, db.schema], {
+      cwd: root,
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const id = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        const m = /started (\d+)/.exec(out);
+        if (m) resolve(m[1]!);
+      });
+      child.on('exit', (code) => reject(new Error(`host exited early (${code})`)));
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const { rows } = await db.pool.query(
+      `SELECT status::text, attempt, locked_by FROM "${db.schema}".gen_durable WHERE id = $1`,
+      [id],
+    );
+    expect(rows).toEqual([{ status: 'runnable', attempt: 0, locked_by: null }]);
+    const nodes = await db.pool.query(`SELECT id FROM "${db.schema}".gen_durable_nodes`);
+    expect(nodes.rows).toEqual([]);
+  });
+});
+
+describe('gen_durable_nodes', () => {
+  it('forgets nodes that died without deregistering, and a stopped node deregisters', async () => {
+    await db.pool.query(
+      `INSERT INTO "${db.schema}".gen_durable_nodes (id, host, pid, heartbeat_at)
+       VALUES ('long-gone', 'h', 1, now() - interval '1 hour')`,
+    );
+    const node = await join({ machines: all, queues: { lh: { concurrency: 1 } }, reapInterval: '100ms' });
+    await eventually(async () => {
+      const { rows } = await db.pool.query<{ id: string }>(`SELECT id FROM "${db.schema}".gen_durable_nodes`);
+      return rows.length === 1 && rows[0]!.id === node.id ? true : undefined;
+    }, 'the dead node pruned, the live one kept');
+    await node.stop();
+    const { rows } = await db.pool.query(`SELECT id FROM "${db.schema}".gen_durable_nodes`);
+    expect(rows).toEqual([]);
   });
 });

@@ -32,3 +32,17 @@ export async function listNodes(
   );
   return run(db, stmt, []);
 }
+
+/**
+ * Deletes the rows of nodes whose heartbeat is older than `olderThanMs` (they died without
+ * deregistering). A node that was only frozen registers again at its next heartbeat.
+ */
+export async function pruneDeadNodes(db: Queryable, schema: string, olderThanMs: number): Promise<string[]> {
+  const stmt = statement(
+    schema,
+    'prune_nodes',
+    `DELETE FROM :schema.gen_durable_nodes WHERE heartbeat_at < now() - $1 * interval '1 millisecond'
+     RETURNING id`,
+  );
+  return (await run<{ id: string }>(db, stmt, [olderThanMs])).map((r) => r.id);
+}
