@@ -4,21 +4,25 @@
  * that a poisoned row of one test cannot leak into another.
  */
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join as join_ } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../index.js';
+import { channelFor } from '../runtime/notifications.js';
 import {
   all,
   hugeDelay,
   quickWithTimeout,
   longBlocker,
+  markedSleeper,
   nulError,
   nulState,
   ok,
-  shortBlocker,
-  shortSleeper,
 } from './fixtures/hardening-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
@@ -96,11 +100,28 @@ describe('every delayed row is woken when due, not only the earliest', () => {
 
   it('two inserts with different delays: the later one is not forgotten', async () => {
     const node = await join({ machines: all, queues: { rv7: { concurrency: 8, threads: 1 } } });
-    await node.client.insert(ok, { args: {}, queue: 'rv7', delay: 300 });
-    await new Promise((r) => setTimeout(r, 50)); // let the first wake-up arrive
-    const late = await node.client.insert(ok, { args: {}, queue: 'rv7', delay: 800 });
-    const result = await node.client.waitFor(late.id, { timeout: '20s' });
-    expect(result.status).toBe('done');
+    // Our own LISTEN on the schema's channel: once the first wake-up reached it, it has been
+    // committed, and the node's listener gets the second one after it (notifications arrive in
+    // commit order), as a separate wake-up while the first row's timer is armed.
+    const listener = await db.pool.connect();
+    try {
+      const firstWake = new Promise<void>((resolve) => {
+        listener.on('notification', (n) => {
+          const payload = JSON.parse(n.payload ?? '{}') as { w?: Record<string, number> };
+          if (payload.w?.rv7 !== undefined) resolve();
+        });
+      });
+      await listener.query(`LISTEN "${channelFor(db.schema)}"`);
+      const early = await node.client.insert(ok, { args: {}, queue: 'rv7', delay: 300 });
+      await firstWake;
+      const late = await node.client.insert(ok, { args: {}, queue: 'rv7', delay: 800 });
+      expect(await node.client.waitFor(early.id, { timeout: '20s' })).toMatchObject({ status: 'done' });
+      expect(await node.client.waitFor(late.id, { timeout: '20s' })).toMatchObject({ status: 'done' });
+    } finally {
+      await listener.query('UNLISTEN *');
+      listener.removeAllListeners('notification');
+      listener.release();
+    }
   });
 });
 
@@ -158,16 +179,30 @@ describe('the thread watchdog blames the blocking step and releases the others',
       queues: { rv8: { concurrency: 2, threads: 1, batchSize: 1 } },
       timeoutGrace: 100,
     });
-    const blocker = await node.client.insert(shortBlocker, { args: {}, queue: 'rv8' });
-    await eventually(
-      async () => ((await status(blocker.id)).status === 'executing' ? true : undefined),
-      'claim',
-    );
-    await new Promise((r) => setTimeout(r, 50));
-    const victim = await node.client.insert(ok, { args: {}, queue: 'rv8' });
-    expect(await node.client.waitFor(blocker.id, { timeout: '20s' })).toMatchObject({ status: 'done' });
-    const v = await node.client.waitFor(victim.id, { timeout: '20s' });
-    expect(v).toMatchObject({ status: 'done', snapshot: { attempt: 0, errors: [] } });
+    const stops: Array<{ id: string; outcome: string; attempt: number; error?: string }> = [];
+    const onStop = (m: unknown): void => {
+      stops.push(m as { id: string; outcome: string; attempt: number; error?: string });
+    };
+    subscribe('gen_durable:step:stop', onStop);
+    try {
+      // One thread, one step per batch: the victim's batch (claimed right after, in id order)
+      // is queued on the thread the blocker holds for its 3 s timeout.
+      const blocker = await node.client.insert(longBlocker, { args: {}, queue: 'rv8' });
+      const victim = await node.client.insert(ok, { args: {}, queue: 'rv8' });
+      expect(await node.client.waitFor(blocker.id, { timeout: '20s' })).toMatchObject({
+        status: 'done',
+        result: 'unblocked',
+      });
+      const v = await node.client.waitFor(victim.id, { timeout: '20s' });
+      expect(v).toMatchObject({ status: 'done', snapshot: { attempt: 0, errors: [] } });
+      const of = (id: string) =>
+        stops.filter((e) => e.id === id).map((e) => `${e.outcome}@${e.attempt}${e.error ? ' !' : ''}`);
+      // The scenario really happened: the victim was on the killed thread and given back.
+      expect(of(victim.id)).toEqual(['release@0', 'done@0']);
+      expect(of(blocker.id)).toEqual(['retry@0 !', 'done@1']);
+    } finally {
+      unsubscribe('gen_durable:step:stop', onStop);
+    }
   });
 
   it('the step holding a blocked thread takes the blame, not an async step whose deadline passed meanwhile', async () => {
@@ -176,29 +211,35 @@ describe('the thread watchdog blames the blocking step and releases the others',
       queues: { rv9: { concurrency: 2, threads: 1, batchSize: 1 } },
       timeoutGrace: 300,
     });
-    const kinds: string[] = [];
+    const marker = join_(tmpdir(), `gen-durable-rv9-${randomUUID()}`);
+    const stops: Array<{ id: string; machine: string; outcome: string; error?: string }> = [];
     const onStop = (m: unknown): void => {
-      const e = m as { machine: string; outcome: string };
-      kinds.push(`${e.machine}:${e.outcome}`);
+      stops.push(m as { id: string; machine: string; outcome: string; error?: string });
     };
     subscribe('gen_durable:step:stop', onStop);
     try {
-      const sleeper = await node.client.insert(shortSleeper, { args: {}, queue: 'rv9' });
-      await eventually(
-        async () => ((await status(sleeper.id)).status === 'executing' ? true : undefined),
-        'claim',
-      );
-      await new Promise((r) => setTimeout(r, 50));
+      const sleeper = await node.client.insert(markedSleeper, { args: { marker }, queue: 'rv9' });
+      // The sleeper runs on the thread (its 1 s deadline armed) before the blocker arrives.
+      await eventually(() => Promise.resolve(existsSync(marker) ? true : undefined), 'the sleeper running');
       const blocker = await node.client.insert(longBlocker, { args: {}, queue: 'rv9' });
       const s = await node.client.waitFor(sleeper.id, { timeout: '20s' });
       const b = await node.client.waitFor(blocker.id, { timeout: '20s' });
-      expect(kinds).not.toContain('rv-long-blocker:release');
+      const of = (id: string) => stops.filter((e) => e.id === id);
+      // The sleeper was still on the thread when it was killed (its own timeout never got to
+      // run: the blocker held the thread), so the kill came from the sleeper's deadline.
+      expect(of(sleeper.id)[0]).toMatchObject({ outcome: 'release' });
+      expect(of(blocker.id)[0]).toMatchObject({
+        outcome: 'retry',
+        error: expect.stringMatching(/blocked its thread/),
+      });
+      expect(of(blocker.id).map((e) => e.outcome)).not.toContain('release');
       expect(b).toMatchObject({ status: 'done', result: 'unblocked' });
       expect(JSON.stringify(b.snapshot.errors)).toMatch(/blocked its thread/);
-      expect(s.status).toBe('done');
+      expect(s).toMatchObject({ status: 'done', result: 'woke' });
       expect(JSON.stringify(s.snapshot.errors)).not.toMatch(/blocked its thread/);
     } finally {
       unsubscribe('gen_durable:step:stop', onStop);
+      rmSync(marker, { force: true });
     }
   });
 });
@@ -233,11 +274,15 @@ describe('a node restarted with a fixed nodeId', () => {
 describe('the thread watchdog', () => {
   it('no watchdog interval outlives its batch', async () => {
     const live = new Set<unknown>();
+    let armed = 0;
     const si = globalThis.setInterval;
     const ci = globalThis.clearInterval;
     globalThis.setInterval = (fn: () => void, ms?: number) => {
       const h = si(fn, ms);
-      if ((new Error().stack ?? '').includes('threads/pool.ts')) live.add(h);
+      if ((new Error().stack ?? '').includes('threads/pool.ts')) {
+        armed++;
+        live.add(h);
+      }
       return h;
     };
     globalThis.clearInterval = ((h: NodeJS.Timeout) => {
@@ -252,8 +297,14 @@ describe('the thread watchdog', () => {
         );
         for (const r of rs) await node.client.waitFor(r.id, { timeout: '10s' });
       }
-      await new Promise((r) => setTimeout(r, 300));
-      expect(live.size).toBe(0);
+      // The watchdog was armed (else this proves nothing) and every interval is cleared once
+      // its batch settles; one that outlives its batch is never cleared, and this times out.
+      expect(armed).toBeGreaterThan(0);
+      await eventually(
+        () => Promise.resolve(live.size === 0 ? true : undefined),
+        'every watchdog cleared',
+        10_000,
+      );
     } finally {
       for (const h of live) ci(h as NodeJS.Timeout);
       globalThis.setInterval = si;
@@ -268,15 +319,23 @@ describe('a resolve() hook that throws', () => {
     const script = `
       import { Cluster } from '${root}index.ts';
       import { ok } from '${root}test/fixtures/hardening-machines.ts';
+      import { subscribe } from 'node:diagnostics_channel';
       let unhandled = 0;
       process.on('unhandledRejection', () => { unhandled++; });
+      // Steps whose outcome went through a flush (the node frees their slot right after it).
+      const stopped = new Map(), flushed = new Set();
+      let onFlushed = () => {};
+      subscribe('gen_durable:step:stop', (e) => stopped.set(e.id, e.outcome));
+      subscribe('gen_durable:flush', () => { for (const id of stopped.keys()) flushed.add(id); onFlushed(); });
       const node = await Cluster.join({ connectionString: '${db.url}', schema: '${db.schema}', migrate: false,
         machines: [], queues: { rv12: { concurrency: 4 } }, pollInterval: '1h',
         resolve: () => { throw new Error('resolver exploded'); } });
       const { id } = await node.client.insert(ok, { args: {}, queue: 'rv12' });
-      await new Promise((r) => setTimeout(r, 1500));
+      while (!flushed.has(id)) await new Promise((resolve) => { onFlushed = resolve; });
+      const inFlight = node.inFlight('rv12');
       const snap = await node.client.get(id);
-      console.log(JSON.stringify({ unhandled, status: snap?.status, inFlight: node.inFlight('rv12') }));
+      console.log(JSON.stringify({ unhandled, outcome: stopped.get(id), status: snap?.status, attempt: snap?.attempt,
+        errors: JSON.stringify(snap?.errors), inFlight }));
       await node.stop({ timeout: 200 });
     `;
     const { stdout } = await promisify(execFile)(
@@ -285,7 +344,15 @@ describe('a resolve() hook that throws', () => {
       { cwd: root, env: { ...process.env, NODE_OPTIONS: '' }, timeout: 60_000 },
     );
     const out = JSON.parse(stdout.trim().split('\n').at(-1)!);
-    // Expected: the failure becomes a step error (or a release) and the slot is freed.
-    expect(out).toEqual({ unhandled: 0, status: expect.not.stringMatching(/^executing$/), inFlight: 0 });
+    // The failure is a step error (a retry charging the attempt, not a release that would
+    // loop forever), committed, and the slot is freed.
+    expect(out).toEqual({
+      unhandled: 0,
+      outcome: 'retry',
+      status: 'runnable',
+      attempt: 1,
+      errors: expect.stringMatching(/resolver exploded/),
+      inFlight: 0,
+    });
   });
 });

@@ -28,10 +28,16 @@ async function seed(
   rows: Array<{ status?: string; priority?: number; delaySec?: number }>,
 ): Promise<string[]> {
   const { rows: ids } = await db.pool.query<{ id: string }>(
-    `INSERT INTO ${T()} (fsm, step, state, queue, status, priority, eligible_at, max_attempts)
-     SELECT 'm', 's', '{}'::jsonb, $1, s::"${db.schema}".gen_durable_status, p, now() + d * interval '1 second', 3
-     FROM unnest($2::text[], $3::int[], $4::int[]) AS u(s, p, d)
-     RETURNING id::text`,
+    // Ids returned in the order of `rows` (the ordinal travels in the state).
+    `WITH ins AS (
+       INSERT INTO ${T()} (fsm, step, state, queue, status, priority, eligible_at, max_attempts)
+       SELECT 'm', 's', jsonb_build_object('n', n), $1, s::"${db.schema}".gen_durable_status, p,
+              now() + d * interval '1 second', 3
+       FROM unnest($2::text[], $3::int[], $4::int[]) WITH ORDINALITY AS u(s, p, d, n)
+       ORDER BY n
+       RETURNING id, (state->>'n')::int AS n
+     )
+     SELECT id::text FROM ins ORDER BY n`,
     [
       queue,
       rows.map((r) => r.status ?? 'runnable'),
@@ -57,55 +63,88 @@ function nodes(plan: PlanNode): PlanNode[] {
 }
 
 describe('claimBatch', () => {
-  it('claims due runnable rows in (priority, eligible_at, id) order, skipping future, parked and finished rows', async () => {
-    await seed('order', [
-      { priority: 5, delaySec: -10 },
-      { priority: 0, delaySec: -1 },
-      { priority: 0, delaySec: -5 },
-      { priority: -1, delaySec: 3600 },
-      { status: 'done', priority: -5 },
-      { status: 'awaiting_signal', priority: -5 },
-    ]);
-    const claimed = await claimBatch(db.pool, db.schema, {
-      queue: 'order',
-      limit: 10,
-      nodeId: 'n1',
-      leaseMs: 30_000,
-    });
-    const { rows } = await db.pool.query<{ id: string; priority: number; status: string; locked_by: string }>(
-      `SELECT id::text, priority, status::text, locked_by FROM ${T()} WHERE id = ANY($1::bigint[])`,
-      [claimed.map((c) => c.id)],
+  // Seeded in one statement, so rows with the same delay share one eligible_at (now()) and only
+  // the id breaks their tie. Named by letter; the expected claim order is the pick's order.
+  async function seedUrgency(queue: string): Promise<Record<string, string>> {
+    const rows = {
+      a: { priority: 1, delaySec: -10 },
+      b: { priority: 0, delaySec: -1 },
+      c: { priority: 0, delaySec: -5 },
+      d: { priority: 0, delaySec: -5 }, // ties with c on (priority, eligible_at): c has the lower id
+      h: { priority: -2, delaySec: -1 }, // most urgent priority, yet the latest due
+      i: { priority: 1, delaySec: -20 },
+      future: { priority: -3, delaySec: 3600 },
+      done: { status: 'done', priority: -5 },
+      parked: { status: 'awaiting_signal', priority: -5 },
+      children: { status: 'awaiting_children', priority: -5 },
+    };
+    const ids = await seed(queue, Object.values(rows));
+    const byName = Object.fromEntries(Object.keys(rows).map((name, i) => [name, ids[i]!]));
+    // A due, most urgent row of another queue: never claimed for this one.
+    await seed(`${queue}-other`, [{ priority: -10, delaySec: -100 }]);
+    return byName;
+  }
+
+  const claim = (queue: string, limit: number, nodeId = 'n1') =>
+    claimBatch(db.pool, db.schema, { queue, limit, nodeId, leaseMs: 30_000 });
+
+  it('claims due runnable rows in (priority, eligible_at, id) order, skipping future, parked, finished and other queues', async () => {
+    const ids = await seedUrgency('order');
+    const expected = ['h', 'c', 'd', 'b', 'i', 'a'].map((n) => ids[n]!);
+    // One row per claim: each claim takes the most urgent row left, so the sequence is the order.
+    const sequence: string[] = [];
+    for (let k = 0; k < expected.length; k++) {
+      const claimed = await claim('order', 1);
+      expect(claimed, `claim ${k}`).toHaveLength(1);
+      sequence.push(claimed[0]!.id);
+    }
+    expect(sequence).toEqual(expected);
+    expect(await claim('order', 10)).toEqual([]);
+    const { rows } = await db.pool.query<{
+      id: string;
+      status: string;
+      locked_by: string | null;
+      claim: string;
+    }>(
+      `SELECT id::text, status::text, locked_by, claim::text FROM ${T()} WHERE queue LIKE 'order%' ORDER BY id`,
     );
-    expect(rows).toHaveLength(3);
-    expect(rows.every((r) => r.status === 'executing' && r.locked_by === 'n1')).toBe(true);
-    const { rows: ordered } = await db.pool.query<{ id: string }>(
-      `SELECT id::text FROM ${T()} WHERE queue = 'order' AND status = 'executing' ORDER BY priority, eligible_at, id`,
+    const executing = rows.filter((r) => r.status === 'executing');
+    expect(executing.map((r) => r.id).sort()).toEqual([...expected].sort());
+    expect(executing.every((r) => r.locked_by === 'n1' && r.claim === '1')).toBe(true);
+    expect(rows.filter((r) => r.status !== 'executing').map((r) => r.locked_by)).toEqual(
+      Array(rows.length - executing.length).fill(null),
     );
-    const second = await claimBatch(db.pool, db.schema, {
-      queue: 'order',
-      limit: 10,
-      nodeId: 'n1',
-      leaseMs: 30_000,
-    });
-    expect(second).toHaveLength(0);
-    expect(ordered.map((r) => r.id)).toHaveLength(3);
   });
 
-  it('takes the most urgent rows first when the batch is smaller than the due set', async () => {
-    const ids = await seed('urgent', [
-      { priority: 3 },
-      { priority: 1 },
-      { priority: 2 },
-      { priority: 1, delaySec: -100 },
-    ]);
-    const claimed = await claimBatch(db.pool, db.schema, {
-      queue: 'urgent',
-      limit: 2,
-      nodeId: 'n1',
-      leaseMs: 30_000,
-    });
-    expect(claimed.map((c) => c.id).sort()).toEqual([ids[1], ids[3]].sort());
+  it('a batch larger than the due set claims exactly the due rows of its queue', async () => {
+    const ids = await seedUrgency('all');
+    const claimed = await claim('all', 50);
+    expect(claimed.map((c) => c.id).sort()).toEqual(
+      ['h', 'c', 'd', 'b', 'i', 'a'].map((n) => ids[n]!).sort(),
+    );
   });
+
+  it('takes exactly the most urgent rows when the batch is smaller than the due set', async () => {
+    const ids = await seedUrgency('urgent');
+    // Crosses a priority boundary and splits a priority's rows, including an id tie.
+    expect((await claim('urgent', 2)).map((c) => c.id).sort()).toEqual([ids.h, ids.c].sort());
+    expect((await claim('urgent', 3)).map((c) => c.id).sort()).toEqual([ids.d, ids.b, ids.i].sort());
+    expect((await claim('urgent', 3)).map((c) => c.id)).toEqual([ids.a]);
+  });
+
+  it('skips rows another picker holds locked, without waiting for them', async () => {
+    const ids = await seedUrgency('locked');
+    const holder = await db.pool.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM ${T()} WHERE id = ANY($1::bigint[]) FOR UPDATE`, [[ids.h, ids.c]]);
+      expect((await claim('locked', 2)).map((c) => c.id).sort()).toEqual([ids.d, ids.b].sort());
+      await holder.query('ROLLBACK');
+    } finally {
+      holder.release();
+    }
+    expect((await claim('locked', 2)).map((c) => c.id).sort()).toEqual([ids.h, ids.c].sort());
+  }, 10_000);
 
   it('plans as index range scans that stop at the batch: no sort, no scan of future or finished rows', async () => {
     // A large table: many finished rows, many future rows at the most urgent priority, a few due rows.
@@ -147,7 +186,7 @@ describe('claimBatch', () => {
       );
       expect(pages).toBeLessThanOrEqual(30);
       const update = all.find((n) => n['Node Type'] === 'ModifyTable');
-      expect(update?.['Actual Rows'] ?? 50).toBeLessThanOrEqual(50);
+      expect(update?.['Actual Rows']).toBe(50);
     } finally {
       client.release();
     }
@@ -276,12 +315,26 @@ describe('leases', () => {
       nodeId: 'hb',
       leaseMs: 1_000,
     });
-    const ids = claimed.map((c) => c.id);
+    await seed('lease', [{}]);
+    const [other] = await claimBatch(db.pool, db.schema, {
+      queue: 'lease',
+      limit: 1,
+      nodeId: 'other',
+      leaseMs: 1_000,
+    });
+    // Even handed another node's claim, the heartbeat extends only its own.
+    const ids = [...claimed.map((c) => c.id), other!.id];
     expect(await heartbeat(db.pool, db.schema, 'hb', 60_000, ids)).toEqual({ alive: true, extended: 3 });
-    const { rows } = await db.pool.query<{ ok: boolean }>(
-      `SELECT bool_and(lease_expires_at > now() + interval '50 seconds') AS ok FROM ${T()} WHERE locked_by = 'hb'`,
+    const { rows } = await db.pool.query<{ locked_by: string; extended: boolean }>(
+      `SELECT locked_by, lease_expires_at > now() + interval '50 seconds' AS extended FROM ${T()}
+       WHERE queue = 'lease' ORDER BY locked_by, id`,
     );
-    expect(rows[0]!.ok).toBe(true);
+    expect(rows).toEqual([
+      { locked_by: 'hb', extended: true },
+      { locked_by: 'hb', extended: true },
+      { locked_by: 'hb', extended: true },
+      { locked_by: 'other', extended: false },
+    ]);
     expect(await heartbeat(db.pool, db.schema, 'unknown-node', 60_000, ids)).toEqual({
       alive: false,
       extended: 0,
@@ -295,11 +348,16 @@ describe('leases', () => {
     await db.pool.query(
       `UPDATE ${T()} SET lease_expires_at = now() - interval '1 second' WHERE locked_by = 'dead'`,
     );
+    const [live] = await seed('reap-live', [{}]);
+    await claimBatch(db.pool, db.schema, { queue: 'reap-live', limit: 1, nodeId: 'alive', leaseMs: 60_000 });
     const found = await findExpiredLeases(db.pool, db.schema, 100);
     const reaped = await reapClaims(db.pool, db.schema, new MachineRegistry([]), found, {
       reason: 'lease expired',
       expired: true,
     });
+    expect(
+      await db.pool.query(`SELECT status::text, attempt, locked_by FROM ${T()} WHERE id = $1`, [live]),
+    ).toMatchObject({ rows: [{ status: 'executing', attempt: 0, locked_by: 'alive' }] });
     expect(reaped.map((r) => `${r.id}:${r.status}`).sort()).toEqual([`${a}:runnable`, `${b}:failed`].sort());
     const { rows } = await db.pool.query<{
       id: string;
@@ -312,13 +370,26 @@ describe('leases', () => {
   });
 
   it('release gives claims back without charging an attempt', async () => {
-    const ids = await seed('release', [{}, {}]);
-    await claimBatch(db.pool, db.schema, { queue: 'release', limit: 2, nodeId: 'leaving', leaseMs: 30_000 });
+    const ids = await seed('release', [{}, {}, {}]);
+    await db.pool.query(`UPDATE ${T()} SET attempt = 1 WHERE id = $1`, [ids[1]]);
+    await claimBatch(db.pool, db.schema, { queue: 'release', limit: 3, nodeId: 'leaving', leaseMs: 30_000 });
+    const [kept] = await seed('release', [{}]);
+    await claimBatch(db.pool, db.schema, { queue: 'release', limit: 1, nodeId: 'staying', leaseMs: 30_000 });
+    // By id: only the named claim; then all the node's claims; never another node's.
+    expect(await releaseClaims(db.pool, db.schema, 'leaving', [ids[0]!, kept!])).toEqual([
+      { id: ids[0], queue: 'release' },
+    ]);
     const released = await releaseClaims(db.pool, db.schema, 'leaving', null);
-    expect(released.map((r) => r.id).sort()).toEqual([...ids].sort());
+    expect(released.map((r) => r.id).sort()).toEqual([ids[1], ids[2]].sort());
     const { rows } = await db.pool.query(
-      `SELECT DISTINCT status::text, attempt FROM ${T()} WHERE queue = 'release'`,
+      `SELECT id::text, status::text, step, attempt, locked_by, lease_expires_at IS NULL AS no_lease
+       FROM ${T()} WHERE queue = 'release' ORDER BY id`,
     );
-    expect(rows).toEqual([{ status: 'runnable', attempt: 0 }]);
+    expect(rows).toEqual([
+      { id: ids[0], status: 'runnable', step: 's', attempt: 0, locked_by: null, no_lease: true },
+      { id: ids[1], status: 'runnable', step: 's', attempt: 1, locked_by: null, no_lease: true },
+      { id: ids[2], status: 'runnable', step: 's', attempt: 0, locked_by: null, no_lease: true },
+      { id: kept, status: 'executing', step: 's', attempt: 0, locked_by: 'staying', no_lease: false },
+    ]);
   });
 });

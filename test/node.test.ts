@@ -1,9 +1,13 @@
 /** A node's life: joining with validated options, backpressure, graceful drain, migrations. */
+import { randomUUID } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join as join_ } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Cluster, ValidationError, migrate } from '../index.js';
 import { claimBatch, releaseClaims } from '../runtime/sql/loop.js';
-import { all, noop, slow } from './fixtures/machines.js';
+import { all, gated, slow } from './fixtures/machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 
@@ -115,16 +119,52 @@ describe('Cluster.join', () => {
     }
   });
 
-  it('a released row is picked up by the next node', async () => {
-    const first = await join({ machines: all, queues: { main: { concurrency: 2, threads: 1 } } });
-    const { id } = await first.client.insert(noop, { args: { i: 1 }, delay: '1h' });
-    await first.stop();
-    await db.pool.query(`UPDATE "${db.schema}".gen_durable SET eligible_at = now() WHERE id = $1`, [id]);
-    const second = await join({ machines: all, queues: { main: { concurrency: 2, threads: 1 } } });
-    expect(await second.client.waitFor(id, { timeout: '20s' })).toMatchObject({
-      status: 'done',
-      result: { echoed: 1 },
-    });
+  it('a row released by a stopping node is picked up by the next node, uncharged', async () => {
+    const gate = join_(tmpdir(), `gen-durable-gate-${randomUUID()}`);
+    const starts: Array<{ node: string; id: string; attempt: number }> = [];
+    const left: Array<{ node: string; released: number }> = [];
+    const onStart = (m: unknown): void => {
+      starts.push(m as { node: string; id: string; attempt: number });
+    };
+    const onLeft = (m: unknown): void => {
+      left.push(m as { node: string; released: number });
+    };
+    subscribe('gen_durable:step:start', onStart);
+    subscribe('gen_durable:node:left', onLeft);
+    try {
+      const first = await join({ machines: all, queues: { gate: { concurrency: 2, threads: 1 } } });
+      const { id } = await first.client.insert(gated, { args: { gate }, queue: 'gate' });
+      await eventually(
+        () => Promise.resolve(starts.some((s) => s.id === id) ? true : undefined),
+        'the step starting on the first node',
+      );
+      // The gate stays shut: the step is still running when the drain times out.
+      await first.stop({ timeout: 100 });
+      expect(left).toContainEqual({ node: first.id, released: 1 });
+      const { rows } = await db.pool.query(
+        `SELECT status::text, attempt, locked_by, lease_expires_at, claim::int FROM "${db.schema}".gen_durable WHERE id = $1`,
+        [id],
+      );
+      expect(rows).toEqual([
+        { status: 'runnable', attempt: 0, locked_by: null, lease_expires_at: null, claim: 1 },
+      ]);
+      writeFileSync(gate, '');
+      const second = await join({ machines: all, queues: { gate: { concurrency: 2, threads: 1 } } });
+      const result = await second.client.waitFor(id, { timeout: '20s' });
+      expect(result).toMatchObject({
+        status: 'done',
+        result: { passed: true },
+        snapshot: { attempt: 0, errors: [] },
+      });
+      expect(starts.filter((s) => s.id === id).map((s) => [s.node, s.attempt])).toEqual([
+        [first.id, 0],
+        [second.id, 0],
+      ]);
+    } finally {
+      unsubscribe('gen_durable:step:start', onStart);
+      unsubscribe('gen_durable:node:left', onLeft);
+      rmSync(gate, { force: true });
+    }
   });
 });
 

@@ -3,7 +3,7 @@
  * services run through runOnce(). The feeder's modes are driven here through its seams
  * (claim and dispatch functions), without a database: its SQL is tested in loop-sql.test.ts.
  */
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MAX_TIMER_MS } from '../runtime/duration.js';
 import { Feeder } from '../runtime/feeder.js';
 import { PeriodicService } from '../runtime/service.js';
@@ -24,8 +24,10 @@ class Counter extends PeriodicService {
   }
 }
 
+/** Waits (real timers) until `check` holds; fails after a generous deadline. */
 const until = async (check: () => boolean): Promise<void> => {
-  for (let i = 0; i < 500 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  const deadline = Date.now() + 10_000;
+  while (!check() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
   expect(check()).toBe(true);
 };
 
@@ -43,8 +45,10 @@ function row(id: number): ClaimedRow {
   };
 }
 
-/** A feeder over a fake backlog of `available` rows. */
-function feederOver(available: number, concurrency: number) {
+/**
+ * A feeder over a fake backlog of `available` rows; `nextDue` answers from `dueIn` (then null).
+ */
+function feederOver(available: number, concurrency: number, dueIn: Array<number | null> = []) {
   const state = { available, requested: [] as number[], dispatched: 0, lookups: 0 };
   const feeder = new Feeder({
     queue: 'q',
@@ -59,7 +63,7 @@ function feederOver(available: number, concurrency: number) {
     },
     nextDue: () => {
       state.lookups++;
-      return Promise.resolve(null);
+      return Promise.resolve(dueIn.shift() ?? null);
     },
     dispatch: (rows) => {
       state.dispatched += rows.length;
@@ -71,28 +75,65 @@ function feederOver(available: number, concurrency: number) {
   return { feeder, state };
 }
 
+// Fake timers where a test asserts that something does not happen: advancing the clock runs
+// every timer that would have fired by then, so "nothing happened" is not a guess about timing.
+afterEach(() => {
+  vi.useRealTimers();
+});
+
 describe('PeriodicService', () => {
   it('start and stop are idempotent and safe in any order', async () => {
+    vi.useFakeTimers();
     const s = new Counter();
     await s.stop(); // before start
     s.start();
-    s.start();
-    await until(() => s.runs >= 3);
+    s.start(); // a second start must not schedule a second chain of rounds
+    await vi.advanceTimersByTimeAsync(25); // rounds at 0, 10 and 20 ms
+    expect(s.runs).toBe(3);
     await Promise.all([s.stop(), s.stop()]);
-    const after = s.runs;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(s.runs).toBe(after);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(s.runs).toBe(3);
     s.start(); // and again
-    await until(() => s.runs > after);
+    await vi.advanceTimersByTimeAsync(15); // rounds at 0 and 10 ms
+    expect(s.runs).toBe(5);
     await s.stop();
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(s.runs).toBe(5);
+  });
+
+  it('stop waits for the round in progress', async () => {
+    let finish = (): void => undefined;
+    const s = new (class extends Counter {
+      override runOnce(): Promise<void> {
+        this.runs++;
+        return new Promise((resolve) => {
+          finish = resolve;
+        });
+      }
+    })();
+    s.start();
+    await until(() => s.runs === 1);
+    let stopped = false;
+    const stopping = s.stop().then(() => {
+      stopped = true;
+    });
+    // Every pending continuation runs before the next turn: a stop that did not wait is done by then.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(stopped).toBe(false);
+    finish();
+    await stopping;
+    expect(s.runs).toBe(1);
   });
 
   it('keeps running after a failing round, reporting the error', async () => {
+    vi.useFakeTimers();
     const s = new Counter(true);
     s.start();
-    await until(() => s.runs >= 2);
+    await vi.advanceTimersByTimeAsync(25);
     await s.stop();
-    expect(s.errors.length).toBeGreaterThanOrEqual(2);
+    expect(s.runs).toBe(3);
+    expect(s.errors).toHaveLength(3);
+    expect(s.errors.every((e) => e instanceof Error && e.message === 'boom')).toBe(true);
   });
 });
 
@@ -107,40 +148,52 @@ describe('Feeder', () => {
     feeder.completed(3);
     await until(() => state.dispatched === 7);
     // The last claim asked for 3 and got 2: the queue is drained, so completions claim nothing.
-    const claims = state.requested.length;
+    expect(state.requested).toEqual([3, 2, 3]);
     feeder.completed(2);
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    expect(state.requested.length).toBe(claims);
     expect(feeder.inFlight).toBe(0);
-    // A wake-up claims again.
+    // A wake-up claims again, once: had the completion claimed too, its request would show here.
     state.available = 1;
     feeder.wake();
     await until(() => state.dispatched === 8);
     await Promise.all([feeder.stop(), feeder.stop()]);
+    expect(state.requested).toEqual([3, 2, 3, 3]);
   });
 
-  it('looks up the next due time after starting and after a due timer fires', async () => {
-    const { feeder, state } = feederOver(0, 2);
+  it('looks up the next due time after starting and after a due timer fires, and wakes then', async () => {
+    vi.useFakeTimers();
+    const { feeder, state } = feederOver(0, 2, [null, 50]);
     feeder.start();
+    await vi.advanceTimersByTimeAsync(0);
     // Work scheduled before the node joined: the first short claim is followed by a look-up.
-    await until(() => state.lookups === 1);
-    expect(state.requested.length).toBe(1);
-    feeder.wakeIn(MAX_TIMER_MS + 1); // beyond a timer: armed at the timer's reach, not yet due
+    expect(state).toMatchObject({ requested: [2], lookups: 1 });
+    // Beyond a timer's reach (Node would fire such a timer after 1 ms): armed at the reach.
+    feeder.wakeIn(MAX_TIMER_MS + 1);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(state).toMatchObject({ requested: [2], lookups: 1 });
+    // A due timer: it claims, then looks up the next due time (50 ms), which claims again.
     feeder.wakeIn(20);
-    await until(() => state.lookups === 2);
-    expect(state.requested.length).toBe(2);
+    await vi.advanceTimersByTimeAsync(40);
+    expect(state).toMatchObject({ requested: [2, 2], lookups: 2 });
+    await vi.advanceTimersByTimeAsync(100);
+    expect(state).toMatchObject({ requested: [2, 2, 2], lookups: 3 });
+    // No further due time: idle, no more claims.
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(state).toMatchObject({ requested: [2, 2, 2], lookups: 3 });
     await feeder.stop();
   });
 
   it('claims nothing after stop, whatever wakes it', async () => {
+    vi.useFakeTimers();
     const { feeder, state } = feederOver(5, 2);
     feeder.start();
-    await until(() => state.dispatched === 2);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(state).toMatchObject({ requested: [2], dispatched: 2 });
+    feeder.wakeIn(500); // armed before stop: stop must disarm it
     await feeder.stop();
     feeder.wake();
     feeder.completed(2);
     feeder.wakeIn(1);
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    expect(state.dispatched).toBe(2);
+    await vi.advanceTimersByTimeAsync(MAX_TIMER_MS);
+    expect(state).toMatchObject({ requested: [2], dispatched: 2 });
   });
 });
