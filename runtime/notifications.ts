@@ -142,6 +142,9 @@ export interface ListenerHandlers {
 /** How often an idle LISTEN connection is probed (a half-open socket delivers nothing). */
 const PROBE_INTERVAL_MS = 10_000;
 
+/** Bound on opening the LISTEN connection when the caller's config sets none. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
 /** Delay before reconnect attempt `attempt` (0-based): quick at first, then every 2 s. */
 function retryDelay(attempt: number): number {
   return attempt === 0 ? 0 : Math.min(50 * 2 ** attempt, 2_000);
@@ -174,6 +177,8 @@ export class NotificationListener {
     this.#config = {
       ...connection,
       keepAlive: true,
+      // A server that accepts but never answers must not hold a reconnect attempt forever.
+      connectionTimeoutMillis: connection.connectionTimeoutMillis || CONNECT_TIMEOUT_MS,
       application_name: `gen_durable listener ${schema}`.slice(0, 63),
     };
   }
@@ -301,7 +306,10 @@ export class NotificationListener {
     const opening = this.#opening;
     // A connect that hangs (an unresponsive server) must not hold close(): abort it.
     if (opening) {
-      void opening.client.end().catch(() => undefined);
+      // end() would wait for the server to answer its goodbye: drop the socket instead.
+      (
+        opening.client as unknown as { connection?: { stream?: { destroy(): void } } }
+      ).connection?.stream?.destroy();
       await opening.done.catch(() => undefined);
     }
     await this.#started?.catch(() => undefined);

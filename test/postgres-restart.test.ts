@@ -8,7 +8,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EmbeddedDatabase, startEmbeddedPostgres } from '../cli/embedded-postgres.js';
-import { Cluster, createClient } from '../index.js';
+import { Cluster, GenDurableError, createClient } from '../index.js';
 import { migrate } from '../migrations/migrate.js';
 import { all, counter, noop } from './fixtures/machines.js';
 import { eventually } from './support/db.js';
@@ -122,6 +122,37 @@ describe.each(['fast', 'immediate'] as const)('a Postgres restart (%s) mid-drain
       unsubscribe('gen_durable:client:error', onPublished);
       await client.close();
       await node.stop({ timeout: 5_000 });
+    }
+  });
+});
+
+describe('waitFor while Postgres is down', () => {
+  it('fails with a typed error, then works once Postgres is back', async () => {
+    const schema = 'restart_down';
+    await migrate({ connectionString: server.url, schema });
+    const client = createClient({ connectionString: server.url, schema, onError: () => undefined });
+    const other = createClient({ connectionString: server.url, schema, onError: () => undefined });
+    try {
+      const { id } = await client.insert(noop, { args: { i: 1 }, delay: '1h' });
+      await server.halt('fast');
+      const error = await client.waitFor(id, { timeout: '2s' }).catch((e: unknown) => e);
+      await server.resume();
+      expect(error).toBeInstanceOf(GenDurableError);
+      expect((error as GenDurableError).code).toBe('unavailable');
+      await query('SELECT 1'); // up again
+      const waiting = client.waitFor(id, { timeout: '10s' });
+      await eventually(async () => {
+        const rows = await query<{ watched: boolean }>(
+          `SELECT watched FROM "${schema}".gen_durable WHERE id = $1`,
+          [id],
+        );
+        return rows[0]?.watched ? true : undefined;
+      }, 'the row to be watched');
+      expect(await other.cancel(id)).toBe(true);
+      expect(await waiting).toMatchObject({ status: 'cancelled' });
+    } finally {
+      await client.close();
+      await other.close();
     }
   });
 });
