@@ -6,10 +6,19 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 
 export interface EmbeddedDatabase {
   readonly url: string;
+  /** Stops the server and deletes its data. */
   stop(): Promise<void>;
+  /**
+   * Shuts the server down, keeping its data and port (`fast`: SIGINT, clients are
+   * disconnected; `immediate`: SIGQUIT, no checkpoint, crash recovery on the next start).
+   */
+  halt(mode: 'fast' | 'immediate'): Promise<void>;
+  /** Starts a halted server again on the same data and port. */
+  resume(): Promise<void>;
 }
 
 async function freePort(): Promise<number> {
@@ -49,11 +58,26 @@ export async function startEmbeddedPostgres(): Promise<EmbeddedDatabase> {
   await pg.initialise();
   await pg.start();
   await pg.createDatabase('gen_durable');
+  const running = (): ChildProcess | undefined => {
+    const server = (pg as unknown as { process?: ChildProcess }).process;
+    return server && server.exitCode === null && server.signalCode === null ? server : undefined;
+  };
   return {
     url: `postgres://postgres:postgres@127.0.0.1:${port}/gen_durable`,
     stop: async () => {
-      await pg.stop();
+      if (running()) await pg.stop();
       rmSync(dir, { recursive: true, force: true });
     },
+    halt: async (mode) => {
+      // The package's own stop() deletes the data of a non-persistent cluster: signal the
+      // postmaster it spawned instead.
+      const server = running();
+      if (!server) return;
+      await new Promise((resolve) => {
+        server.once('exit', resolve);
+        server.kill(mode === 'fast' ? 'SIGINT' : 'SIGQUIT');
+      });
+    },
+    resume: () => pg.start(),
   };
 }

@@ -66,7 +66,13 @@ export class GenDurableNode {
     this.#registry = new MachineRegistry(config.machines, config.resolve);
     this.#ownsDb = config.pool === undefined;
     this.#db =
-      config.pool ?? new pg.Pool({ connectionString: config.connectionString, max: config.poolSize });
+      config.pool ??
+      new pg.Pool({
+        connectionString: config.connectionString,
+        max: config.poolSize,
+        // Unless the connection string names the connections (pg lets it win), after the node.
+        application_name: `gen_durable ${this.id}`.slice(0, 63),
+      });
     this.#db.on('error', (error) => this.#reportError('pool', error));
     const schema = config.schema;
     this.#sender = new NotificationSender(this.#db, schema, (e) => this.#reportError('notify', e));

@@ -5,7 +5,7 @@
 import pg from 'pg';
 import { z } from 'zod';
 import { durationSchema } from './duration.js';
-import { GenDurableError, ValidationError, parseInput } from './errors.js';
+import { GenDurableError, ValidationError, errorMessage, parseInput } from './errors.js';
 import { type InsertOptions, toInsertRow } from './insert-options.js';
 import type { AnyMachine } from './machine.js';
 import { NotificationListener, NotificationSender } from './notifications.js';
@@ -70,6 +70,13 @@ export interface ClientOptions {
   readonly connectionString?: string;
   readonly pool?: pg.Pool;
   readonly schema?: string;
+  /**
+   * Called for errors of the client's background work: a pooled connection lost (a
+   * Postgres restart), the notification connection lost or failing to reconnect, a
+   * notification that could not be sent. The client retries by itself; these never crash
+   * the process. Also published on `gen_durable:client:error`. What it throws is ignored.
+   */
+  readonly onError?: (error: unknown) => void;
 }
 
 const clientOptionsSchema = z
@@ -77,6 +84,9 @@ const clientOptionsSchema = z
     connectionString: z.string().min(1).optional(),
     pool: z.custom<pg.Pool>((v) => v instanceof pg.Pool, 'must be a pg.Pool').optional(),
     schema: z.string().optional(),
+    onError: z
+      .custom<(error: unknown) => void>((v) => typeof v === 'function', 'must be a function')
+      .optional(),
   })
   .strict()
   .refine((o) => (o.connectionString === undefined) !== (o.pool === undefined), {
@@ -85,6 +95,14 @@ const clientOptionsSchema = z
   });
 
 const waitOptionsSchema = z.object({ timeout: durationSchema }).strict();
+
+/**
+ * waitFor's safety re-check while its notification connection is up: settlements arrive by
+ * notification (the row is marked watched first), so this only covers a lost one.
+ */
+const SAFETY_RECHECK_MS = 30_000;
+/** waitFor's re-check while no notification connection is up (it also retries connecting). */
+const UNLISTENED_RECHECK_MS = 1_000;
 /** An instance id: a positive Postgres bigint, as a string. */
 export function isInstanceId(value: unknown): boolean {
   return (
@@ -130,19 +148,45 @@ export interface ClientInternals {
   readonly schema: string;
   readonly sender: NotificationSender;
   readonly listener: () => NotificationListener;
+  /** Called once by `close()`, before the pool ends: closes what the client itself made. */
+  readonly onClose?: () => Promise<void>;
 }
 
 export function createClient(options: ClientOptions): Client {
   const o = parseInput(clientOptionsSchema, options, '');
   const schema = validateSchemaName(o.schema ?? 'public');
   const pool = o.pool ?? new pg.Pool({ connectionString: o.connectionString, max: 10 });
+  const report = (where: string, error: unknown): void => {
+    publish(telemetry.clientError, () => ({ schema, where, error, message: errorMessage(error) }));
+    try {
+      o.onError?.(error);
+    } catch {
+      // A throwing callback must not turn a reported error into a crash.
+    }
+  };
+  // Without a listener, an idle pooled connection that the server drops (a restart) makes
+  // the pool emit an unhandled 'error' and Node exits. The pool discards that connection.
+  const onPoolError = (error: Error): void => report('pool', error);
+  pool.on('error', onPoolError);
   let listener: NotificationListener | undefined;
+  const removeHandlers: Array<() => void> = [];
   return new Client({
     pool,
     ownsPool: o.pool === undefined,
     schema,
-    sender: new NotificationSender(pool, schema, () => undefined),
-    listener: () => (listener ??= new NotificationListener(pool.options, schema)),
+    sender: new NotificationSender(pool, schema, (e) => report('notify', e)),
+    listener: () => {
+      if (!listener) {
+        listener = new NotificationListener(pool.options, schema);
+        removeHandlers.push(listener.add({ onError: (e) => report('listener', e) }));
+      }
+      return listener;
+    },
+    onClose: async () => {
+      for (const remove of removeHandlers) remove();
+      await listener?.close();
+      if (o.pool) pool.off('error', onPoolError); // the caller's pool lives on; ours ends next
+    },
   });
 }
 
@@ -150,7 +194,6 @@ export class Client {
   readonly schema: string;
   readonly #internals: ClientInternals;
   readonly #untrack: () => void;
-  #listener: NotificationListener | undefined;
   #closed = false;
 
   /** @internal Use `createClient()` or `node.client`. */
@@ -286,39 +329,86 @@ export class Client {
   /**
    * Waits until the instance settles, or until `timeout` (then `busy` with a snapshot; the
    * work goes on). Settlements arrive by notification; a slow re-check covers a missed one.
+   * The deadline holds even while Postgres or the notification connection is unreachable:
+   * `busy` with the last snapshot read, or an `unavailable` error if none could be read.
    */
   async waitFor(target: Target, options: { timeout: number | string }): Promise<WaitResult> {
     this.#assertOpen();
     const { timeout } = parseInput(waitOptionsSchema, options, 'options');
     const deadline = Date.now() + timeout;
-    const first = await this.#find(target);
+    const first = await beforeDeadline(this.#find(target), deadline).catch((error: unknown) => {
+      if (error instanceof GenDurableError) throw error;
+      throw unavailable(target, error);
+    });
+    if (first === TIMED_OUT) throw unavailable(target, undefined);
     if (!first) throw new GenDurableError('not_found', `no instance ${describeTarget(target)}`);
     const id = first.id;
+    let snapshot = toSnapshot(first);
+    if (isSettled(snapshot)) return settledResult(snapshot);
+    // Set by a settlement or a reconnect at any time after add(), including while a
+    // re-check SELECT is running, so that no notification is ever lost.
+    let signalled = false;
     let wakeUp: (() => void) | undefined;
+    const signal = (): void => {
+      signalled = true;
+      wakeUp?.();
+    };
     const listener = this.#internals.listener();
-    this.#listener = listener;
     const remove = listener.add({
       onSettled: (ids) => {
-        if (ids.includes(id)) wakeUp?.();
+        if (ids.includes(id)) signal();
       },
-      onReconnect: () => wakeUp?.(),
+      onReconnect: signal,
     });
+    let listening: Promise<boolean> | undefined;
+    let listens = false;
+    const listen = (): Promise<boolean> =>
+      (listening ??= listener.start().then(
+        () => {
+          listens = true;
+          return true;
+        },
+        () => {
+          listening = undefined; // try again on the next round
+          return false;
+        },
+      ));
+    let watched = false;
+    let failed = false;
     try {
-      await listener.start();
-      const { runnableIn } = await watchInstance(this.#internals.pool, this.schema, id);
-      if (runnableIn !== null) this.#internals.sender.wake(runnableIn, 0);
       for (;;) {
-        const row = await getInstanceById(this.#internals.pool, this.schema, id);
-        if (!row) throw new GenDurableError('not_found', `instance ${id} no longer exists`);
-        const snapshot = toSnapshot(row);
-        if (snapshot.status === 'done') return { status: 'done', result: snapshot.result, snapshot };
-        if (snapshot.status === 'failed' || snapshot.status === 'cancelled') {
-          return { status: snapshot.status, error: snapshot.error, snapshot };
+        if (isSettled(snapshot)) return settledResult(snapshot);
+        // LISTEN before marking the row watched, and mark it before re-reading: whoever
+        // settles it after the mark notifies, and the re-read sees anything before.
+        if (!listens && (await beforeDeadline(listen(), deadline)) === TIMED_OUT) break;
+        signalled = false;
+        failed = false;
+        try {
+          if (!watched) {
+            const watch = await beforeDeadline(
+              watchInstance(this.#internals.pool, this.schema, id),
+              deadline,
+            );
+            if (watch === TIMED_OUT) break;
+            watched = true;
+            if (watch.runnableIn !== null) this.#internals.sender.wake(watch.runnableIn, 0);
+          }
+          const row = await beforeDeadline(getInstanceById(this.#internals.pool, this.schema, id), deadline);
+          if (row === TIMED_OUT) break;
+          if (!row) throw new GenDurableError('not_found', `instance ${id} no longer exists`);
+          snapshot = toSnapshot(row);
+          if (isSettled(snapshot)) continue;
+        } catch (error) {
+          if (error instanceof GenDurableError) throw error;
+          // Postgres unreachable for now: keep the last snapshot and try again soon.
+          failed = true;
         }
         const left = deadline - Date.now();
-        if (left <= 0) return { status: 'busy', snapshot };
+        if (left <= 0) break;
+        if (signalled) continue;
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Math.min(left, 2_000));
+          const every = listens && !failed ? SAFETY_RECHECK_MS : UNLISTENED_RECHECK_MS;
+          const timer = setTimeout(resolve, Math.min(left, every));
           wakeUp = () => {
             clearTimeout(timer);
             resolve();
@@ -326,6 +416,7 @@ export class Client {
         });
         wakeUp = undefined;
       }
+      return { status: 'busy', snapshot };
     } finally {
       remove();
     }
@@ -387,12 +478,48 @@ export class Client {
     if (this.#closed) return;
     this.#closed = true;
     await this.#internals.sender.flush();
-    if (this.#internals.ownsPool) {
-      await this.#listener?.close();
-      await this.#internals.pool.end();
-    }
+    await this.#internals.onClose?.();
+    if (this.#internals.ownsPool) await this.#internals.pool.end();
     this.#untrack();
   }
+}
+
+const TIMED_OUT = Symbol('timed out');
+
+/** `promise`, or TIMED_OUT once `deadline` passes (the promise goes on; its failure is ignored). */
+function beforeDeadline<T>(promise: Promise<T>, deadline: number): Promise<T | typeof TIMED_OUT> {
+  const left = deadline - Date.now();
+  if (left <= 0) {
+    promise.catch(() => undefined);
+    return Promise.resolve(TIMED_OUT);
+  }
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<typeof TIMED_OUT>((resolve) => {
+      timer = setTimeout(() => {
+        promise.catch(() => undefined);
+        resolve(TIMED_OUT);
+      }, left);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+function unavailable(target: Target, cause: unknown): GenDurableError {
+  return new GenDurableError(
+    'unavailable',
+    `could not read instance ${describeTarget(target)}: ${cause === undefined ? 'no answer from Postgres before the deadline' : errorMessage(cause)}`,
+    { cause },
+  );
+}
+
+function isSettled(snapshot: Snapshot): boolean {
+  return snapshot.status === 'done' || snapshot.status === 'failed' || snapshot.status === 'cancelled';
+}
+
+function settledResult(snapshot: Snapshot): WaitResult {
+  if (snapshot.status === 'done') return { status: 'done', result: snapshot.result, snapshot };
+  return { status: snapshot.status as 'failed' | 'cancelled', error: snapshot.error, snapshot };
 }
 
 function describeTarget(target: Target): string {

@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'closed'
   | 'insert_conflict'
   | 'not_found'
+  | 'unavailable'
   | 'migration_failed'
   | 'join_in_worker';
 

@@ -10,8 +10,7 @@
  * never serialise on Postgres's notification lock. Payloads never carry state.
  */
 import { createHash } from 'node:crypto';
-import pgListen, { type Subscriber } from 'pg-listen';
-import type { ClientConfig } from 'pg';
+import pg, { type ClientConfig } from 'pg';
 import { trackResource } from './resources.js';
 import type { Queryable } from './sql/db.js';
 import { sendNotifications } from './sql/notify.js';
@@ -24,11 +23,6 @@ export interface NotificationPayload {
 }
 
 const MAX_PAYLOAD = 7_000;
-
-// pg-listen is CommonJS with a `default` export; ESM loaders differ in how they expose it.
-const pgListenModule: unknown = pgListen;
-const createSubscriber: typeof pgListen.default =
-  typeof pgListenModule === 'function' ? (pgListenModule as typeof pgListen.default) : pgListen.default;
 
 export function channelFor(schema: string): string {
   const plain = `gen_durable_${schema}`;
@@ -157,45 +151,55 @@ export class NotificationSender {
 export interface ListenerHandlers {
   onWake?(queue: string, delayMs: number): void;
   onSettled?(ids: readonly string[]): void;
-  /** After a reconnect, notifications may have been missed: callers re-check at once. */
+  /** After each (re)connect, notifications may have been missed: callers re-check at once. */
   onReconnect?(): void;
   onError?(error: unknown): void;
 }
 
-/** A dedicated LISTEN connection (pg-listen, reconnecting forever) fanning out to handlers. */
+/** How often an idle LISTEN connection is probed (a half-open socket delivers nothing). */
+const PROBE_INTERVAL_MS = 10_000;
+
+/** Bound on opening the LISTEN connection when the caller's config sets none. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/** Delay before reconnect attempt `attempt` (0-based): quick at first, then every 2 s. */
+function retryDelay(attempt: number): number {
+  return attempt === 0 ? 0 : Math.min(50 * 2 ** attempt, 2_000);
+}
+
+/**
+ * A dedicated LISTEN connection fanning out to handlers. `start()` connects once; if that
+ * fails it rejects and the next `start()` tries again. Once started, a lost connection is
+ * reported to `onError` and re-established in the background (forever, until `close()`),
+ * then `onReconnect` runs. No connection error ever escapes as an unhandled 'error' event.
+ */
 export class NotificationListener {
-  readonly #subscriber: Subscriber<Record<string, NotificationPayload>>;
+  readonly #config: ClientConfig;
   readonly #channel: string;
   readonly #handlers = new Set<ListenerHandlers>();
   #started: Promise<void> | undefined;
+  /** The live connection, once LISTEN succeeded; undefined while (re)connecting. */
+  #client: pg.Client | undefined;
+  /** A connection being opened (first start or reconnect), so `close()` can abort it. */
+  #opening: { readonly client: pg.Client; readonly done: Promise<unknown> } | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #wakeRetry: (() => void) | undefined;
+  #probe: NodeJS.Timeout | undefined;
+  #reconnecting = false;
   #closed = false;
   #untrack: (() => void) | undefined;
 
   constructor(connection: ClientConfig, schema: string) {
     this.#channel = channelFor(schema);
-    const named = { ...connection, application_name: `gen_durable listener ${schema}`.slice(0, 63) };
-    this.#subscriber = createSubscriber<Record<string, NotificationPayload>>(named, {
-      retryLimit: Number.POSITIVE_INFINITY,
-      retryTimeout: 0,
-      retryInterval: (attempt: number) => Math.min(100 * 2 ** attempt, 5_000),
-      paranoidChecking: 10_000,
-    });
-    this.#subscriber.notifications.on(this.#channel, (payload: NotificationPayload | undefined) => {
-      if (!payload) return;
-      for (const h of this.#handlers) {
-        if (payload.w && h.onWake)
-          for (const [queue, delay] of Object.entries(payload.w)) h.onWake(queue, delay);
-        if (payload.s && h.onSettled) h.onSettled(payload.s);
-      }
-    });
-    this.#subscriber.events.on('reconnect', () => undefined);
-    this.#subscriber.events.on('connected', () => {
-      if (this.#started === undefined) return;
-      for (const h of this.#handlers) h.onReconnect?.();
-    });
-    this.#subscriber.events.on('error', (error: Error) => {
-      for (const h of this.#handlers) h.onError?.(error);
-    });
+    this.#config = {
+      ...connection,
+      keepAlive: true,
+      // A server that accepts but never answers must not hold a reconnect attempt forever.
+      connectionTimeoutMillis: connection.connectionTimeoutMillis || CONNECT_TIMEOUT_MS,
+      // The user's name (in the config, or in the connection string, which pg lets win)
+      // stays: operators tell processes apart by it. Ours only when none was given.
+      application_name: connection.application_name ?? `gen_durable listener ${schema}`.slice(0, 63),
+    };
   }
 
   get channel(): string {
@@ -207,22 +211,130 @@ export class NotificationListener {
     return () => this.#handlers.delete(handlers);
   }
 
-  /** Connects and listens; idempotent. */
+  /** Connects and listens; idempotent. A failed first connect is forgotten: call again to retry. */
   start(): Promise<void> {
-    this.#started ??= (async () => {
-      this.#untrack = trackResource(this, 'listener', this.#channel);
-      await this.#subscriber.connect();
-      await this.#subscriber.listenTo(this.#channel);
-    })();
+    if (this.#closed) return Promise.reject(new Error('the notification listener is closed'));
+    this.#started ??= this.#connect().then(
+      (client) => {
+        this.#untrack ??= trackResource(this, 'listener', this.#channel);
+        this.#use(client);
+      },
+      (error: unknown) => {
+        this.#started = undefined;
+        throw error;
+      },
+    );
     return this.#started;
+  }
+
+  /** Opens a connection and LISTENs on it; on any failure the connection is ended. */
+  #connect(): Promise<pg.Client> {
+    const client = new pg.Client(this.#config);
+    // Attached before connecting and never removed: a late error on a dead connection is
+    // routed here instead of crashing the process.
+    client.on('error', (error: Error) => this.#lost(client, error));
+    client.on('end', () => this.#lost(client, undefined));
+    client.on('notification', (message) => this.#dispatch(message.channel, message.payload));
+    const done = (async () => {
+      try {
+        await client.connect();
+        await client.query(`LISTEN "${this.#channel.replaceAll('"', '""')}"`);
+        if (this.#closed) throw new Error('the notification listener is closed');
+        return client;
+      } catch (error) {
+        void client.end().catch(() => undefined);
+        throw error;
+      } finally {
+        if (this.#opening?.client === client) this.#opening = undefined;
+      }
+    })();
+    this.#opening = { client, done };
+    return done;
+  }
+
+  #use(client: pg.Client): void {
+    if (this.#closed) {
+      void client.end().catch(() => undefined);
+      return;
+    }
+    this.#client = client;
+    this.#probe = setInterval(() => {
+      if (this.#client !== client) return;
+      client.query('SELECT 1').catch((error: unknown) => this.#lost(client, error));
+    }, PROBE_INTERVAL_MS);
+    this.#probe.unref();
+    for (const h of this.#handlers) h.onReconnect?.();
+  }
+
+  #dispatch(channel: string, raw: string | undefined): void {
+    if (channel !== this.#channel || !raw) return;
+    let payload: NotificationPayload;
+    try {
+      payload = JSON.parse(raw) as NotificationPayload;
+    } catch (error) {
+      for (const h of this.#handlers) h.onError?.(error);
+      return;
+    }
+    for (const h of this.#handlers) {
+      if (payload.w && h.onWake)
+        for (const [queue, delay] of Object.entries(payload.w)) h.onWake(queue, delay);
+      if (payload.s && h.onSettled) h.onSettled(payload.s);
+    }
+  }
+
+  /** The live connection failed or ended: report it once and reconnect in the background. */
+  #lost(client: pg.Client, error: unknown): void {
+    if (client !== this.#client || this.#closed) return;
+    this.#client = undefined;
+    clearInterval(this.#probe);
+    void client.end().catch(() => undefined);
+    const reported = error ?? new Error('the notification connection ended unexpectedly');
+    for (const h of this.#handlers) h.onError?.(reported);
+    void this.#reconnect();
+  }
+
+  async #reconnect(): Promise<void> {
+    if (this.#reconnecting) return;
+    this.#reconnecting = true;
+    try {
+      for (let attempt = 0; !this.#closed; attempt++) {
+        await new Promise<void>((resolve) => {
+          this.#wakeRetry = resolve;
+          this.#retryTimer = setTimeout(resolve, retryDelay(attempt));
+        });
+        if (this.#closed) return;
+        try {
+          this.#use(await this.#connect());
+          return;
+        } catch (error) {
+          if (this.#closed) return;
+          for (const h of this.#handlers) h.onError?.(error);
+        }
+      }
+    } finally {
+      this.#reconnecting = false;
+    }
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (!this.#started) return;
-    await this.#started.catch(() => undefined);
-    await this.#subscriber.close();
+    clearTimeout(this.#retryTimer);
+    clearInterval(this.#probe);
+    this.#wakeRetry?.();
+    const opening = this.#opening;
+    // A connect that hangs (an unresponsive server) must not hold close(): abort it.
+    if (opening) {
+      // end() would wait for the server to answer its goodbye: drop the socket instead.
+      (
+        opening.client as unknown as { connection?: { stream?: { destroy(): void } } }
+      ).connection?.stream?.destroy();
+      await opening.done.catch(() => undefined);
+    }
+    await this.#started?.catch(() => undefined);
+    const client = this.#client;
+    this.#client = undefined;
+    await client?.end().catch(() => undefined);
     this.#untrack?.();
   }
 }

@@ -24,6 +24,7 @@ export const telemetry = {
   nodeLeft: channel('node:left'),
   notifierReconnected: channel('notifier:reconnected'),
   error: channel('node:error'),
+  clientError: channel('client:error'),
 } as const;
 
 export function publish(ch: diagnostics.Channel, payload: () => object): void {

@@ -209,7 +209,7 @@ describe('get, cancel, waitFor', () => {
     const busy = await client.waitFor(id, { timeout: 50 });
     expect(busy.status).toBe('busy');
     expect(busy.snapshot.status).toBe('runnable');
-    const waiting = client.waitFor(id, { timeout: '30s' });
+    const waiting = client.waitFor(id, { timeout: '10s' }); // below the 30 s safety re-check
     const other = openClient();
     await other.cancel(id);
     expect(await waiting).toMatchObject({ status: 'cancelled' });

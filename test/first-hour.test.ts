@@ -105,3 +105,32 @@ describe('gen_durable_nodes', () => {
     expect(rows).toEqual([]);
   });
 });
+
+describe('application_name', () => {
+  const names = async (): Promise<string[]> =>
+    (
+      await db.pool.query<{ name: string }>(
+        `SELECT application_name AS name FROM pg_stat_activity WHERE datname = current_database()`,
+      )
+    ).rows.map((r) => r.name);
+
+  it("keeps the one in the connection string on the node's every connection", async () => {
+    const app = `first-hour-${Math.random().toString(36).slice(2, 8)}`;
+    const url = `${db.url}${db.url.includes('?') ? '&' : '?'}application_name=${app}`;
+    const node = await join({ connectionString: url, machines: all, queues: { lh: { concurrency: 2 } } });
+    const { id } = await node.client.insert(plain, { args: {} });
+    expect((await node.client.waitFor(id, { timeout: '20s' })).status).toBe('done');
+    const mine = (await names()).filter((n) => n === app);
+    expect(mine.length).toBeGreaterThanOrEqual(2); // its pool and its LISTEN connection
+    expect((await names()).filter((n) => n.includes(node.id))).toEqual([]);
+  });
+
+  it('names connections after the node when none was given', async () => {
+    const node = await join({ machines: all, queues: { lh: { concurrency: 2 } } });
+    const { id } = await node.client.insert(plain, { args: {} });
+    expect((await node.client.waitFor(id, { timeout: '20s' })).status).toBe('done');
+    expect((await names()).filter((n) => n === `gen_durable ${node.id}`.slice(0, 63)).length).toBeGreaterThan(
+      0,
+    );
+  });
+});
