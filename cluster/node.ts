@@ -13,7 +13,9 @@ import pg from 'pg';
 import { Client } from '../runtime/client.js';
 import { z } from 'zod';
 import { durationSchema } from '../runtime/duration.js';
-import { errorMessage, parseInput } from '../runtime/errors.js';
+import { describeConnection } from '../runtime/connection.js';
+import { GenDurableError, errorMessage, parseInput } from '../runtime/errors.js';
+import { isTransient } from '../runtime/sql/errors.js';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import { type FlushEntry, Flusher } from '../runtime/flusher.js';
@@ -183,7 +185,12 @@ export class GenDurableNode {
       publish(telemetry.nodeJoined, () => ({ node: this.id, queues: this.queues }));
     } catch (error) {
       await this.#shutdown(0);
-      throw error;
+      if (!isTransient(error)) throw error;
+      throw new GenDurableError(
+        'unavailable',
+        `could not connect to Postgres at ${describeConnection(this.#db.options)}: ${errorMessage(error)}`,
+        { cause: error },
+      );
     }
   }
 

@@ -5,6 +5,7 @@
  */
 import pg from 'pg';
 import { z } from 'zod';
+import { connectionStringSchema } from '../runtime/connection.js';
 import { timerDurationSchema } from '../runtime/duration.js';
 import { parseInput } from '../runtime/errors.js';
 import { NAME_PATTERN } from '../runtime/machine.js';
@@ -25,7 +26,7 @@ const queueSchema = z
 
 export const joinOptionsSchema = z
   .object({
-    connectionString: z.string().min(1).optional(),
+    connectionString: connectionStringSchema.optional(),
     pool: z.custom<pg.Pool>((v) => v instanceof pg.Pool, 'must be a pg.Pool').optional(),
     schema: z
       .string()

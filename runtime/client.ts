@@ -4,6 +4,7 @@
  */
 import pg from 'pg';
 import { z } from 'zod';
+import { connectionStringSchema } from './connection.js';
 import { durationSchema } from './duration.js';
 import { GenDurableError, ValidationError, errorMessage, parseInput } from './errors.js';
 import { type InsertOptions, toInsertRow } from './insert-options.js';
@@ -81,7 +82,7 @@ export interface ClientOptions {
 
 const clientOptionsSchema = z
   .object({
-    connectionString: z.string().min(1).optional(),
+    connectionString: connectionStringSchema.optional(),
     pool: z.custom<pg.Pool>((v) => v instanceof pg.Pool, 'must be a pg.Pool').optional(),
     schema: z.string().optional(),
     onError: z

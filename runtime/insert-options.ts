@@ -111,7 +111,8 @@ export function toInsertRow(machine: unknown, options: unknown, path: string): I
 }
 
 function serializeInput(machine: AnyMachine, value: unknown, path: string): string {
-  const state: unknown = parseInput(machine.state, value, path, 'invalid_state');
+  // Any zod 4 schema (of any copy of zod) parses like ours: only `safeParse` is called.
+  const state: unknown = parseInput(machine.state as unknown as z.ZodType, value, path, 'invalid_state');
   const bad = findNonJson(state, path);
   if (bad) throw new ValidationError('not_serializable', bad.path, bad.reason);
   if (state === undefined) throw new ValidationError('invalid_state', path, 'is required');

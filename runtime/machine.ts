@@ -10,6 +10,13 @@ import { type Duration, timerDurationSchema } from './duration.js';
 import { parseInput } from './errors.js';
 import { badText } from './json.js';
 import { type Outcome, done, isOutcome } from './outcome.js';
+import {
+  type SchemaInput,
+  type SchemaOutput,
+  type StateSchema,
+  type ZodLike,
+  zodSchemaField,
+} from './zod-schema.js';
 
 /** What a step sees besides its state. */
 export interface StepContext {
@@ -47,7 +54,7 @@ export type OnErrorFn<K extends string, S, In> = (
   ctx: StepContext,
 ) => Outcome<K, In> | Promise<Outcome<K, In>>;
 
-export interface MachineConfig<Schema extends z.ZodType, K extends string> {
+export interface MachineConfig<Schema extends StateSchema, K extends string> {
   /** Where worker threads import this definition from: pass `import.meta.url`. */
   readonly module: string;
   readonly name: string;
@@ -56,8 +63,8 @@ export interface MachineConfig<Schema extends z.ZodType, K extends string> {
   readonly queue?: string;
   readonly state: Schema;
   readonly initial: NoInfer<K>;
-  readonly steps: { readonly [P in K]: StepFn<NoInfer<K>, z.output<Schema>, z.input<Schema>> };
-  readonly onError?: OnErrorFn<NoInfer<K>, z.output<Schema>, z.input<Schema>>;
+  readonly steps: { readonly [P in K]: StepFn<NoInfer<K>, SchemaOutput<Schema>, SchemaInput<Schema>> };
+  readonly onError?: OnErrorFn<NoInfer<K>, SchemaOutput<Schema>, SchemaInput<Schema>>;
   readonly maxAttempts?: number;
   readonly backoff?: (attempt: number) => Duration;
   /**
@@ -69,7 +76,7 @@ export interface MachineConfig<Schema extends z.ZodType, K extends string> {
   readonly priority?: number;
 }
 
-export interface MachineDefinition<Schema extends z.ZodType = z.ZodType, K extends string = string> {
+export interface MachineDefinition<Schema extends StateSchema = StateSchema, K extends string = string> {
   readonly type: 'gen-durable/machine';
   readonly kind: 'machine' | 'job';
   readonly module: string;
@@ -78,8 +85,8 @@ export interface MachineDefinition<Schema extends z.ZodType = z.ZodType, K exten
   readonly queue: string;
   readonly state: Schema;
   readonly initial: K;
-  readonly steps: { readonly [P in K]: StepFn<K, z.output<Schema>, z.input<Schema>> };
-  readonly onError: OnErrorFn<K, z.output<Schema>, z.input<Schema>> | undefined;
+  readonly steps: { readonly [P in K]: StepFn<K, SchemaOutput<Schema>, SchemaInput<Schema>> };
+  readonly onError: OnErrorFn<K, SchemaOutput<Schema>, SchemaInput<Schema>> | undefined;
   readonly maxAttempts: number;
   readonly backoff: ((attempt: number) => Duration) | undefined;
   /** The step timeout in ms, or null for none. */
@@ -94,7 +101,7 @@ export const DEFAULT_STEP_TIMEOUT_MS = 15 * 60_000;
 
 /** A definition whose state and step types are not known statically (registries, workers). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type AnyMachine = MachineDefinition<z.ZodType, any>;
+export type AnyMachine = MachineDefinition<StateSchema & ZodLike, any>;
 
 export const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,199}$/;
 const nameSchema = z.string().regex(NAME_PATTERN, 'must be 1-200 characters of letters, digits, _ . : / -');
@@ -118,7 +125,7 @@ const baseConfigSchema = z.object({
 
 const machineConfigSchema = baseConfigSchema
   .extend({
-    state: z.custom<z.ZodType>((v) => v instanceof z.ZodType, 'must be a zod schema'),
+    state: zodSchemaField(),
     initial: z.string().min(1),
     steps: z.record(
       z
@@ -142,7 +149,7 @@ const machineConfigSchema = baseConfigSchema
   });
 
 /** Defines a durable state machine. */
-export function defineMachine<Schema extends z.ZodType, const K extends string>(
+export function defineMachine<Schema extends StateSchema, const K extends string>(
   config: MachineConfig<Schema, K>,
 ): MachineDefinition<Schema, K> {
   const cfg = parseInput(
@@ -171,7 +178,7 @@ export function defineMachine<Schema extends z.ZodType, const K extends string>(
   });
 }
 
-export interface JobConfig<Schema extends z.ZodType> {
+export interface JobConfig<Schema extends StateSchema> {
   readonly module: string;
   readonly name: string;
   readonly version?: number;
@@ -183,14 +190,14 @@ export interface JobConfig<Schema extends z.ZodType> {
   readonly stepTimeout?: Duration | null;
   readonly priority?: number;
   /** Returning a value finishes the job as `done(value)`; returning `stop(reason)` fails it at once. */
-  readonly perform: (args: z.output<Schema>, ctx: StepContext) => unknown;
+  readonly perform: (args: SchemaOutput<Schema>, ctx: StepContext) => unknown;
 }
 
-export type JobDefinition<Schema extends z.ZodType = z.ZodType> = MachineDefinition<Schema, 'perform'>;
+export type JobDefinition<Schema extends StateSchema = StateSchema> = MachineDefinition<Schema, 'perform'>;
 
 const jobConfigSchema = baseConfigSchema
   .extend({
-    args: z.custom<z.ZodType>((v) => v instanceof z.ZodType, 'must be a zod schema'),
+    args: zodSchemaField(),
     perform: z.function(),
   })
   .strict();
@@ -199,7 +206,7 @@ const jobConfigSchema = baseConfigSchema
 export const JOB_STEP = 'perform';
 
 /** Defines a one-step durable job. */
-export function defineJob<Schema extends z.ZodType>(config: JobConfig<Schema>): JobDefinition<Schema> {
+export function defineJob<Schema extends StateSchema>(config: JobConfig<Schema>): JobDefinition<Schema> {
   const cfg = parseInput(
     jobConfigSchema,
     config,
@@ -209,12 +216,12 @@ export function defineJob<Schema extends z.ZodType>(config: JobConfig<Schema>): 
   );
   const perform = config.perform;
   const step = async (
-    args: z.output<Schema>,
+    args: SchemaOutput<Schema>,
     ctx: StepContext,
-  ): Promise<Outcome<'perform', z.input<Schema>>> => {
+  ): Promise<Outcome<'perform', SchemaInput<Schema>>> => {
     const value: unknown = await perform(args, ctx);
     if (isOutcome(value) && (value.kind === 'stop' || value.kind === 'retry' || value.kind === 'done')) {
-      return value as Outcome<'perform', z.input<Schema>>;
+      return value as Outcome<'perform', SchemaInput<Schema>>;
     }
     return done(value);
   };

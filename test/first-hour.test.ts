@@ -6,7 +6,7 @@ import { execFile, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { ValidationError } from '../index.js';
+import { Cluster, GenDurableError, ValidationError, createClient, defineJob } from '../index.js';
 import { parseJoinOptions } from '../cluster/options.js';
 import { all, plain } from './fixtures/loop-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
@@ -131,6 +131,58 @@ describe('application_name', () => {
     expect((await node.client.waitFor(id, { timeout: '20s' })).status).toBe('done');
     expect((await names()).filter((n) => n === `gen_durable ${node.id}`.slice(0, 63)).length).toBeGreaterThan(
       0,
+    );
+  });
+});
+
+describe('errors a user can act on', () => {
+  it('zod: zod 4 schemas from another copy (zod 3.25 zod/v4) work; zod 3 classic schemas are refused, saying what to use', async () => {
+    const { viaZod3V4 } = await import('./fixtures/zod3-machines.js');
+    const { z: z3 } = await import('zod3');
+    const refused = (() => {
+      try {
+        return defineJob({
+          module: import.meta.url,
+          name: 'z3',
+          args: z3.object({}) as never,
+          perform: () => 1,
+        });
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(refused).toBeInstanceOf(ValidationError);
+    expect((refused as ValidationError).path).toBe('args');
+    expect((refused as ValidationError).message).toMatch(/zod 3 schema.*zod@\^4.*zod\/v4/);
+    const node = await join({ machines: [viaZod3V4], queues: { zod3: { concurrency: 2 } } });
+    const bad = await node.client.insert(viaZod3V4, { args: { n: 1.5 } }).catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(ValidationError);
+    expect((bad as ValidationError).path).toBe('args.n');
+    const { id } = await node.client.insert(viaZod3V4, { args: { n: 21 } });
+    expect(await node.client.waitFor(id, { timeout: '20s' })).toMatchObject({
+      status: 'done',
+      result: { doubled: 42 },
+    });
+  });
+
+  it('a garbage connection string is refused naming the field; an unreachable server says where it tried', async () => {
+    for (const make of [
+      () => Cluster.join({ connectionString: 'garbage', queues: { q: {} } }),
+      () => Promise.resolve().then(() => createClient({ connectionString: 'mysql://x' })),
+    ]) {
+      const error = await make().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ValidationError);
+      expect((error as ValidationError).path).toBe('connectionString');
+      expect((error as ValidationError).message).toMatch(/not a Postgres connection URL/);
+    }
+    const down = await Cluster.join({
+      connectionString: 'postgres://postgres@127.0.0.1:1/nowhere',
+      queues: { q: {} },
+    }).catch((e: unknown) => e);
+    expect(down).toBeInstanceOf(GenDurableError);
+    expect(down).toMatchObject({ code: 'unavailable' });
+    expect((down as Error).message).toMatch(
+      /could not connect to Postgres at 127\.0\.0\.1:1\/nowhere: .*ECONNREFUSED/,
     );
   });
 });
