@@ -78,7 +78,13 @@ export class GenDurableNode {
     this.#db.on('error', (error) => this.#reportError('pool', error));
     const schema = config.schema;
     this.#sender = new NotificationSender(this.#db, schema, (e) => this.#reportError('notify', e));
-    this.#listener = new NotificationListener(this.#db.options, schema);
+    // The user's application_name (their pool's; a connection string's wins anyway), else
+    // one naming this node's LISTEN connection.
+    const userName = this.#ownsDb ? undefined : this.#db.options.application_name;
+    this.#listener = new NotificationListener(
+      { ...this.#db.options, application_name: userName ?? `gen_durable listener ${this.id}`.slice(0, 63) },
+      schema,
+    );
     this.client = new Client({
       pool: this.#db,
       ownsPool: false,

@@ -217,7 +217,7 @@ describe('notifications', () => {
       const before = reconnected.length;
       const killed = await db.pool.query(
         `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1`,
-        [`gen_durable listener ${db.schema}`.slice(0, 63)],
+        [`gen_durable listener ${node.id}`.slice(0, 63)],
       );
       expect(killed.rowCount).toBe(1);
       expect(await node.client.waitFor(rows[0]!.id, { timeout: '30s' })).toMatchObject({
