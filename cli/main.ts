@@ -5,7 +5,7 @@ import pg from 'pg';
 import { migrate } from '../migrations/migrate.js';
 import { createClient } from '../runtime/client.js';
 import { validateSchemaName } from '../runtime/sql/db.js';
-import { listNodes } from '../runtime/sql/nodes.js';
+import { countUnservedWork, listNodes } from '../runtime/sql/nodes.js';
 import { demo } from './demo.js';
 
 const COMMON = `  --database-url URL   the Postgres to use (default: $DATABASE_URL)
@@ -88,6 +88,9 @@ async function main(argv: string[]): Promise<number> {
         console.log(`schema ${schema}; nodes: ${nodes.length}`);
         for (const n of nodes) console.log(`  ${n.id} (heartbeat ${n.heartbeat_at.toISOString()})`);
         for (const c of await client.count()) console.log(`  ${c.queue} ${c.machine} ${c.status} ${c.count}`);
+        const unserved = await countUnservedWork(pool, schema, 60_000);
+        if (unserved.length > 0) console.log('runnable rows no live node can serve:');
+        for (const u of unserved) console.log(`  ${u.queue} ${u.fsm}@${u.version} ${u.count}: ${u.reason}`);
       } finally {
         await client.close();
         await pool.end();

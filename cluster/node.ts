@@ -20,6 +20,7 @@ import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import { type FlushEntry, Flusher } from '../runtime/flusher.js';
 import { NotificationListener, NotificationSender } from '../runtime/notifications.js';
+import { machineKey } from '../runtime/machine.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
 import { type ClaimedRow, claimBatch, nextDueIn, releaseClaims } from '../runtime/sql/loop.js';
@@ -57,6 +58,8 @@ export class GenDurableNode {
   readonly #reaper: Reaper;
   readonly #registry: MachineRegistry;
   readonly #untrack: () => void;
+  /** `name@version` of the machines this node claims, or null when it claims any (a resolve hook). */
+  readonly #servable: string[] | null;
   /** Claims in flight on this node (id → claim token): running, or waiting to be committed. */
   readonly #claims = new Map<string, string>();
   #stopping: Promise<void> | undefined;
@@ -66,6 +69,9 @@ export class GenDurableNode {
     this.#config = config;
     this.id = config.nodeId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#registry = new MachineRegistry(config.machines, config.resolve);
+    this.#servable = config.resolve
+      ? null
+      : this.#registry.definitions.map((d) => machineKey(d.name, d.version));
     this.#ownsDb = config.pool === undefined;
     this.#db =
       config.pool ??
@@ -119,7 +125,7 @@ export class GenDurableNode {
         batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
         pollIntervalMs: config.pollInterval,
         claim: (limit) => this.#claim(queue, limit),
-        nextDue: () => nextDueIn(this.#db, this.#config.schema, queue),
+        nextDue: () => nextDueIn(this.#db, this.#config.schema, queue, this.#servable),
         dispatch: (rows) => this.#dispatch(queue, pool, rows),
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
@@ -188,6 +194,7 @@ export class GenDurableNode {
       this.#heartbeat.start();
       this.#reaper.start();
       for (const { feeder } of this.#queues.values()) feeder.start();
+      this.#warnUnservedQueues();
       publish(telemetry.nodeJoined, () => ({ node: this.id, queues: this.queues }));
     } catch (error) {
       await this.#shutdown(0);
@@ -196,6 +203,19 @@ export class GenDurableNode {
         'unavailable',
         `could not connect to Postgres at ${describeConnection(this.#db.options)}: ${errorMessage(error)}`,
         { cause: error },
+      );
+    }
+  }
+
+  /** Registered machines whose default queue this node does not run wait for another node. */
+  #warnUnservedQueues(): void {
+    for (const def of this.#registry.definitions) {
+      if (this.#queues.has(def.queue)) continue;
+      process.emitWarning(
+        `machine ${def.name} (version ${def.version}) is registered on node ${this.id}, but its queue ` +
+          `"${def.queue}" is not among the queues this node runs (${this.queues.join(', ')}): its ` +
+          `instances wait for a node that runs "${def.queue}"`,
+        { code: 'GEN_DURABLE_QUEUE_NOT_RUN' },
       );
     }
   }
@@ -211,6 +231,7 @@ export class GenDurableNode {
       host: hostname(),
       pid: process.pid,
       queues: this.queues,
+      machines: this.#servable,
     });
   }
 
@@ -220,6 +241,7 @@ export class GenDurableNode {
       limit,
       nodeId: this.id,
       leaseMs: this.#config.lease,
+      machines: this.#servable,
     });
     publish(telemetry.pick, () => ({ node: this.id, queue, requested: limit, claimed: rows.length }));
     return rows;

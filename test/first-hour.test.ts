@@ -8,7 +8,8 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { Cluster, GenDurableError, ValidationError, createClient, defineJob } from '../index.js';
 import { parseJoinOptions } from '../cluster/options.js';
-import { all, plain } from './fixtures/loop-machines.js';
+import { all, plain, rollingV1, rollingV2 } from './fixtures/loop-machines.js';
+import { countUnservedWork } from '../runtime/sql/nodes.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 
@@ -184,5 +185,66 @@ describe('errors a user can act on', () => {
     expect((down as Error).message).toMatch(
       /could not connect to Postgres at 127\.0\.0\.1:1\/nowhere: .*ECONNREFUSED/,
     );
+  });
+});
+
+describe('work that nobody serves', () => {
+  it('a node claims only the machine versions it knows: an old node leaves new-version rows to a new node', async () => {
+    const old = await join({ machines: [rollingV1], queues: { rolling: { concurrency: 4 } } });
+    const v2 = await old.client.insert(rollingV2, { args: {} });
+    const v1 = await old.client.insert(rollingV1, { args: {} });
+    expect(await old.client.waitFor(v1.id, { timeout: '20s' })).toMatchObject({
+      status: 'done',
+      result: 'v1',
+    });
+    // The old node claimed past the v2 row without touching it.
+    expect(await old.client.get(v2.id)).toMatchObject({ status: 'runnable', attempt: 0, errors: [] });
+    const rolling = async () =>
+      (await countUnservedWork(db.pool, db.schema, 60_000)).filter((r) => r.queue === 'rolling');
+    expect(await rolling()).toEqual([
+      {
+        queue: 'rolling',
+        fsm: 'lh-rolling',
+        version: 2,
+        count: 1,
+        reason: 'no live node running this queue knows this machine version',
+      },
+    ]);
+    const fresh = await join({ machines: [rollingV1, rollingV2], queues: { rolling: { concurrency: 4 } } });
+    expect(await fresh.client.waitFor(v2.id, { timeout: '20s' })).toMatchObject({
+      status: 'done',
+      result: 'v2',
+    });
+    expect(await rolling()).toEqual([]);
+  });
+
+  it('warns at join about machines whose queue the node does not run; status names the unserved queue', async () => {
+    const warnings: Array<{ code?: string; message: string }> = [];
+    const onWarning = (w: Error & { code?: string }): void => {
+      warnings.push(w);
+    };
+    process.on('warning', onWarning);
+    try {
+      const node = await join({ machines: [plain], queues: { elsewhere: { concurrency: 1 } } });
+      await eventually(
+        () =>
+          Promise.resolve(warnings.some((w) => w.code === 'GEN_DURABLE_QUEUE_NOT_RUN') ? true : undefined),
+        'the warning',
+      );
+      const w = warnings.find((x) => x.code === 'GEN_DURABLE_QUEUE_NOT_RUN')!;
+      expect(w.message).toMatch(
+        /machine lh-plain .* queue "lh" is not among the queues this node runs \(elsewhere\)/,
+      );
+      await node.client.insert(plain, { args: {}, queue: 'no-such-queue' });
+      expect(await countUnservedWork(db.pool, db.schema, 60_000)).toContainEqual({
+        queue: 'no-such-queue',
+        fsm: 'lh-plain',
+        version: 1,
+        count: 1,
+        reason: 'no live node runs this queue',
+      });
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 });

@@ -165,7 +165,7 @@ describe('claimBatch', () => {
       const stmt = statement(db.schema, 'claim', CLAIM_BATCH_SQL);
       const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
         `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
-        ['plan', 50, 'explain', 30_000],
+        ['plan', 50, 'explain', 30_000, null],
       );
       await client.query('ROLLBACK');
       const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join as join_ } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Cluster, ValidationError, migrate } from '../index.js';
+import { LATEST_VERSION } from '../migrations/migrate.js';
 import { claimBatch, releaseClaims } from '../runtime/sql/loop.js';
 import { all, gated, slow } from './fixtures/machines.js';
 import { eventually, useTestSchema } from './support/db.js';
@@ -177,9 +178,11 @@ describe('migrate', () => {
       );
       expect(results.filter((applied) => applied.length > 0)).toHaveLength(1);
       const { rows } = await db.pool.query<{ version: number }>(
-        `SELECT version FROM "${schema}".gen_durable_migrations`,
+        `SELECT version FROM "${schema}".gen_durable_migrations ORDER BY version`,
       );
-      expect(rows.map((r) => r.version)).toEqual([1]);
+      // Each version once, in order, up to the latest.
+      expect(rows.map((r) => r.version)).toEqual(Array.from({ length: LATEST_VERSION }, (_, i) => i + 1));
+      expect(LATEST_VERSION).toBeGreaterThanOrEqual(2);
       expect(await migrate({ connectionString: db.url, schema })).toEqual([]);
     } finally {
       await db.pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);

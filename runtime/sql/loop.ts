@@ -50,6 +50,7 @@ export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
        SELECT c.id FROM prio CROSS JOIN LATERAL (
          SELECT id FROM :schema.gen_durable
          WHERE queue = $1 AND status = 'runnable' AND priority = prio.p AND eligible_at <= now()
+           AND ($5::text[] IS NULL OR fsm || '@' || version = ANY ($5::text[]))
          ORDER BY eligible_at, id
          LIMIT $2
          FOR NO KEY UPDATE SKIP LOCKED
@@ -75,24 +76,42 @@ export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
  * is full, so the cost grows with the batch (and the number of distinct priorities passed),
  * never with finished, parked or future-scheduled rows. Rows locked by another picker are
  * skipped, never waited on.
+ *
+ * `machines` (`name@version`) limits the claim to rows this node can run, so that in a
+ * rolling deploy an old node never claims (and fails) rows meant for a new version; null
+ * claims any. The cost: due rows of machines the node does not know are read and skipped by
+ * each of its picks (a filter on the index range), so a large backlog nobody here can run
+ * slows this node's picks of that queue until a node that knows them drains it.
  */
 export async function claimBatch(
   db: Queryable,
   schema: string,
-  args: { queue: string; limit: number; nodeId: string; leaseMs: number },
+  args: {
+    queue: string;
+    limit: number;
+    nodeId: string;
+    leaseMs: number;
+    machines?: readonly string[] | null;
+  },
 ): Promise<ClaimedRow[]> {
   // Not prepared: a generic plan cannot know `$1` is one queue of many nor how many rows
   // `$2` asks for, and was seen to seq-scan (34.9 ms against 1.2 ms custom-planned). Planned
   // with its values each time it costs a parse and a plan (~0.1 ms) per batch.
   const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: false });
-  return run<ClaimedRow>(db, stmt, [args.queue, args.limit, args.nodeId, args.leaseMs]);
+  return run<ClaimedRow>(db, stmt, [args.queue, args.limit, args.nodeId, args.leaseMs, args.machines ?? null]);
 }
 
 /**
  * Milliseconds until the queue's next runnable row falls due (null when none is scheduled).
- * The same walk as the claim: one probe per distinct priority, no scan of the rows.
+ * The same walk as the claim: one probe per distinct priority, no scan of the rows; limited to
+ * `machines` as the claim is. Not prepared, for the claim's reason.
  */
-export async function nextDueIn(db: Queryable, schema: string, queue: string): Promise<number | null> {
+export async function nextDueIn(
+  db: Queryable,
+  schema: string,
+  queue: string,
+  machines: readonly string[] | null = null,
+): Promise<number | null> {
   const stmt = statement(
     schema,
     'next_due',
@@ -101,11 +120,13 @@ export async function nextDueIn(db: Queryable, schema: string, queue: string): P
      FROM prio CROSS JOIN LATERAL (
        SELECT eligible_at FROM :schema.gen_durable
        WHERE queue = $1 AND status = 'runnable' AND priority = prio.p AND eligible_at > now()
+         AND ($2::text[] IS NULL OR fsm || '@' || version = ANY ($2::text[]))
        ORDER BY eligible_at LIMIT 1
      ) n
      WHERE prio.p IS NOT NULL`,
+    { prepared: false },
   );
-  const row = (await run<{ ms: number | null }>(db, stmt, [queue]))[0];
+  const row = (await run<{ ms: number | null }>(db, stmt, [queue, machines]))[0];
   return row?.ms ?? null;
 }
 
