@@ -98,7 +98,13 @@ export async function claimBatch(
   // `$2` asks for, and was seen to seq-scan (34.9 ms against 1.2 ms custom-planned). Planned
   // with its values each time it costs a parse and a plan (~0.1 ms) per batch.
   const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: false });
-  return run<ClaimedRow>(db, stmt, [args.queue, args.limit, args.nodeId, args.leaseMs, args.machines ?? null]);
+  return run<ClaimedRow>(db, stmt, [
+    args.queue,
+    args.limit,
+    args.nodeId,
+    args.leaseMs,
+    args.machines ?? null,
+  ]);
 }
 
 /**
