@@ -5,15 +5,27 @@ export type { JoinOptions } from './cluster/options.js';
 export { shutdownOnSignals } from './cluster/shutdown.js';
 export type { ShutdownOptions } from './cluster/shutdown.js';
 export { createClient, Client } from './runtime/client.js';
-export type { ClientOptions, InsertResult, Snapshot, Target, WaitResult } from './runtime/client.js';
-export type { InsertOptions } from './runtime/insert-options.js';
+export type {
+  ClientOptions,
+  InsertItem,
+  InsertResult,
+  Snapshot,
+  Target,
+  TypedId,
+  WaitResult,
+} from './runtime/client.js';
+export type { InsertOptions, InsertSettings } from './runtime/insert-options.js';
 export { defineMachine, defineJob } from './runtime/machine.js';
 export type {
   AnyMachine,
+  DefinitionKind,
   JobConfig,
+  JobResult,
   JobDefinition,
   MachineConfig,
   MachineDefinition,
+  MachineResult,
+  ResultOf,
   StepContext,
   StepFailure,
   StepFailureKind,
@@ -32,6 +44,7 @@ export type { Status } from './runtime/status.js';
 export { GenDurableError, ValidationError } from './runtime/errors.js';
 export type { ErrorCode } from './runtime/errors.js';
 export { parseDuration } from './runtime/duration.js';
+export type { Jsonified } from './runtime/json.js';
 export type { Duration } from './runtime/duration.js';
 export { defaultBackoff } from './runtime/backoff.js';
 export { migrate } from './migrations/migrate.js';

@@ -8,7 +8,7 @@ import { connectionStringSchema } from './connection.js';
 import { durationSchema } from './duration.js';
 import { GenDurableError, ValidationError, errorMessage, parseInput } from './errors.js';
 import { type InsertOptions, toInsertRow } from './insert-options.js';
-import type { AnyMachine } from './machine.js';
+import type { AnyMachine, ResultOf } from './machine.js';
 import { NotificationListener, NotificationSender } from './notifications.js';
 import { trackResource } from './resources.js';
 import { publish, telemetry } from './telemetry.js';
@@ -32,11 +32,26 @@ import { ALL_STATUSES, type Status, isTerminal } from './status.js';
 /** An instance id, or `{ key }` for the instance its correlation key addresses. */
 export type Target = string | { readonly key: string };
 
-export interface InsertResult {
-  readonly id: string;
+/** Type-only key of a typed id's definition (no such property exists at run time). */
+declare const DEFINITION: unique symbol;
+
+/**
+ * An instance id (a string at run time) that remembers, in its type only, the definition it
+ * was inserted with, so that `waitFor` knows the result's type.
+ */
+export type TypedId<M extends AnyMachine = AnyMachine> = string & { readonly [DEFINITION]: M };
+
+/** What `insert` answers; with `M`, its `id` is typed by that definition. */
+export interface InsertResult<M extends AnyMachine | undefined = undefined> {
+  readonly id: M extends AnyMachine ? TypedId<M> : string;
   /** False when the correlation key was occupied: `id` is the existing instance. */
   readonly inserted: boolean;
 }
+
+/** One `insertAll` item: `insert`'s options and the definition. */
+export type InsertItem<M extends AnyMachine = AnyMachine> = InsertOptions<M> & { readonly machine: M };
+
+type MachineOf<Item> = Item extends { readonly machine: infer M extends AnyMachine } ? M : AnyMachine;
 
 export interface Snapshot {
   readonly id: string;
@@ -62,8 +77,9 @@ export interface Snapshot {
   readonly updatedAt: Date;
 }
 
-export type WaitResult =
-  | { readonly status: 'done'; readonly result: unknown; readonly snapshot: Snapshot }
+/** What `waitFor` answers; `R` is the result's type when `done` (known from a typed id). */
+export type WaitResult<R = unknown> =
+  | { readonly status: 'done'; readonly result: R; readonly snapshot: Snapshot }
   | { readonly status: 'failed' | 'cancelled'; readonly error: string | null; readonly snapshot: Snapshot }
   | { readonly status: 'busy'; readonly snapshot: Snapshot };
 
@@ -208,18 +224,28 @@ export class Client {
     return this.#internals.pool;
   }
 
-  /** Inserts one instance. With `tx`, the row exists if and only if that transaction commits. */
-  async insert<M extends AnyMachine>(machine: M, options: InsertOptions): Promise<InsertResult> {
+  /**
+   * Inserts one instance. With `tx`, the row exists if and only if that transaction commits.
+   * `options` is typed by the definition (`state` for a machine, `args` for a job); the id
+   * answered is typed with it (see `waitFor`).
+   */
+  async insert<M extends AnyMachine>(
+    machine: M,
+    options: NoInfer<InsertOptions<M>>,
+  ): Promise<InsertResult<M>> {
     const row = toInsertRow(machine, options, '');
     const [result] = await this.#insertRows([row], (options as InsertOptions | null | undefined)?.tx);
-    return result!;
+    return result as unknown as InsertResult<M>;
   }
 
-  /** Inserts many instances in a bounded number of statements; one result per item, in order. */
-  async insertAll(
-    items: ReadonlyArray<InsertOptions & { readonly machine: AnyMachine }>,
+  /**
+   * Inserts many instances in a bounded number of statements; one result per item, in order.
+   * Each item is typed by its own `machine` (as `insert`'s options are).
+   */
+  async insertAll<const Items extends ReadonlyArray<{ readonly machine: AnyMachine }>>(
+    items: Items & { readonly [I in keyof Items]: InsertItem<MachineOf<Items[I]>> },
     options: { tx?: Queryable } = {},
-  ): Promise<InsertResult[]> {
+  ): Promise<{ -readonly [I in keyof Items]: InsertResult<MachineOf<Items[I]>> }> {
     const list: unknown = items;
     if (!Array.isArray(list)) throw new ValidationError('invalid_input', 'items', 'must be an array');
     const { tx } = parseInput(insertAllOptionsSchema, options, 'options');
@@ -237,8 +263,9 @@ export class Client {
       }
       return toInsertRow(machine, rest, `items[${i}].`);
     });
-    if (rows.length === 0) return [];
-    return this.#insertRows(rows, tx);
+    type Results = { -readonly [I in keyof Items]: InsertResult<MachineOf<Items[I]>> };
+    if (rows.length === 0) return [] as unknown as Results;
+    return (await this.#insertRows(rows, tx)) as unknown as Results;
   }
 
   async #insertRows(rows: readonly InsertRow[], tx: Queryable | undefined): Promise<InsertResult[]> {
@@ -311,14 +338,14 @@ export class Client {
     }
   }
 
-  async get(target: Target): Promise<Snapshot | null> {
+  async get(target: Target | { readonly id: string }): Promise<Snapshot | null> {
     this.#assertOpen();
     const row = await this.#find(target);
     return row ? toSnapshot(row) : null;
   }
 
   /** Ends a live instance as `cancelled`. Returns false when it was not live. */
-  async cancel(target: Target): Promise<boolean> {
+  async cancel(target: Target | { readonly id: string }): Promise<boolean> {
     this.#assertOpen();
     const row = await this.#find(target);
     if (!row) return false;
@@ -333,7 +360,18 @@ export class Client {
    * The deadline holds even while Postgres or the notification connection is unreachable:
    * `busy` with the last snapshot read, or an `unavailable` error if none could be read.
    */
-  async waitFor(target: Target, options: { timeout: number | string }): Promise<WaitResult> {
+  async waitFor<M extends AnyMachine>(
+    target: TypedId<M> | { readonly id: TypedId<M> },
+    options: { timeout: number | string },
+  ): Promise<WaitResult<ResultOf<M>>>;
+  async waitFor(
+    target: Target | { readonly id: string },
+    options: { timeout: number | string },
+  ): Promise<WaitResult>;
+  async waitFor(
+    target: Target | { readonly id: string },
+    options: { timeout: number | string },
+  ): Promise<WaitResult> {
     this.#assertOpen();
     const { timeout } = parseInput(waitOptionsSchema, options, 'options');
     const deadline = Date.now() + timeout;
@@ -453,21 +491,24 @@ export class Client {
     return rows.map(toSnapshot);
   }
 
-  async #find(target: Target): Promise<InstanceRow | undefined> {
-    if (typeof target === 'string') {
-      if (!isInstanceId(target))
-        throw new ValidationError('invalid_input', 'target', `"${target}" is not an instance id`);
-      return getInstanceById(this.#internals.pool, this.schema, target);
+  async #find(target: Target | { readonly id: string }): Promise<InstanceRow | undefined> {
+    const t = target as unknown;
+    const o = typeof t === 'object' && t !== null ? (t as { key?: unknown; id?: unknown }) : undefined;
+    // An insert's result ({ id, inserted }) stands for its id; { key } as before.
+    const id = typeof t === 'string' ? t : o && !('key' in o) && typeof o.id === 'string' ? o.id : undefined;
+    if (id !== undefined) {
+      if (!isInstanceId(id))
+        throw new ValidationError('invalid_input', 'target', `"${id}" is not an instance id`);
+      return getInstanceById(this.#internals.pool, this.schema, id);
     }
-    if (
-      typeof target === 'object' &&
-      target !== null &&
-      typeof target.key === 'string' &&
-      target.key.length > 0
-    ) {
-      return getInstanceByKey(this.#internals.pool, this.schema, target.key);
+    if (o && typeof o.key === 'string' && o.key.length > 0) {
+      return getInstanceByKey(this.#internals.pool, this.schema, o.key);
     }
-    throw new ValidationError('invalid_input', 'target', 'must be an instance id or { key }');
+    throw new ValidationError(
+      'invalid_input',
+      'target',
+      'must be an instance id, { key } or an insert result',
+    );
   }
 
   #assertOpen(): void {
@@ -506,7 +547,7 @@ function beforeDeadline<T>(promise: Promise<T>, deadline: number): Promise<T | t
   ]).finally(() => clearTimeout(timer));
 }
 
-function unavailable(target: Target, cause: unknown): GenDurableError {
+function unavailable(target: Target | { readonly id: string }, cause: unknown): GenDurableError {
   return new GenDurableError(
     'unavailable',
     `could not read instance ${describeTarget(target)}: ${cause === undefined ? 'no answer from Postgres before the deadline' : errorMessage(cause)}`,
@@ -523,8 +564,9 @@ function settledResult(snapshot: Snapshot): WaitResult {
   return { status: snapshot.status as 'failed' | 'cancelled', error: snapshot.error, snapshot };
 }
 
-function describeTarget(target: Target): string {
-  return typeof target === 'string' ? target : `with key ${target.key}`;
+function describeTarget(target: Target | { readonly id: string }): string {
+  if (typeof target === 'string') return target;
+  return 'key' in target ? `with key ${target.key}` : target.id;
 }
 
 function toSnapshot(row: InstanceRow): Snapshot {

@@ -8,6 +8,7 @@ import { type Duration, durationSchema } from './duration.js';
 import { ValidationError, parseInput } from './errors.js';
 import { badText, findNonJson } from './json.js';
 import { type AnyMachine, NAME_PATTERN, isMachineDefinition } from './machine.js';
+import type { SchemaInput } from './zod-schema.js';
 import type { Queryable } from './sql/db.js';
 import type { InsertRow } from './sql/instances.js';
 import { ALL_STATUSES, LIVE_STATUSES, type Status } from './status.js';
@@ -55,12 +56,8 @@ export const insertOptionsSchema = z
     path: ['delay'],
   });
 
-/** Options of `insert` (and of each `insertAll` item). */
-export interface InsertOptions {
-  /** The initial state of a machine (validated with its schema). */
-  readonly state?: unknown;
-  /** The arguments of a job (validated with its schema). */
-  readonly args?: unknown;
+/** Options of `insert` (and of each `insertAll` item) besides the state or args. */
+export interface InsertSettings {
   /** Overrides the machine's queue. */
   readonly queue?: string;
   /** Lower runs first; default the machine's priority (0). */
@@ -75,6 +72,35 @@ export interface InsertOptions {
   /** The caller's `pg` client inside a transaction: the row exists iff it commits. */
   readonly tx?: Queryable;
 }
+
+/** `key` typed `V`: required unless `V` accepts `undefined` (a schema with a default). */
+type Field<Key extends string, V> = undefined extends V
+  ? { readonly [P in Key]?: V }
+  : { readonly [P in Key]: V };
+
+/**
+ * Options of `insert(machine, options)` (and of each `insertAll` item), typed by the
+ * definition: a machine takes `state`, a job `args`, typed as its schema's input. For a
+ * definition whose kind is not known statically (`AnyMachine`, the default) both are
+ * `unknown` and optional; the values are validated at run time either way.
+ */
+export type InsertOptions<M extends AnyMachine = AnyMachine> = InsertSettings &
+  (M['kind'] extends 'machine'
+    ? Field<'state', SchemaInput<M['state']>> & {
+        /** Not for a machine: pass `state`. */
+        readonly args?: undefined;
+      }
+    : M['kind'] extends 'job'
+      ? Field<'args', SchemaInput<M['state']>> & {
+          /** Not for a job: pass `args`. */
+          readonly state?: undefined;
+        }
+      : {
+          /** The initial state of a machine (validated with its schema). */
+          readonly state?: unknown;
+          /** The arguments of a job (validated with its schema). */
+          readonly args?: unknown;
+        });
 
 /** Validates one insert and turns it into the row to write. `path` prefixes field names. */
 export function toInsertRow(machine: unknown, options: unknown, path: string): InsertRow {

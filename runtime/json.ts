@@ -76,3 +76,53 @@ export function storableText(text: string): string {
 export function toJson(value: unknown): string {
   return value === undefined ? 'null' : JSON.stringify(value);
 }
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyFunction = (...args: any[]) => unknown;
+type Dropped = undefined | symbol | AnyFunction;
+
+/**
+ * The static type of a value after a JSON round trip (how a result is read back): `toJSON`
+ * applied (a `Date` becomes a string), properties that are `undefined`, functions or symbols
+ * dropped (a possibly-undefined property becomes optional), such array elements `null`.
+ * `unknown` and `any` stay as they are.
+ */
+export type Jsonified<T> = 0 extends 1 & T
+  ? T
+  : unknown extends T
+    ? T
+    : T extends string | number | boolean | null
+      ? T
+      : T extends { toJSON(...args: never[]): infer J }
+        ? Jsonified<J>
+        : T extends Dropped | bigint
+          ? never
+          : T extends readonly unknown[]
+            ? { -readonly [I in keyof T]: T[I] extends Dropped ? null : Jsonified<T[I]> }
+            : T extends object
+              ? JsonifiedObject<T>
+              : T;
+
+type JsonifiedObject<T> = {
+  [
+    P in keyof T as P extends symbol
+      ? never
+      : T[P] extends Dropped
+        ? never
+        : undefined extends T[P]
+          ? never
+          : P
+  ]: Jsonified<T[P]>;
+} & {
+  [
+    P in keyof T as P extends symbol
+      ? never
+      : T[P] extends Dropped
+        ? never
+        : undefined extends T[P]
+          ? P
+          : never
+  ]?: Jsonified<Exclude<T[P], Dropped>>;
+} extends infer O
+  ? { [P in keyof O]: O[P] }
+  : never;

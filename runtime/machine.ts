@@ -8,8 +8,15 @@ import { z } from 'zod';
 import { DEFAULT_MAX_ATTEMPTS } from './backoff.js';
 import { type Duration, timerDurationSchema } from './duration.js';
 import { parseInput } from './errors.js';
-import { badText } from './json.js';
-import { type Outcome, done, isOutcome } from './outcome.js';
+import { type Jsonified, badText } from './json.js';
+import {
+  type DoneOutcome,
+  type Outcome,
+  type RetryOutcome,
+  type StopOutcome,
+  done,
+  isOutcome,
+} from './outcome.js';
 import {
   type SchemaInput,
   type SchemaOutput,
@@ -54,7 +61,21 @@ export type OnErrorFn<K extends string, S, In> = (
   ctx: StepContext,
 ) => Outcome<K, In> | Promise<Outcome<K, In>>;
 
-export interface MachineConfig<Schema extends StateSchema, K extends string> {
+/** A machine's steps as its config declares them. */
+export type StepsConfig<K extends string, Schema extends StateSchema> = {
+  readonly [P in K]: StepFn<NoInfer<K>, SchemaOutput<Schema>, SchemaInput<Schema>>;
+};
+
+/**
+ * `Steps` and `OnError` are the step functions and `onError` as written (inferred by
+ * `defineMachine`), from which the machine's result type is read.
+ */
+export interface MachineConfig<
+  Schema extends StateSchema,
+  K extends string,
+  Steps = StepsConfig<K, Schema>,
+  OnError = OnErrorFn<NoInfer<K>, SchemaOutput<Schema>, SchemaInput<Schema>>,
+> {
   /** Where worker threads import this definition from: pass `import.meta.url`. */
   readonly module: string;
   readonly name: string;
@@ -63,8 +84,8 @@ export interface MachineConfig<Schema extends StateSchema, K extends string> {
   readonly queue?: string;
   readonly state: Schema;
   readonly initial: NoInfer<K>;
-  readonly steps: { readonly [P in K]: StepFn<NoInfer<K>, SchemaOutput<Schema>, SchemaInput<Schema>> };
-  readonly onError?: OnErrorFn<NoInfer<K>, SchemaOutput<Schema>, SchemaInput<Schema>>;
+  readonly steps: StepsConfig<K, Schema> & Steps;
+  readonly onError?: OnErrorFn<NoInfer<K>, SchemaOutput<Schema>, SchemaInput<Schema>> & OnError;
   readonly maxAttempts?: number;
   readonly backoff?: (attempt: number) => Duration;
   /**
@@ -76,9 +97,27 @@ export interface MachineConfig<Schema extends StateSchema, K extends string> {
   readonly priority?: number;
 }
 
-export interface MachineDefinition<Schema extends StateSchema = StateSchema, K extends string = string> {
+/** Whether a definition is a machine (`defineMachine`) or a job (`defineJob`). */
+export type DefinitionKind = 'machine' | 'job';
+
+/** Type-only key of a definition's result type (no such property exists at run time). */
+declare const RESULT: unique symbol;
+
+/**
+ * A machine or job definition. `Result` is the static type of its `done` result as read back
+ * (see `ResultOf`); `Kind` is `'machine'` or `'job'` for definitions from `defineMachine` /
+ * `defineJob`, both for definitions of either kind.
+ */
+export interface MachineDefinition<
+  Schema extends StateSchema = StateSchema,
+  K extends string = string,
+  Result = unknown,
+  Kind extends DefinitionKind = DefinitionKind,
+> {
   readonly type: 'gen-durable/machine';
-  readonly kind: 'machine' | 'job';
+  readonly kind: Kind;
+  /** Type-only: the result type. */
+  readonly [RESULT]?: Result;
   readonly module: string;
   readonly name: string;
   readonly version: number;
@@ -102,6 +141,28 @@ export const DEFAULT_STEP_TIMEOUT_MS = 15 * 60_000;
 /** A definition whose state and step types are not known statically (registries, workers). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type AnyMachine = MachineDefinition<StateSchema & ZodLike, any>;
+
+/** The static type of a definition's `done` result as read back; `unknown` when not inferred. */
+export type ResultOf<M> = M extends { readonly [RESULT]?: infer R } ? Exclude<R, undefined> : unknown;
+
+/** What results the `done(...)` outcomes among `O` carry. */
+type DoneResults<O> = O extends DoneOutcome<infer R> ? R : never;
+/** Results from step functions (and `onError`) as written; `never` becomes `unknown`. */
+type KnownOr<T> = [T] extends [never] ? unknown : T;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type ReturnOf<F> = F extends (...args: any[]) => infer O ? Awaited<O> : never;
+export type MachineResult<Steps, OnError> = KnownOr<
+  Jsonified<DoneResults<{ [P in keyof Steps]: ReturnOf<Steps[P]> }[keyof Steps] | ReturnOf<OnError>>>
+>;
+/** What a job's `perform` returning `R` finishes with (`stop`/`retry` are no results). */
+export type JobResult<R> = KnownOr<Jsonified<PerformResult<Awaited<R>>>>;
+type PerformResult<V> = V extends StopOutcome | RetryOutcome
+  ? never
+  : V extends DoneOutcome<infer D>
+    ? D
+    : V extends undefined | void
+      ? null
+      : V;
 
 export const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,199}$/;
 const nameSchema = z.string().regex(NAME_PATTERN, 'must be 1-200 characters of letters, digits, _ . : / -');
@@ -149,9 +210,14 @@ const machineConfigSchema = baseConfigSchema
   });
 
 /** Defines a durable state machine. */
-export function defineMachine<Schema extends StateSchema, const K extends string>(
-  config: MachineConfig<Schema, K>,
-): MachineDefinition<Schema, K> {
+export function defineMachine<
+  Schema extends StateSchema,
+  const K extends string,
+  Steps extends object,
+  OnError,
+>(
+  config: MachineConfig<Schema, K, Steps, OnError>,
+): MachineDefinition<Schema, K, MachineResult<Steps, OnError>, 'machine'> {
   const cfg = parseInput(
     machineConfigSchema,
     config,
@@ -178,7 +244,7 @@ export function defineMachine<Schema extends StateSchema, const K extends string
   });
 }
 
-export interface JobConfig<Schema extends StateSchema> {
+export interface JobConfig<Schema extends StateSchema, R = unknown> {
   readonly module: string;
   readonly name: string;
   readonly version?: number;
@@ -190,10 +256,16 @@ export interface JobConfig<Schema extends StateSchema> {
   readonly stepTimeout?: Duration | null;
   readonly priority?: number;
   /** Returning a value finishes the job as `done(value)`; returning `stop(reason)` fails it at once. */
-  readonly perform: (args: SchemaOutput<Schema>, ctx: StepContext) => unknown;
+  readonly perform: (args: SchemaOutput<Schema>, ctx: StepContext) => R;
 }
 
-export type JobDefinition<Schema extends StateSchema = StateSchema> = MachineDefinition<Schema, 'perform'>;
+/** A job: a one-step definition whose `Result` is what `perform` finishes with. */
+export type JobDefinition<Schema extends StateSchema = StateSchema, Result = unknown> = MachineDefinition<
+  Schema,
+  'perform',
+  Result,
+  'job'
+>;
 
 const jobConfigSchema = baseConfigSchema
   .extend({
@@ -206,7 +278,9 @@ const jobConfigSchema = baseConfigSchema
 export const JOB_STEP = 'perform';
 
 /** Defines a one-step durable job. */
-export function defineJob<Schema extends StateSchema>(config: JobConfig<Schema>): JobDefinition<Schema> {
+export function defineJob<Schema extends StateSchema, R>(
+  config: JobConfig<Schema, R>,
+): JobDefinition<Schema, JobResult<R>> {
   const cfg = parseInput(
     jobConfigSchema,
     config,

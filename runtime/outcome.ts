@@ -37,9 +37,10 @@ export interface RetryOutcome<S = unknown> extends Branded {
   readonly delay: Duration;
 }
 
-export interface DoneOutcome extends Branded {
+/** `R` is the result's static type (what `done(result)` was given, `undefined` as `null`). */
+export interface DoneOutcome<R = unknown> extends Branded {
   readonly kind: 'done';
-  readonly result: unknown;
+  readonly result: R;
 }
 
 export interface StopOutcome extends Branded {
@@ -67,9 +68,9 @@ export function retry<S>(state: S, delay: Duration = 0): RetryOutcome<S> {
   return { [OUTCOME_BRAND]: true, kind: 'retry', state, delay };
 }
 
-/** Finish as `done`, recording `result`. */
-export function done(result?: unknown): DoneOutcome {
-  return { [OUTCOME_BRAND]: true, kind: 'done', result: result ?? null };
+/** Finish as `done`, recording `result` (`null` when none is given). */
+export function done<R = null>(result?: R): DoneOutcome<R extends undefined ? null : R> {
+  return { [OUTCOME_BRAND]: true, kind: 'done', result: (result ?? null) as R extends undefined ? null : R };
 }
 
 /** Finish as `failed` at once (no retry), recording `reason`. */

@@ -30,9 +30,13 @@ describe('insert', () => {
   it('rejects invalid state with a typed error naming the field, writing nothing', async () => {
     const client = openClient();
     const before = await rowCount();
+    // The types refuse these too (test/insert-types.test.ts); here the run-time checks are tested.
+    // @ts-expect-error -- order must be a number
     await expectInputError(client.insert(twoStep, { state: { order: 'x' } }), 'invalid_state', 'state.order');
+    // @ts-expect-error -- i is required
     await expectInputError(client.insert(noop, { args: {} }), 'invalid_state', 'args.i');
     await expectInputError(
+      // @ts-expect-error -- paid must be a number
       client.insert(twoStep, { state: { order: 1, paid: 10n } }),
       'invalid_state',
       'state.paid',
@@ -57,11 +61,17 @@ describe('insert', () => {
       'priority',
     );
     await expectInputError(client.insert(noop, { args: { i: 1 }, bogus: 1 } as never), 'invalid_input', '');
+    // @ts-expect-error -- a job takes args, not state
     await expectInputError(client.insert(noop, { state: { i: 1 } }), 'invalid_input', 'state');
-    await expectInputError(client.insert({} as never, { args: { i: 1 } }), 'unknown_machine', 'machine');
+    await expectInputError(
+      client.insert({} as never, { args: { i: 1 } } as never),
+      'unknown_machine',
+      'machine',
+    );
     await expectInputError(
       client.insertAll([
         { machine: noop, args: { i: 1 } },
+        // @ts-expect-error -- i must be a number
         { machine: noop, args: { i: 'two' } },
       ]),
       'invalid_state',

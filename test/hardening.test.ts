@@ -94,7 +94,7 @@ describe('every delayed row is woken when due, not only the earliest', () => {
       { machine: ok, args: {}, queue: 'rv6', delay: 200 },
       { machine: ok, args: {}, queue: 'rv6', delay: 800 },
     ]);
-    const result = await node.client.waitFor(late!.id, { timeout: '20s' });
+    const result = await node.client.waitFor(late.id, { timeout: '20s' });
     expect(result.status).toBe('done');
   });
 
@@ -167,7 +167,7 @@ describe('insertAll answers duplicates with the real occupant', () => {
       { machine: ok, args: {}, queue: 'rv-none', correlationKey: 'mix', correlationScope: [] },
       { machine: ok, args: {}, queue: 'rv-none', correlationKey: 'mix' },
     ]);
-    expect(addressOnly!.inserted).toBe(true);
+    expect(addressOnly.inserted).toBe(true);
     expect(dup).toEqual({ id: occupant.id, inserted: false });
   });
 });

@@ -70,7 +70,7 @@ describe('worker threads', () => {
       { machine: noop, args: { i: 1 } },
       { machine: noop, args: { i: 2 } },
     ]);
-    const result = await node.client.waitFor(blocked!.id, { timeout: '30s' });
+    const result = await node.client.waitFor(blocked.id, { timeout: '30s' });
     expect(result).toMatchObject({ status: 'done', result: 'unblocked' });
     expect(JSON.stringify(result.snapshot.errors)).toMatch(/blocked its thread.*terminated/);
     for (const mate of mates) {
