@@ -185,15 +185,23 @@ describe('the thread watchdog blames the blocking step and releases the others',
     };
     subscribe('gen_durable:step:stop', onStop);
     try {
-      // One thread, one step per batch: the victim's batch (claimed right after, in id order)
-      // is queued on the thread the blocker holds for its 3 s timeout.
-      const blocker = await node.client.insert(longBlocker, { args: {}, queue: 'rv8' });
-      const victim = await node.client.insert(ok, { args: {}, queue: 'rv8' });
-      expect(await node.client.waitFor(blocker.id, { timeout: '20s' })).toMatchObject({
-        status: 'done',
-        result: 'unblocked',
-      });
-      const v = await node.client.waitFor(victim.id, { timeout: '20s' });
+      // One thread, one step per batch: both rows exist before the first pick, so the victim's
+      // batch is claimed right after the blocker's (a full batch claims again at once, in id
+      // order) and is queued on the thread the blocker holds for its 3 s timeout.
+      // The thread is up and ready first: otherwise piscina may hold the victim's batch in its
+      // own queue until the replacement thread is ready, and the scenario does not happen.
+      const warm = await node.client.insert(ok, { args: {}, queue: 'rv8' });
+      expect((await node.client.waitFor(warm.id, { timeout: '20s' })).status).toBe('done');
+      // Due a moment later, so that both waiters mark their rows watched before any pick: a
+      // write to a due row hides it from a concurrent pick (SKIP LOCKED), which would let the
+      // victim be claimed first.
+      const [blocker, victim] = await node.client.insertAll([
+        { machine: longBlocker, args: {}, queue: 'rv8', delay: '1s' },
+        { machine: ok, args: {}, queue: 'rv8', delay: '1s' },
+      ]);
+      const waits = [blocker, victim].map((r) => node.client.waitFor(r.id, { timeout: '20s' }));
+      expect(await waits[0]).toMatchObject({ status: 'done', result: 'unblocked' });
+      const v = await waits[1]!;
       expect(v).toMatchObject({ status: 'done', snapshot: { attempt: 0, errors: [] } });
       const of = (id: string) =>
         stops.filter((e) => e.id === id).map((e) => `${e.outcome}@${e.attempt}${e.error ? ' !' : ''}`);
