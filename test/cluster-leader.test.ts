@@ -13,6 +13,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { LeaderServices } from '../cluster/leader-services.js';
 import { leaderLockHolders, leaderLockKey } from '../runtime/sql/leader.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
@@ -135,6 +136,15 @@ async function campaigning(nodes: readonly string[]): Promise<string[]> {
   return rows.map((r) => r.name.replace(/^gen_durable elector /, ''));
 }
 
+async function followersCampaigning(followers: readonly Host[]): Promise<void> {
+  await eventually(
+    async () =>
+      (await campaigning(followers.map((h) => h.id))).length === followers.length ? true : undefined,
+    'the followers campaigning',
+    10_000,
+  );
+}
+
 function electedAfter(host: Host, at: number): number | undefined {
   return host.events.find((e) => e.event === 'elected' && e.at >= at)?.at;
 }
@@ -145,11 +155,7 @@ describe('leader election across node processes', () => {
     const leader = await oneLeader(three, 'one leader', 15_000);
     const followers = three.filter((h) => h !== leader);
     // The followers did campaign and lose (their last statement was the try), not just idle.
-    await eventually(
-      async () => ((await campaigning(followers.map((h) => h.id))).length === 2 ? true : undefined),
-      'both followers campaigning',
-      10_000,
-    );
+    await followersCampaigning(followers);
     expect(three.filter((h) => h.leading)).toEqual([leader]);
     expect(await lockHolders()).toMatchObject([{ node: leader.id }]);
     expect(followers.map((h) => h.count('elected'))).toEqual([0, 0]);
@@ -158,10 +164,12 @@ describe('leader election across node processes', () => {
   it('SIGKILL of the leader: exactly one of the others leads within 15 s (the lock went with its backend)', async () => {
     const three = await startHosts(3);
     const leader = await oneLeader(three, 'one leader', 15_000);
+    const survivors = three.filter((h) => h !== leader);
+    // Both have lost a campaign already: leading next proves they campaign again.
+    await followersCampaigning(survivors);
     const killedAt = Date.now();
     leader.kill('SIGKILL');
     await leader.exited;
-    const survivors = three.filter((h) => h !== leader);
     const next = await oneLeader(survivors, 'a new leader after SIGKILL', 15_000);
     expect(leader.count('resigned')).toBe(0); // it had no chance to say anything
     console.log(`failover after SIGKILL: ${electedAfter(next, killedAt)! - killedAt} ms`);
@@ -203,6 +211,27 @@ describe('leader election across node processes', () => {
 });
 
 describe('leader services', () => {
+  it('a late resignation of an old term does not stop the services of a newer one', async () => {
+    const log: string[] = [];
+    let running = false;
+    const service = {
+      start: () => void ((running = true), log.push('start')),
+      stop: () => ((running = false), log.push('stop'), Promise.resolve()),
+    };
+    const services = new LeaderServices([service]);
+    const first = services.elect();
+    const resigned = services.resign(first);
+    const second = services.elect();
+    expect(second).not.toBe(first);
+    await resigned;
+    await services.resign(first); // e.g. the dead session's error, reported late
+    expect(running).toBe(true);
+    expect(services.running).toBe(true);
+    await services.resign(second);
+    expect(running).toBe(false);
+    expect(log).toEqual(['start', 'stop', 'start', 'stop']);
+  });
+
   it('only the leader reaps: a follower leaves an expired claim alone; elected, it reaps it', async () => {
     // The test's own session holds the lock: the node stays a follower.
     const holder = new pg.Client({ connectionString: db.url });
