@@ -23,11 +23,12 @@
  * the kernel closes its socket: failover within a campaign interval. A leader whose *host*
  * vanishes silently (power, partition) leaves a backend Postgres thinks alive: Postgres ends
  * it when its TCP keepalives go unanswered; the session sets them to 5 s idle + 3 × 2 s
- * probes, so another node leads within about 11 s plus a campaign interval (on a Unix socket
- * a dead peer is seen at once). The cut-off leader itself notices at its next confirmation,
- * which times out after `confirmTimeoutMs` (client TCP keepalive is on too): until then two
- * nodes may both believe they lead. Leadership is an efficiency device, not a correctness
- * one: every leader service is safe to run twice at once.
+ * probes, so another node leads within about 11 s plus a campaign interval (a leader on a
+ * Unix socket shares Postgres's host). The cut-off leader itself notices at its next
+ * confirmation, which times out after twice the campaign interval, at least 2 s (the
+ * session's `query_timeout`; client TCP keepalive is on too): until then two nodes may both
+ * believe they lead. Leadership is an efficiency device, not a correctness one: every
+ * leader service is safe to run twice at once.
  */
 import pg, { type ClientConfig } from 'pg';
 import {
