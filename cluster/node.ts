@@ -1,7 +1,8 @@
 /**
  * A node: one member of the cluster, embedded in a user's process. It composes the runtime's
  * loop (feeders, flusher, client, notifications) with a thread pool per queue and the
- * periodic services (heartbeat, reaper).
+ * periodic services: the heartbeat on every node; the elector, which campaigns for
+ * leadership and, while this node leads, runs the leader services (the reaper).
  *
  * A step's path: feeder claims rows → pool runs them on a worker thread → results gather in
  * the flusher → one commit → slots freed (the feeder claims again), local and remote queues
@@ -28,7 +29,9 @@ import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 import { QueuePool } from '../threads/pool.js';
 import { migrate } from '../migrations/migrate.js';
+import { Elector } from './elector.js';
 import { Heartbeat } from './heartbeat.js';
+import { LeaderServices } from './leader-services.js';
 import type { NodeConfig } from './options.js';
 import { type ReapedRow, Reaper, reapNodeClaims } from './reaper.js';
 
@@ -55,7 +58,7 @@ export class GenDurableNode {
   readonly #sender: NotificationSender;
   readonly #listener: NotificationListener;
   readonly #heartbeat: Heartbeat;
-  readonly #reaper: Reaper;
+  readonly #elector: Elector;
   readonly #registry: MachineRegistry;
   readonly #untrack: () => void;
   /** `name@version` of the machines this node claims, or null when it claims any (a resolve hook). */
@@ -141,7 +144,7 @@ export class GenDurableNode {
       register: () => this.#register(),
       onError: (e) => this.#reportError('heartbeat', e),
     });
-    this.#reaper = new Reaper({
+    const reaper = new Reaper({
       db: this.#db,
       schema,
       registry: this.#registry,
@@ -152,12 +155,23 @@ export class GenDurableNode {
       onReaped: (rows) => this.#afterReap(rows),
       onError: (e) => this.#reportError('reaper', e),
     });
+    this.#elector = new Elector({
+      nodeId: this.id,
+      schema,
+      connection: {
+        ...this.#db.options,
+        application_name: userName ?? `gen_durable elector ${this.id}`.slice(0, 63),
+      },
+      campaignIntervalMs: config.campaignInterval,
+      services: new LeaderServices([reaper]),
+      onError: (e) => this.#reportError('elector', e),
+    });
     this.#untrack = trackResource(this, 'node', this.id);
   }
 
-  /** Leadership arrives with the cluster issue; until then every node runs the reaper. */
+  /** Whether this node holds the leader lock (and runs the leader services) right now. */
   get isLeader(): boolean {
-    return false;
+    return this.#elector.isLeader;
   }
 
   get queues(): string[] {
@@ -192,7 +206,7 @@ export class GenDurableNode {
       await this.#listener.start();
       this.#flusher.start();
       this.#heartbeat.start();
-      this.#reaper.start();
+      this.#elector.start();
       for (const { feeder } of this.#queues.values()) feeder.start();
       this.#warnUnservedQueues();
       publish(telemetry.nodeJoined, () => ({ node: this.id, queues: this.queues }));
@@ -383,6 +397,8 @@ export class GenDurableNode {
 
   async #shutdown(timeoutMs: number): Promise<void> {
     const schema = this.#config.schema;
+    // Leadership first, so that another node takes over while this one drains.
+    const resigned = this.#elector.stop().catch((e: unknown) => this.#reportError('resign', e));
     await Promise.all([...this.#queues.values()].map(({ feeder }) => feeder.stop()));
     const deadline = Date.now() + timeoutMs;
     const busy = (): boolean => [...this.#queues.values()].some(({ feeder }) => feeder.inFlight > 0);
@@ -392,7 +408,7 @@ export class GenDurableNode {
     // are no longer committed, their rows go back to the queue uncharged.
     if (forced) for (const { pool } of this.#queues.values()) pool.abortRunning();
     await this.#flusher.stop();
-    await Promise.all([this.#heartbeat.stop(), this.#reaper.stop()]);
+    await Promise.all([this.#heartbeat.stop(), resigned]);
     const released = await releaseClaims(this.#db, schema, this.id, null).catch((e: unknown) => {
       this.#reportError('release', e);
       return [];

@@ -57,7 +57,12 @@ export const joinOptionsSchema = z
     heartbeat: timerDurationSchema.optional(),
     /** Safety-net poll of each feeder, for a notification that never arrived. */
     pollInterval: timerDurationSchema.default(5_000),
-    /** How often expired leases are reaped. */
+    /**
+     * How often a follower tries to take the leader lock, and the leader confirms it holds
+     * it: a cleanly stopped leader is replaced within about this long.
+     */
+    campaignInterval: timerDurationSchema.default(1_000),
+    /** How often the leader reaps expired leases. */
     reapInterval: timerDurationSchema.default(5_000),
     /** How long past its timeout a step may block its thread before the thread is terminated. */
     timeoutGrace: timerDurationSchema.default(1_000),

@@ -1,9 +1,9 @@
 /**
  * The reaper: rows whose lease expired (their node died or hung) go back to runnable with
  * `attempt + 1`, eligible after the machine's backoff, or to `failed` when attempts are
- * spent. Until leader election lands every node runs it; that is safe because each claim
- * is reaped under the guard of the claim it was found with, skipping rows another
- * transaction holds.
+ * spent. A leader service: only the leader runs it (`LeaderServices`). Two leaders at once
+ * (a hand-over, a partition) are still safe: each claim is reaped under the guard of the
+ * claim it was found with, skipping rows another transaction holds.
  */
 import { defaultBackoff } from '../runtime/backoff.js';
 import { parseDuration } from '../runtime/duration.js';

@@ -20,6 +20,8 @@ export const telemetry = {
   outcomeAbandoned: channel('outcome:abandoned'),
   insert: channel('insert'),
   reaperReaped: channel('reaper:reaped'),
+  leaderElected: channel('leader:elected'),
+  leaderResigned: channel('leader:resigned'),
   nodeJoined: channel('node:joined'),
   nodeLeft: channel('node:left'),
   notifierReconnected: channel('notifier:reconnected'),

@@ -1,0 +1,194 @@
+/**
+ * Leader election: the leader is the node whose dedicated session holds the install's
+ * advisory lock (`leaderLockKey(database, schema)` in `runtime/sql/leader.ts`). The session
+ * is one `pg.Client` of the elector's own, never a pool connection: a session lock lives
+ * and dies with its backend, and a pool would hand that backend to other work.
+ *
+ * Modes:
+ * - **follower (campaigning)**: every `campaignIntervalMs` it opens a session if it has none
+ *   and tries `pg_try_advisory_lock` (never waits). Won → leader.
+ * - **leader**: the leader services run (`LeaderServices`, a new term per election). Every
+ *   `campaignIntervalMs` it confirms the lock (a round trip that looks for its own backend's
+ *   lock in `pg_locks`).
+ * - **resigning**: any error of the session, its end (a terminated backend, a Postgres
+ *   restart), a failed or timed-out confirmation, or a confirmation that finds the lock gone:
+ *   the services are told to stop at once, `gen_durable:leader:resigned` is published, the
+ *   session is discarded (its socket destroyed, so Postgres drops the backend and any lock
+ *   with it) and the elector is a follower again, campaigning with a fresh session.
+ * - **stopping** (`stop()`): the services stop, the lock is released explicitly
+ *   (`pg_advisory_unlock`, then the session closes), so a campaigner takes over within one
+ *   campaign interval.
+ *
+ * The trust window. A leader whose process dies (SIGKILL, crash) loses the lock as soon as
+ * the kernel closes its socket: failover within a campaign interval. A leader whose *host*
+ * vanishes silently (power, partition) leaves a backend Postgres thinks alive: Postgres ends
+ * it when its TCP keepalives go unanswered; the session sets them to 5 s idle + 3 × 2 s
+ * probes, so another node leads within about 11 s plus a campaign interval (a leader on a
+ * Unix socket shares Postgres's host). The cut-off leader itself notices at its next
+ * confirmation, which times out after twice the campaign interval, at least 2 s (the
+ * session's `query_timeout`; client TCP keepalive is on too): until then two nodes may both
+ * believe they lead. Leadership is an efficiency device, not a correctness one: every
+ * leader service is safe to run twice at once.
+ */
+import pg, { type ClientConfig } from 'pg';
+import {
+  holdsLeaderLock,
+  leaderLockKey,
+  prepareLeaderSession,
+  releaseLeaderLock,
+  tryLeaderLock,
+} from '../runtime/sql/leader.js';
+import { PeriodicService } from '../runtime/service.js';
+import { errorMessage } from '../runtime/errors.js';
+import { publish, telemetry } from '../runtime/telemetry.js';
+import type { LeaderServices } from './leader-services.js';
+
+/** Server-side TCP keepalives of the lock session (seconds): bounds failover off a vanished host. */
+const SERVER_KEEPALIVE = { idleS: 5, intervalS: 2, count: 3 } as const;
+const CONNECT_TIMEOUT_MS = 10_000;
+
+interface Session {
+  readonly client: pg.Client;
+  /** Set once the session is prepared. */
+  key: bigint | undefined;
+  /** Whether this session holds the lock (so a clean stop releases it). */
+  locked: boolean;
+}
+
+export interface ElectorOptions {
+  readonly nodeId: string;
+  readonly schema: string;
+  /** Where the lock session connects (the node's pool's options). */
+  readonly connection: ClientConfig;
+  readonly campaignIntervalMs: number;
+  readonly services: LeaderServices;
+  readonly onError: (error: unknown) => void;
+}
+
+export class Elector extends PeriodicService {
+  readonly #o: ElectorOptions;
+  readonly #config: ClientConfig;
+  #session: Session | undefined;
+  /** The services' term while leading, else undefined. */
+  #term: number | undefined;
+  #stopping = false;
+
+  constructor(o: ElectorOptions) {
+    super(o.campaignIntervalMs);
+    this.#o = o;
+    this.#config = {
+      ...o.connection,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 5_000,
+      connectionTimeoutMillis: o.connection.connectionTimeoutMillis || CONNECT_TIMEOUT_MS,
+      // A confirmation that does not come back in time is a lost lock.
+      query_timeout: Math.max(2 * o.campaignIntervalMs, 2_000),
+      application_name: o.connection.application_name ?? `gen_durable elector ${o.nodeId}`.slice(0, 63),
+    };
+  }
+
+  get isLeader(): boolean {
+    return this.#term !== undefined;
+  }
+
+  override start(): void {
+    this.#stopping = false;
+    super.start();
+  }
+
+  /** One campaign round (follower) or confirmation (leader); returns whether it leads. */
+  async runOnce(): Promise<boolean> {
+    if (this.#stopping) return false;
+    const session = this.#session ?? (await this.#open());
+    try {
+      if (this.#term !== undefined) {
+        if (!(await holdsLeaderLock(session.client, session.key!))) {
+          this.#lose(session, new Error('the leader lock is no longer held by this session'));
+        }
+      } else if (await tryLeaderLock(session.client, session.key!)) {
+        session.locked = true;
+        // Lost meanwhile (its error arrived first), or stopping: the lock goes with the session.
+        if (this.#session === session && !this.#stopping) this.#elect();
+      }
+    } catch (error) {
+      this.#lose(session, error);
+      throw error;
+    }
+    return this.isLeader;
+  }
+
+  async #open(): Promise<Session> {
+    const client = new pg.Client(this.#config);
+    const session: Session = { client, key: undefined, locked: false };
+    // Attached before connecting and never removed: no error of this connection may crash
+    // the process (a Postgres restart, a terminated backend).
+    client.on('error', (error: Error) => {
+      if (this.#session === session) this.#o.onError(error);
+      this.#lose(session, error);
+    });
+    client.on('end', () => this.#lose(session, new Error('the leader lock session ended')));
+    try {
+      await client.connect();
+      const { database } = await prepareLeaderSession(client, SERVER_KEEPALIVE);
+      session.key = leaderLockKey(database, this.#o.schema);
+    } catch (error) {
+      discard(client);
+      throw error;
+    }
+    if (this.#stopping) {
+      discard(client);
+      throw new Error('the elector is stopping');
+    }
+    this.#session = session;
+    return session;
+  }
+
+  #elect(): void {
+    this.#term = this.#o.services.elect();
+    publish(telemetry.leaderElected, () => ({ node: this.#o.nodeId }));
+  }
+
+  /** Resigns at once (if leading) and discards `session`, if it is still the current one. */
+  #lose(session: Session, error: unknown): void {
+    if (this.#session !== session) return;
+    this.#session = undefined;
+    discard(session.client);
+    void this.#resign(`lost the leader lock session: ${errorMessage(error)}`);
+  }
+
+  #resign(reason: string): Promise<void> {
+    const term = this.#term;
+    if (term === undefined) return Promise.resolve();
+    this.#term = undefined;
+    const stopped = this.#o.services.resign(term);
+    publish(telemetry.leaderResigned, () => ({ node: this.#o.nodeId, reason }));
+    return stopped.catch((e: unknown) => this.#o.onError(e));
+  }
+
+  /** Resigns, releases the lock and closes the session. Idempotent. */
+  override async stop(): Promise<void> {
+    this.#stopping = true;
+    await super.stop();
+    await this.#resign('stopping');
+    const session = this.#session;
+    this.#session = undefined;
+    if (!session) return;
+    try {
+      if (session.locked) await releaseLeaderLock(session.client, session.key!);
+      await session.client.end();
+    } catch {
+      // The session is going anyway: its backend's end releases the lock.
+      discard(session.client);
+    }
+  }
+
+  protected onError(error: unknown): void {
+    this.#o.onError(error);
+  }
+}
+
+/** Drops a session without waiting for the server (which may not answer): its backend ends with the socket. */
+function discard(client: pg.Client): void {
+  void client.end().catch(() => undefined);
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+}
