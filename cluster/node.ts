@@ -223,15 +223,18 @@ export class GenDurableNode {
 
   /** Registered machines whose default queue this node does not run wait for another node. */
   #warnUnservedQueues(): void {
-    for (const def of this.#registry.definitions) {
-      if (this.#queues.has(def.queue)) continue;
-      process.emitWarning(
-        `machine ${def.name} (version ${def.version}) is registered on node ${this.id}, but its queue ` +
-          `"${def.queue}" is not among the queues this node runs (${this.queues.join(', ')}): its ` +
-          `instances wait for a node that runs "${def.queue}"`,
-        { code: 'GEN_DURABLE_QUEUE_NOT_RUN' },
-      );
-    }
+    const unserved = this.#registry.definitions.filter((def) => !this.#queues.has(def.queue));
+    if (unserved.length === 0) return;
+    const listed = unserved
+      .slice(0, 10)
+      .map((def) => `machine ${def.name} (version ${def.version}) on queue "${def.queue}"`)
+      .join(', ');
+    const more = unserved.length > 10 ? ` and ${unserved.length - 10} more` : '';
+    process.emitWarning(
+      `node ${this.id} runs the queues ${this.queues.join(', ')}, but is given ${listed}${more}: ` +
+        'their instances wait for a node that runs those queues',
+      { code: 'GEN_DURABLE_QUEUE_NOT_RUN' },
+    );
   }
 
   #afterReap(rows: readonly ReapedRow[]): void {
