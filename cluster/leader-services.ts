@@ -1,5 +1,5 @@
 /**
- * The services only the leader runs (the reaper today; the stager, GC and bucket
+ * The services only the leader runs (the reaper and GC today; the stager and bucket
  * housekeeping later): started together when the node is elected, stopped together when it
  * resigns.
  *

@@ -2,7 +2,7 @@
  * A node: one member of the cluster, embedded in a user's process. It composes the runtime's
  * loop (feeders, flusher, client, notifications) with a thread pool per queue and the
  * periodic services: the heartbeat on every node; the elector, which campaigns for
- * leadership and, while this node leads, runs the leader services (the reaper).
+ * leadership and, while this node leads, runs the leader services (the reaper, GC).
  *
  * A step's path: feeder claims rows → pool runs them on a worker thread → results gather in
  * the flusher → one commit → slots freed (the feeder claims again), local and remote queues
@@ -30,6 +30,7 @@ import { publish, telemetry } from '../runtime/telemetry.js';
 import { QueuePool } from '../threads/pool.js';
 import { migrate } from '../migrations/migrate.js';
 import { Elector } from './elector.js';
+import { GarbageCollector } from './gc.js';
 import { Heartbeat } from './heartbeat.js';
 import { LeaderServices } from './leader-services.js';
 import type { NodeConfig } from './options.js';
@@ -155,6 +156,20 @@ export class GenDurableNode {
       onReaped: (rows) => this.#afterReap(rows),
       onError: (e) => this.#reportError('reaper', e),
     });
+    const gc =
+      config.gc === false
+        ? []
+        : [
+            new GarbageCollector({
+              db: this.#db,
+              schema,
+              nodeId: this.id,
+              retentionMs: config.gc.retention,
+              batch: config.gc.batch,
+              intervalMs: config.gc.interval,
+              onError: (e) => this.#reportError('gc', e),
+            }),
+          ];
     this.#elector = new Elector({
       nodeId: this.id,
       schema,
@@ -163,7 +178,7 @@ export class GenDurableNode {
         application_name: userName ?? `gen_durable elector ${this.id}`.slice(0, 63),
       },
       campaignIntervalMs: config.campaignInterval,
-      services: new LeaderServices([reaper]),
+      services: new LeaderServices([reaper, ...gc]),
       onError: (e) => this.#reportError('elector', e),
     });
     this.#untrack = trackResource(this, 'node', this.id);

@@ -6,10 +6,41 @@
 import pg from 'pg';
 import { z } from 'zod';
 import { connectionStringSchema } from '../runtime/connection.js';
-import { timerDurationSchema } from '../runtime/duration.js';
+import { durationSchema, timerDurationSchema } from '../runtime/duration.js';
 import { parseInput } from '../runtime/errors.js';
 import { NAME_PATTERN } from '../runtime/machine.js';
 import { validateSchemaName } from '../runtime/sql/db.js';
+
+const gcObjectSchema = z
+  .object({
+    /** Terminal rows whose last write is older than this are deleted. */
+    retention: durationSchema.default(86_400_000),
+    /** Rows deleted by one statement at most; a full batch sweeps again at once. */
+    batch: z.number().int().min(1).max(100_000).default(1_000),
+    /** How often the leader sweeps. */
+    interval: timerDurationSchema.default(60_000),
+  })
+  .strict();
+
+/**
+ * GC of finished rows (a leader service): its settings, or `false` to disable it. Not a
+ * `z.union`, whose error would name only `gc`: an object is parsed by the object schema, so
+ * a bad field is reported at its own path (`gc.batch`).
+ */
+const gcSchema = z
+  .custom<false | z.input<typeof gcObjectSchema>>()
+  .transform((value, ctx): false | z.output<typeof gcObjectSchema> => {
+    if (value === false) return false;
+    const parsed = gcObjectSchema.safeParse(value);
+    if (parsed.success) return parsed.data;
+    for (const issue of parsed.error.issues)
+      ctx.addIssue({
+        code: 'custom',
+        message: issue.message,
+        path: issue.path.map((p) => p as string | number),
+      });
+    return z.NEVER;
+  });
 
 const queueSchema = z
   .object({
@@ -64,6 +95,8 @@ export const joinOptionsSchema = z
     campaignInterval: timerDurationSchema.default(1_000),
     /** How often the leader reaps expired leases. */
     reapInterval: timerDurationSchema.default(5_000),
+    /** GC of finished rows: `{ retention, batch, interval }` (1 day, 1,000, 1 min), or `false`. */
+    gc: gcSchema.prefault({}),
     /** How long past its timeout a step may block its thread before the thread is terminated. */
     timeoutGrace: timerDurationSchema.default(1_000),
     /** Outcomes committed by one flush at most. */

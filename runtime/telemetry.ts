@@ -20,6 +20,7 @@ export const telemetry = {
   outcomeAbandoned: channel('outcome:abandoned'),
   insert: channel('insert'),
   reaperReaped: channel('reaper:reaped'),
+  gcSwept: channel('gc:swept'),
   leaderElected: channel('leader:elected'),
   leaderResigned: channel('leader:resigned'),
   nodeJoined: channel('node:joined'),
