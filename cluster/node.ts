@@ -34,7 +34,7 @@ import { GarbageCollector } from './gc.js';
 import { Heartbeat } from './heartbeat.js';
 import { LeaderServices } from './leader-services.js';
 import type { NodeConfig } from './options.js';
-import { type ReapedRow, Reaper, reapNodeClaims } from './reaper.js';
+import { type ReapedRow, Reaper, deadNodeAfter, reapNodeClaims } from './reaper.js';
 
 interface QueueRuntime {
   readonly feeder: Feeder;
@@ -151,8 +151,8 @@ export class GenDurableNode {
       registry: this.#registry,
       intervalMs: config.reapInterval,
       batch: 1_000,
-      // Several leases without a heartbeat: that node is gone.
-      deadNodeMs: Math.max(3 * config.lease, 60_000),
+      // Three missed heartbeats, at least 10 s: that node is gone (see `Reaper`).
+      deadNodeMs: deadNodeAfter(config.heartbeat),
       onReaped: (rows) => this.#afterReap(rows),
       onError: (e) => this.#reportError('reaper', e),
     });

@@ -4,6 +4,18 @@
  * spent. A leader service: only the leader runs it (`LeaderServices`). Two leaders at once
  * (a hand-over, a partition) are still safe: each claim is reaped under the guard of the
  * claim it was found with, skipping rows another transaction holds.
+ *
+ * Dead-node reclaim, in the same round and through the same path: the claims of a node
+ * whose heartbeat is older than `deadNodeMs` (or whose node row is gone) are reaped at once,
+ * without waiting out their leases, and then the dead node's row is pruned. The node
+ * configures `deadNodeMs` as `max(3 × heartbeat, 10 s)`: three missed beats, and never so
+ * short that a busy machine's late beat reads as death. A node wrongly declared dead loses
+ * its claims (its outcomes no longer commit) and registers again at its next heartbeat.
+ *
+ * Reclaim waits until this reaper has watched the cluster for `deadNodeMs` without a failed
+ * round: after a Postgres restart or an outage every node's last heartbeat is old, and a
+ * leader elected (or recovered) just then would otherwise take every claim in the cluster
+ * before the live nodes had a chance to beat again.
  */
 import { defaultBackoff } from '../runtime/backoff.js';
 import { parseDuration } from '../runtime/duration.js';
@@ -12,6 +24,7 @@ import type { Queryable } from '../runtime/sql/db.js';
 import {
   type AbandonedClaim,
   abandonClaims,
+  findDeadNodeClaims,
   findExpiredLeases,
   findNodeClaims,
 } from '../runtime/sql/loop.js';
@@ -71,7 +84,16 @@ export async function reapNodeClaims(
   });
 }
 
+/** How long without a heartbeat a node is dead: three missed beats, at least 10 s. */
+export function deadNodeAfter(heartbeatMs: number): number {
+  return Math.max(3 * heartbeatMs, 10_000);
+}
+
 export class Reaper extends PeriodicService {
+  readonly #clock: () => number;
+  /** Since when (by `clock`) this reaper has watched without a failed round. */
+  #watchingSince: number;
+
   constructor(
     private readonly o: {
       db: Queryable;
@@ -79,28 +101,58 @@ export class Reaper extends PeriodicService {
       registry: MachineRegistry;
       intervalMs: number;
       batch: number;
-      /** Node rows whose heartbeat is older than this are pruned (the node died). */
+      /** A node whose heartbeat is older than this is dead: its claims are reaped, its row pruned. */
       deadNodeMs: number;
       onReaped: (rows: readonly ReapedRow[]) => void;
       onError: (error: unknown) => void;
+      /** Milliseconds of a monotonic clock (default `performance.now`); a seam for tests. */
+      clock?: () => number;
     },
   ) {
     super(o.intervalMs);
+    this.#clock = o.clock ?? (() => performance.now());
+    this.#watchingSince = this.#clock();
   }
 
-  /** Prunes dead nodes' rows, then reaps until a batch comes back short; returns how many rows were reaped. */
+  override start(): void {
+    this.#watchingSince = this.#clock();
+    super.start();
+  }
+
+  /**
+   * Reaps dead nodes' claims and prunes their rows (once this reaper has watched for
+   * `deadNodeMs`), then reaps expired leases until a batch comes back short; returns how
+   * many rows were reaped.
+   */
   async runOnce(): Promise<number> {
-    await pruneDeadNodes(this.o.db, this.o.schema, this.o.deadNodeMs);
+    try {
+      let total = 0;
+      if (this.#clock() - this.#watchingSince >= this.o.deadNodeMs) {
+        total += await this.#drain('dead_node', () =>
+          findDeadNodeClaims(this.o.db, this.o.schema, this.o.deadNodeMs, this.o.batch),
+        );
+        await pruneDeadNodes(this.o.db, this.o.schema, this.o.deadNodeMs);
+      }
+      return (
+        total + (await this.#drain('lease', () => findExpiredLeases(this.o.db, this.o.schema, this.o.batch)))
+      );
+    } catch (error) {
+      this.#watchingSince = this.#clock();
+      throw error;
+    }
+  }
+
+  async #drain(cause: 'lease' | 'dead_node', find: () => Promise<AbandonedClaim[]>): Promise<number> {
     let total = 0;
     for (;;) {
-      const found = await findExpiredLeases(this.o.db, this.o.schema, this.o.batch);
+      const found = await find();
       const rows = await reapClaims(this.o.db, this.o.schema, this.o.registry, found, {
-        reason: 'lease expired',
-        expired: true,
+        reason: cause === 'lease' ? 'lease expired' : 'node dead (no heartbeat)',
+        expired: cause === 'lease',
       });
       total += rows.length;
       if (rows.length > 0) {
-        publish(telemetry.reaperReaped, () => ({ count: rows.length, ids: rows.map((r) => r.id) }));
+        publish(telemetry.reaperReaped, () => ({ count: rows.length, ids: rows.map((r) => r.id), cause }));
         this.o.onReaped(rows);
       }
       // Short, or nothing reapable among what was found (locked, or taken meanwhile): done.

@@ -1,6 +1,6 @@
 /**
  * The engine loop's statements: claiming a batch, committing a batch of outcomes, extending
- * leases, releasing claims, and reaping expired leases.
+ * leases, releasing claims, and reaping expired leases and dead nodes' claims.
  */
 import { type Queryable, run, statement } from './db.js';
 
@@ -291,7 +291,7 @@ export interface AbandonedClaim {
   readonly max_attempts: number;
 }
 
-const ABANDONED_COLUMNS = `id::text AS id, claim::text AS claim, fsm, version, attempt, max_attempts`;
+const ABANDONED_COLUMNS = `t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.attempt, t.max_attempts`;
 
 /** Up to `limit` claims whose lease expired (their node died or hung), oldest first. */
 export async function findExpiredLeases(
@@ -302,11 +302,43 @@ export async function findExpiredLeases(
   const stmt = statement(
     schema,
     'find_expired',
-    `SELECT ${ABANDONED_COLUMNS} FROM :schema.gen_durable
+    `SELECT ${ABANDONED_COLUMNS} FROM :schema.gen_durable t
      WHERE status = 'executing' AND lease_expires_at < now()
      ORDER BY lease_expires_at LIMIT $1`,
   );
   return run(db, stmt, [limit]);
+}
+
+/**
+ * Up to `limit` claims of dead nodes, whatever their leases say: rows `executing` under a node
+ * whose heartbeat is older than `deadMs`, or under a node that has no row at all (pruned, or
+ * never registered) if claimed more than `deadMs` ago — a node registers before it claims
+ * and re-registers at its next heartbeat when pruned, so a young claim without a node row
+ * may belong to a live node about to re-register. Heartbeats and claims are stamped with the
+ * database's clock, so no node's clock matters.
+ *
+ * Plan: reads the executing rows (`gen_durable_claims` or a scan of them; bounded by the
+ * cluster's concurrency, never by the table) with one primary-key probe of
+ * `gen_durable_nodes` each; run once per reaper round.
+ */
+export async function findDeadNodeClaims(
+  db: Queryable,
+  schema: string,
+  deadMs: number,
+  limit: number,
+): Promise<Array<AbandonedClaim & { node: string | null }>> {
+  const stmt = statement(
+    schema,
+    'find_dead_node_claims',
+    `SELECT ${ABANDONED_COLUMNS}, t.locked_by AS node FROM :schema.gen_durable t
+     LEFT JOIN :schema.gen_durable_nodes n ON n.id = t.locked_by
+     WHERE t.status = 'executing'
+       AND CASE WHEN n.id IS NULL THEN t.updated_at < now() - $1 * interval '1 millisecond'
+                ELSE n.heartbeat_at < now() - $1 * interval '1 millisecond' END
+     ORDER BY t.id LIMIT $2`,
+    { prepared: false },
+  );
+  return run(db, stmt, [deadMs, limit]);
 }
 
 /**
@@ -322,7 +354,7 @@ export async function findNodeClaims(
   const stmt = statement(
     schema,
     'find_node_claims',
-    `SELECT ${ABANDONED_COLUMNS} FROM :schema.gen_durable WHERE locked_by = $1 AND status = 'executing'`,
+    `SELECT ${ABANDONED_COLUMNS} FROM :schema.gen_durable t WHERE locked_by = $1 AND status = 'executing'`,
   );
   return run(db, stmt, [nodeId]);
 }
