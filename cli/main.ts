@@ -5,6 +5,7 @@ import pg from 'pg';
 import { migrate } from '../migrations/migrate.js';
 import { createClient } from '../runtime/client.js';
 import { validateSchemaName } from '../runtime/sql/db.js';
+import { leaderSessions } from '../runtime/sql/leader.js';
 import { countUnservedWork, listNodes } from '../runtime/sql/nodes.js';
 import { demo } from './demo.js';
 
@@ -86,7 +87,17 @@ async function main(argv: string[]): Promise<number> {
       try {
         const nodes = await listNodes(pool, schema);
         console.log(`schema ${schema}; nodes: ${nodes.length}`);
-        for (const n of nodes) console.log(`  ${n.id} (heartbeat ${n.heartbeat_at.toISOString()})`);
+        const leaders = await leaderSessions(pool, schema);
+        const leader = leaders[0]?.applicationName.replace(/^gen_durable elector /, '');
+        for (const n of nodes)
+          console.log(
+            `  ${n.id} (heartbeat ${n.heartbeat_at.toISOString()})${n.id === leader ? ' leader' : ''}`,
+          );
+        if (leaders.length === 0) console.log('leader: none');
+        else if (!nodes.some((n) => n.id === leader))
+          console.log(
+            `leader: backend pid ${leaders[0]!.pid} (${leaders[0]!.applicationName || 'no application_name'})`,
+          );
         for (const c of await client.count()) console.log(`  ${c.queue} ${c.machine} ${c.status} ${c.count}`);
         const unserved = await countUnservedWork(pool, schema, 60_000);
         if (unserved.length > 0) console.log('runnable rows no live node can serve:');

@@ -82,3 +82,28 @@ export async function leaderLockHolders(db: Queryable, key: bigint): Promise<num
   const stmt = statement('', 'leader_holders', `SELECT pid ${LOCK_ROWS} ORDER BY pid`);
   return (await run<{ pid: number }>(db, stmt, lockParts(key))).map((r) => r.pid);
 }
+
+/**
+ * The sessions holding the install's leader lock, with their `application_name` (a node's
+ * elector names its session `gen_durable elector <node id>` unless the user named the
+ * connections) — for operators (`gen-durable status`). Computes the key from the current
+ * database and `schema`.
+ */
+export async function leaderSessions(
+  db: Queryable,
+  schema: string,
+): Promise<Array<{ pid: number; applicationName: string }>> {
+  const database = await run<{ database: string }>(
+    db,
+    statement('', 'current_database', `SELECT current_database() AS database`),
+    [],
+  );
+  const key = leaderLockKey(database[0]!.database, schema);
+  const stmt = statement(
+    '',
+    'leader_sessions',
+    `SELECT l.pid, coalesce(a.application_name, '') AS "applicationName"
+     FROM (SELECT pid ${LOCK_ROWS}) l LEFT JOIN pg_stat_activity a ON a.pid = l.pid ORDER BY l.pid`,
+  );
+  return run(db, stmt, lockParts(key));
+}
