@@ -13,6 +13,7 @@ import { statement } from '../runtime/sql/db.js';
 import { DELETE_FINISHED_SQL } from '../runtime/sql/gc.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
+import { type PlanNode, planNodes } from './support/plan.js';
 
 const db = useTestSchema('gc');
 const { join } = useNodes(db);
@@ -157,19 +158,6 @@ describe('GC', () => {
     expect(old).toHaveLength(3_000);
   });
 });
-
-interface PlanNode {
-  'Node Type': string;
-  'Relation Name'?: string;
-  'Index Name'?: string;
-  'Actual Rows'?: number;
-  'Actual Loops'?: number;
-  'Shared Hit Blocks'?: number;
-  'Shared Read Blocks'?: number;
-  Plans?: PlanNode[];
-}
-
-const planNodes = (plan: PlanNode): PlanNode[] => [plan, ...(plan.Plans ?? []).flatMap(planNodes)];
 
 describe('the gc option', () => {
   const base = { connectionString: 'postgres://nobody@127.0.0.1:1/none' };

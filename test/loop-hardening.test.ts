@@ -29,6 +29,7 @@ import { all, hugeError, plain } from './fixtures/loop-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 import { z } from 'zod';
+import { type PlanNode, planNodes } from './support/plan.js';
 
 const db = useTestSchema('lh');
 const { join, client } = useNodes(db);
@@ -103,18 +104,6 @@ describe('the heartbeat and the flush', () => {
     expect(rows).toEqual(claimed.map((c, i) => ({ id: c.id, extended: i < 2 })));
   });
 });
-
-interface PlanNode {
-  'Node Type': string;
-  'Index Name'?: string;
-  'Actual Rows'?: number;
-  'Actual Loops'?: number;
-  'Rows Removed by Filter'?: number;
-  'Rows Removed by Join Filter'?: number;
-  Plans?: PlanNode[];
-}
-
-const planNodes = (plan: PlanNode): PlanNode[] => [plan, ...(plan.Plans ?? []).flatMap(planNodes)];
 
 describe('the flush plan', () => {
   it('is driven by primary key from the batch: 10 outcomes among 5,000 rows in flight touch ~10 rows', async () => {

@@ -19,6 +19,7 @@ import { reapClaims } from '../cluster/reaper.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { registerNode } from '../runtime/sql/nodes.js';
 import { useTestSchema } from './support/db.js';
+import { type PlanNode, planNodes as nodes } from './support/plan.js';
 
 const db = useTestSchema('loop');
 const T = (): string => `"${db.schema}".gen_durable`;
@@ -46,20 +47,6 @@ async function seed(
     ],
   );
   return ids.map((r) => r.id);
-}
-
-interface PlanNode {
-  'Node Type': string;
-  'Index Name'?: string;
-  'Actual Rows'?: number;
-  'Actual Loops'?: number;
-  'Shared Hit Blocks'?: number;
-  'Shared Read Blocks'?: number;
-  Plans?: PlanNode[];
-}
-
-function nodes(plan: PlanNode): PlanNode[] {
-  return [plan, ...(plan.Plans ?? []).flatMap(nodes)];
 }
 
 describe('claimBatch', () => {
