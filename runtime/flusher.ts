@@ -20,7 +20,7 @@ import { ATTEMPT, type OutcomeRow, flushOutcomes } from './sql/loop.js';
 import type { Queryable } from './sql/db.js';
 import type { Service } from './service.js';
 import { isTransient } from './sql/errors.js';
-import { MAX_ERROR_MESSAGE, boundText, errorDetail, errorMessage } from './errors.js';
+import { MAX_ERROR_MESSAGE, MAX_ERROR_STACK, boundText, errorDetail, errorMessage } from './errors.js';
 import { storableText } from './json.js';
 
 /** Sub-batches that committed, each with what applied (id → watched). */
@@ -198,15 +198,15 @@ function byId(a: FlushEntry, b: FlushEntry): number {
   return a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
-/** An error history record as the flush stores it: `{ message, name?, code?, stack? }` as JSON. */
+/** An error history record as the flush stores it: `{ error, name?, code?, stack? }` as JSON (`error` is the message). */
 function errorRecord(result: StepResult): string | null {
   if (result.error === undefined) return null;
   const d = result.errorDetail ?? {};
   return JSON.stringify({
-    message: storableText(boundText(result.error, MAX_ERROR_MESSAGE)),
+    error: storableText(boundText(result.error, MAX_ERROR_MESSAGE)),
     ...(d.name === undefined ? {} : { name: storableText(boundText(d.name, 200)) }),
     ...(d.code === undefined ? {} : { code: storableText(boundText(d.code, 200)) }),
-    ...(d.stack === undefined ? {} : { stack: storableText(boundText(d.stack, 4_000)) }),
+    ...(d.stack === undefined ? {} : { stack: storableText(boundText(d.stack, MAX_ERROR_STACK)) }),
   });
 }
 

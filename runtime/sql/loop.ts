@@ -20,14 +20,13 @@ export interface ClaimedRow {
 /**
  * `t.errors` with one more entry, keeping the latest 10: the row's current step and attempt,
  * the time, and the error given by the SQL expression `error`, a jsonb object
- * `{ message, name?, code?, stack? }` (bounded in size by whoever built it; see
- * `errorRecord`). Stored as `{ step, attempt, error: message, name, code, stack, at }`.
+ * `{ error, name?, code?, stack? }` (`error` is the message; bounded in size by whoever built
+ * it, see `errorRecord` in the flusher), merged in as it is (evaluated once).
  */
 function appendError(error: string): string {
   return `(SELECT jsonb_agg(e ORDER BY n) FROM (
-    SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-      'step', t.step, 'attempt', t.attempt, 'error', (${error})->>'message', 'name', (${error})->>'name',
-      'code', (${error})->>'code', 'stack', (${error})->>'stack', 'at', now())))) WITH ORDINALITY AS a(e, n)
+    SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(
+      jsonb_build_object('step', t.step, 'attempt', t.attempt, 'at', now()) || ${error})) WITH ORDINALITY AS a(e, n)
     ORDER BY n DESC LIMIT 10) latest)`;
 }
 
@@ -172,8 +171,9 @@ export interface OutcomeRow {
  * predicate can match: with statistics taken while nothing was executing, the planner
  * otherwise believes `gen_durable_claims` (partial on `status = 'executing'`) empty and
  * scans all of the node's rows through it (measured: 5,000 in flight, 10 outcomes, 4,990
- * rows filtered, or 49,990 per-outcome, ~13-16 ms). `EXPLAIN`-tested. Not prepared, so it is planned with the actual arrays: a generic plan guesses the
- * arrays' sizes and was seen to rescan them per executing row.
+ * rows filtered, or 49,990 per-outcome, ~13-16 ms). `EXPLAIN`-tested. Not prepared, so it
+ * is planned with the actual arrays: a generic plan guesses the arrays' sizes and was seen
+ * to rescan them per executing row.
  */
 export const FLUSH_OUTCOMES_SQL = `UPDATE :schema.gen_durable AS t SET
        status = CAST(o.status AS :schema.gen_durable_status),
@@ -381,7 +381,7 @@ export async function abandonClaims(
     `WITH c AS (
        SELECT t.id, o.delay_ms FROM :schema.gen_durable t
        JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS o(id, claim, delay_ms) ON t.id = o.id
-       WHERE t.id = ANY ($1::bigint[]) AND t.claim = o.claim AND t.status IS NOT DISTINCT FROM 'executing'
+       WHERE t.claim = o.claim AND t.status IS NOT DISTINCT FROM 'executing'
          AND (NOT $5::boolean OR t.lease_expires_at < now())
        ORDER BY t.id
        FOR NO KEY UPDATE OF t SKIP LOCKED
@@ -391,7 +391,7 @@ export async function abandonClaims(
                      AS :schema.gen_durable_status),
        attempt = t.attempt + 1,
        last_error = format('%s: node %s, step %s', $4::text, t.locked_by, t.step),
-       errors = ${appendError("jsonb_build_object('message', $4::text || ' on node ' || t.locked_by, 'name', 'AbandonedClaim')")},
+       errors = ${appendError("jsonb_build_object('error', $4::text || ' on node ' || t.locked_by, 'name', 'AbandonedClaim')")},
        eligible_at = now() + c.delay_ms * interval '1 millisecond',
        locked_by = NULL, lease_expires_at = NULL, updated_at = now()
      FROM c WHERE t.id = c.id
