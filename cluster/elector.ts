@@ -31,6 +31,7 @@
  * leader service is safe to run twice at once.
  */
 import pg, { type ClientConfig } from 'pg';
+import { dropConnection } from '../runtime/connection.js';
 import {
   holdsLeaderLock,
   leaderLockKey,
@@ -58,7 +59,7 @@ interface Session {
 export interface ElectorOptions {
   readonly nodeId: string;
   readonly schema: string;
-  /** Where the lock session connects (the node's pool's options). */
+  /** Where the lock session connects (the node's pool's options, with its `application_name`). */
   readonly connection: ClientConfig;
   readonly campaignIntervalMs: number;
   readonly services: LeaderServices;
@@ -83,7 +84,6 @@ export class Elector extends PeriodicService {
       connectionTimeoutMillis: o.connection.connectionTimeoutMillis || CONNECT_TIMEOUT_MS,
       // A confirmation that does not come back in time is a lost lock.
       query_timeout: Math.max(2 * o.campaignIntervalMs, 2_000),
-      application_name: o.connection.application_name ?? `gen_durable elector ${o.nodeId}`.slice(0, 63),
     };
   }
 
@@ -132,11 +132,11 @@ export class Elector extends PeriodicService {
       const { database } = await prepareLeaderSession(client, SERVER_KEEPALIVE);
       session.key = leaderLockKey(database, this.#o.schema);
     } catch (error) {
-      discard(client);
+      dropConnection(client);
       throw error;
     }
     if (this.#stopping) {
-      discard(client);
+      dropConnection(client);
       throw new Error('the elector is stopping');
     }
     this.#session = session;
@@ -152,7 +152,7 @@ export class Elector extends PeriodicService {
   #lose(session: Session, error: unknown): void {
     if (this.#session !== session) return;
     this.#session = undefined;
-    discard(session.client);
+    dropConnection(session.client);
     void this.#resign(`lost the leader lock session: ${errorMessage(error)}`);
   }
 
@@ -178,17 +178,11 @@ export class Elector extends PeriodicService {
       await session.client.end();
     } catch {
       // The session is going anyway: its backend's end releases the lock.
-      discard(session.client);
+      dropConnection(session.client);
     }
   }
 
   protected onError(error: unknown): void {
     this.#o.onError(error);
   }
-}
-
-/** Drops a session without waiting for the server (which may not answer): its backend ends with the socket. */
-function discard(client: pg.Client): void {
-  void client.end().catch(() => undefined);
-  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }

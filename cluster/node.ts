@@ -82,17 +82,13 @@ export class GenDurableNode {
       new pg.Pool({
         connectionString: config.connectionString,
         max: config.poolSize,
-        // Unless the connection string names the connections (pg lets it win), after the node.
-        application_name: `gen_durable ${this.id}`.slice(0, 63),
+        application_name: this.#connectionName(''),
       });
     this.#db.on('error', (error) => this.#reportError('pool', error));
     const schema = config.schema;
     this.#sender = new NotificationSender(this.#db, schema, (e) => this.#reportError('notify', e));
-    // The user's application_name (their pool's; a connection string's wins anyway), else
-    // one naming this node's LISTEN connection.
-    const userName = this.#ownsDb ? undefined : this.#db.options.application_name;
     this.#listener = new NotificationListener(
-      { ...this.#db.options, application_name: userName ?? `gen_durable listener ${this.id}`.slice(0, 63) },
+      { ...this.#db.options, application_name: this.#connectionName('listener') },
       schema,
     );
     this.client = new Client({
@@ -173,15 +169,22 @@ export class GenDurableNode {
     this.#elector = new Elector({
       nodeId: this.id,
       schema,
-      connection: {
-        ...this.#db.options,
-        application_name: userName ?? `gen_durable elector ${this.id}`.slice(0, 63),
-      },
+      connection: { ...this.#db.options, application_name: this.#connectionName('elector') },
       campaignIntervalMs: config.campaignInterval,
       services: new LeaderServices([reaper, ...gc]),
       onError: (e) => this.#reportError('elector', e),
     });
     this.#untrack = trackResource(this, 'node', this.id);
+  }
+
+  /**
+   * The `application_name` of this node's connections in `role` ('' for its pool): the
+   * user's, when their pool names its connections (a name in the connection string wins in
+   * pg anyway), else one naming the node, for operators reading `pg_stat_activity`.
+   */
+  #connectionName(role: string): string {
+    const user = this.#ownsDb ? undefined : this.#db.options.application_name;
+    return user ?? `gen_durable ${role ? `${role} ` : ''}${this.id}`.slice(0, 63);
   }
 
   /** Whether this node holds the leader lock (and runs the leader services) right now. */
@@ -339,12 +342,9 @@ export class GenDurableNode {
   }
 
   #afterFlush(entries: readonly FlushEntry[], applied: ReadonlyMap<string, boolean>): void {
-    const freed = new Map<string, number>();
     const settled: string[] = [];
     const stale: string[] = [];
     for (const entry of entries) {
-      freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
-      if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
       const r = entry.result;
       if (!applied.has(entry.id)) {
         // Reaped meanwhile, or committed by an earlier try whose reply was lost: in the
@@ -363,7 +363,7 @@ export class GenDurableNode {
     publish(telemetry.flush, () => ({ node: this.id, outcomes: entries.length, applied: applied.size }));
     if (stale.length > 0) publish(telemetry.outcomeStale, () => ({ node: this.id, ids: stale }));
     this.#sender.settled(settled);
-    for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
+    this.#finishClaims(entries);
   }
 
   /**
@@ -372,16 +372,24 @@ export class GenDurableNode {
    */
   #afterAbandon(entries: readonly FlushEntry[], error: unknown): void {
     this.#reportError('flush abandoned', error);
-    const freed = new Map<string, number>();
-    for (const entry of entries) {
-      freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
-      if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
-    }
     publish(telemetry.outcomeAbandoned, () => ({
       node: this.id,
       ids: entries.map((e) => e.id),
       message: errorMessage(error),
     }));
+    this.#finishClaims(entries);
+  }
+
+  /**
+   * These claims are no longer in flight here (committed, stale or given up): the heartbeat
+   * stops extending them and their slots are free, so the feeders may claim again.
+   */
+  #finishClaims(entries: readonly FlushEntry[]): void {
+    const freed = new Map<string, number>();
+    for (const entry of entries) {
+      freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
+      if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
+    }
     for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
   }
 

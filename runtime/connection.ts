@@ -3,6 +3,7 @@
  * Postgres URL is refused before anything connects (pg would read `garbage` as a database
  * on host `base`), and a failure to connect says where it tried.
  */
+import type pg from 'pg';
 import { z } from 'zod';
 
 const URL_FORM = /^(postgres|postgresql):\/\/[^\s]*$/;
@@ -38,4 +39,19 @@ export function describeConnection(config: {
     }
   }
   return `${host ?? 'localhost'}:${port ?? '5432'}/${database ?? '(default database)'}`;
+}
+
+/**
+ * Destroys a client's socket at once, without the goodbye `end()` would wait for (the server
+ * may not answer): a pending `connect()` fails, and the backend ends with the socket (any
+ * session lock goes with it).
+ */
+export function destroySocket(client: pg.Client): void {
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+}
+
+/** Drops a connected client without waiting for the server: `end()` asked for, the socket destroyed. */
+export function dropConnection(client: pg.Client): void {
+  void client.end().catch(() => undefined);
+  destroySocket(client);
 }

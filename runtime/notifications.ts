@@ -9,6 +9,7 @@
  * goes out in the next single statement, outside any hot transaction, so bursts of inserts
  * never serialise on Postgres's notification lock. Payloads never carry state.
  */
+import { destroySocket } from './connection.js';
 import { createHash } from 'node:crypto';
 import pg, { type ClientConfig } from 'pg';
 import { trackResource } from './resources.js';
@@ -325,10 +326,9 @@ export class NotificationListener {
     const opening = this.#opening;
     // A connect that hangs (an unresponsive server) must not hold close(): abort it.
     if (opening) {
-      // end() would wait for the server to answer its goodbye: drop the socket instead.
-      (
-        opening.client as unknown as { connection?: { stream?: { destroy(): void } } }
-      ).connection?.stream?.destroy();
+      // end() would wait for the server to answer its goodbye (and keep connect() pending):
+      // destroy the socket instead.
+      destroySocket(opening.client);
       await opening.done.catch(() => undefined);
     }
     await this.#started?.catch(() => undefined);
