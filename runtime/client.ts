@@ -12,6 +12,15 @@ import type { AnyMachine, ResultOf } from './machine.js';
 import { NotificationListener, NotificationSender } from './notifications.js';
 import { trackResource } from './resources.js';
 import { publish, telemetry } from './telemetry.js';
+import {
+  type Snapshot,
+  type Target,
+  type TypedId,
+  type WaitResult,
+  describeTarget,
+  toSnapshot,
+} from './instance.js';
+import { TIMED_OUT, beforeDeadline, unavailable, waitForSettlement } from './wait-for.js';
 import { type Queryable, validateSchemaName } from './sql/db.js';
 import {
   type InsertRow,
@@ -23,23 +32,12 @@ import {
   getInstanceByKey,
   insertInstances,
   listInstances,
-  watchInstance,
 } from './sql/instances.js';
 import { channelFor } from './notifications.js';
 import { sendNotifications } from './sql/notify.js';
 import { ALL_STATUSES, type Status, isTerminal } from './status.js';
 
-/** An instance id, or `{ key }` for the instance its correlation key addresses. */
-export type Target = string | { readonly key: string };
-
-/** Type-only key of a typed id's definition (no such property exists at run time). */
-declare const DEFINITION: unique symbol;
-
-/**
- * An instance id (a string at run time) that remembers, in its type only, the definition it
- * was inserted with, so that `waitFor` knows the result's type.
- */
-export type TypedId<M extends AnyMachine = AnyMachine> = string & { readonly [DEFINITION]: M };
+export type { Snapshot, Target, TypedId, WaitResult } from './instance.js';
 
 /** What `insert` answers; with `M`, its `id` is typed by that definition. */
 export interface InsertResult<M extends AnyMachine | undefined = undefined> {
@@ -52,36 +50,6 @@ export interface InsertResult<M extends AnyMachine | undefined = undefined> {
 export type InsertItem<M extends AnyMachine = AnyMachine> = InsertOptions<M> & { readonly machine: M };
 
 type MachineOf<Item> = Item extends { readonly machine: infer M extends AnyMachine } ? M : AnyMachine;
-
-export interface Snapshot {
-  readonly id: string;
-  readonly machine: string;
-  readonly version: number;
-  readonly status: Status;
-  readonly step: string;
-  readonly state: unknown;
-  readonly attempt: number;
-  readonly maxAttempts: number;
-  readonly queue: string;
-  readonly priority: number;
-  readonly eligibleAt: Date;
-  readonly result: unknown;
-  readonly error: string | null;
-  readonly errors: readonly unknown[];
-  readonly correlationKey: string | null;
-  readonly concurrencyKey: string | null;
-  readonly parentId: string | null;
-  readonly lockedBy: string | null;
-  readonly leaseExpiresAt: Date | null;
-  readonly insertedAt: Date;
-  readonly updatedAt: Date;
-}
-
-/** What `waitFor` answers; `R` is the result's type when `done` (known from a typed id). */
-export type WaitResult<R = unknown> =
-  | { readonly status: 'done'; readonly result: R; readonly snapshot: Snapshot }
-  | { readonly status: 'failed' | 'cancelled'; readonly error: string | null; readonly snapshot: Snapshot }
-  | { readonly status: 'busy'; readonly snapshot: Snapshot };
 
 export interface ClientOptions {
   readonly connectionString?: string;
@@ -112,14 +80,6 @@ const clientOptionsSchema = z
   });
 
 const waitOptionsSchema = z.object({ timeout: durationSchema }).strict();
-
-/**
- * waitFor's safety re-check while its notification connection is up: settlements arrive by
- * notification (the row is marked watched first), so this only covers a lost one.
- */
-const SAFETY_RECHECK_MS = 30_000;
-/** waitFor's re-check while no notification connection is up (it also retries connecting). */
-const UNLISTENED_RECHECK_MS = 1_000;
 /** An instance id: a positive Postgres bigint, as a string. */
 export function isInstanceId(value: unknown): boolean {
   return (
@@ -381,84 +341,7 @@ export class Client {
     });
     if (first === TIMED_OUT) throw unavailable(target, undefined);
     if (!first) throw new GenDurableError('not_found', `no instance ${describeTarget(target)}`);
-    const id = first.id;
-    let snapshot = toSnapshot(first);
-    if (isSettled(snapshot)) return settledResult(snapshot);
-    // Set by a settlement or a reconnect at any time after add(), including while a
-    // re-check SELECT is running, so that no notification is ever lost.
-    let signalled = false;
-    let wakeUp: (() => void) | undefined;
-    const signal = (): void => {
-      signalled = true;
-      wakeUp?.();
-    };
-    const listener = this.#internals.listener();
-    const remove = listener.add({
-      onSettled: (ids) => {
-        if (ids.includes(id)) signal();
-      },
-      onReconnect: signal,
-    });
-    let listening: Promise<boolean> | undefined;
-    let listens = false;
-    const listen = (): Promise<boolean> =>
-      (listening ??= listener.start().then(
-        () => {
-          listens = true;
-          return true;
-        },
-        () => {
-          listening = undefined; // try again on the next round
-          return false;
-        },
-      ));
-    let watched = false;
-    let failed = false;
-    try {
-      for (;;) {
-        if (isSettled(snapshot)) return settledResult(snapshot);
-        // LISTEN before marking the row watched, and mark it before re-reading: whoever
-        // settles it after the mark notifies, and the re-read sees anything before.
-        if (!listens && (await beforeDeadline(listen(), deadline)) === TIMED_OUT) break;
-        signalled = false;
-        failed = false;
-        try {
-          if (!watched) {
-            const watch = await beforeDeadline(
-              watchInstance(this.#internals.pool, this.schema, id),
-              deadline,
-            );
-            if (watch === TIMED_OUT) break;
-            watched = true;
-            if (watch.runnableIn !== null) this.#internals.sender.wake(watch.runnableIn, 0);
-          }
-          const row = await beforeDeadline(getInstanceById(this.#internals.pool, this.schema, id), deadline);
-          if (row === TIMED_OUT) break;
-          if (!row) throw new GenDurableError('not_found', `instance ${id} no longer exists`);
-          snapshot = toSnapshot(row);
-          if (isSettled(snapshot)) continue;
-        } catch (error) {
-          if (error instanceof GenDurableError) throw error;
-          // Postgres unreachable for now: keep the last snapshot and try again soon.
-          failed = true;
-        }
-        const left = deadline - Date.now();
-        if (left <= 0) break;
-        if (signalled) continue;
-        await new Promise<void>((resolve) => {
-          const every = listens && !failed ? SAFETY_RECHECK_MS : UNLISTENED_RECHECK_MS;
-          const timer = setTimeout(resolve, Math.min(left, every));
-          wakeUp = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        wakeUp = undefined;
-      }
-      return { status: 'busy', snapshot };
-    } finally {
-      remove();
-    }
+    return waitForSettlement(this.#internals, toSnapshot(first), deadline);
   }
 
   /** Counts by queue, machine and status. */
@@ -524,75 +407,6 @@ export class Client {
     if (this.#internals.ownsPool) await this.#internals.pool.end();
     this.#untrack();
   }
-}
-
-const TIMED_OUT = Symbol('timed out');
-
-/** `promise`, or TIMED_OUT once `deadline` passes (the promise goes on; its failure is ignored). */
-function beforeDeadline<T>(promise: Promise<T>, deadline: number): Promise<T | typeof TIMED_OUT> {
-  const left = deadline - Date.now();
-  if (left <= 0) {
-    promise.catch(() => undefined);
-    return Promise.resolve(TIMED_OUT);
-  }
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<typeof TIMED_OUT>((resolve) => {
-      timer = setTimeout(() => {
-        promise.catch(() => undefined);
-        resolve(TIMED_OUT);
-      }, left);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function unavailable(target: Target | { readonly id: string }, cause: unknown): GenDurableError {
-  return new GenDurableError(
-    'unavailable',
-    `could not read instance ${describeTarget(target)}: ${cause === undefined ? 'no answer from Postgres before the deadline' : errorMessage(cause)}`,
-    { cause },
-  );
-}
-
-function isSettled(snapshot: Snapshot): boolean {
-  return snapshot.status === 'done' || snapshot.status === 'failed' || snapshot.status === 'cancelled';
-}
-
-function settledResult(snapshot: Snapshot): WaitResult {
-  if (snapshot.status === 'done') return { status: 'done', result: snapshot.result, snapshot };
-  return { status: snapshot.status as 'failed' | 'cancelled', error: snapshot.error, snapshot };
-}
-
-function describeTarget(target: Target | { readonly id: string }): string {
-  if (typeof target === 'string') return target;
-  return 'key' in target ? `with key ${target.key}` : target.id;
-}
-
-function toSnapshot(row: InstanceRow): Snapshot {
-  return {
-    id: row.id,
-    machine: row.fsm,
-    version: row.version,
-    status: row.status as Status,
-    step: row.step,
-    state: row.state,
-    attempt: row.attempt,
-    maxAttempts: row.max_attempts,
-    queue: row.queue,
-    priority: row.priority,
-    eligibleAt: row.eligible_at,
-    result: row.result,
-    error: row.last_error,
-    errors: row.errors,
-    correlationKey: row.correlation_key,
-    concurrencyKey: row.concurrency_key,
-    parentId: row.parent_id,
-    lockedBy: row.locked_by,
-    leaseExpiresAt: row.lease_expires_at,
-    insertedAt: row.inserted_at,
-    updatedAt: row.updated_at,
-  };
 }
 
 export { isTerminal };
