@@ -3,6 +3,7 @@
  * that fail for their values without a class 22/23 SQLSTATE. Each test uses its own queue.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { BroadcastChannel } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { Flusher, type FlushEntry } from '../runtime/flusher.js';
 import { type ClaimedRow, claimBatch } from '../runtime/sql/loop.js';
@@ -104,18 +105,38 @@ describe('the retry round of a blamed step', () => {
       queues: { r2c: { concurrency: 4, threads: 2, batchSize: 2 } },
       timeoutGrace: 100,
     });
-    const stops = recordStops();
+    // Every run that began on a thread, announced by the step itself before it blocks. A
+    // step queued behind a blocked thread never began: it is released uncharged and runs
+    // later, which is correct. A blamed step whose onError round was released instead of
+    // charged would lose its failure and begin attempt 0 a second time.
+    const runs = new Map<string, number[]>();
+    const channel = new BroadcastChannel('gen-durable-test:r2-sync-blocker:runs');
+    channel.onmessage = (m) => {
+      const { id, attempt } = (m as { data: { id: string; attempt: number } }).data;
+      runs.set(id, [...(runs.get(id) ?? []), attempt]);
+    };
     try {
+      const settled: Array<{ id: string; status: string; attempt: number }> = [];
       for (let round = 0; round < 3; round++) {
         const ids = await node.client.insertAll([
           { machine: syncBlocker, args: { i: 1 }, queue: 'r2c' },
           { machine: syncBlocker, args: { i: 2 }, queue: 'r2c' },
         ]);
-        for (const { id } of ids) await node.client.waitFor(id, { timeout: '20s' });
+        for (const { id } of ids) {
+          const r = await node.client.waitFor(id, { timeout: '20s' });
+          settled.push({ id, status: r.status, attempt: r.snapshot.attempt });
+        }
       }
-      expect(stops.kinds.filter((k) => k === 'r2-sync-blocker:release')).toEqual([]);
+      // The announcement of the last run travels apart from its result: wait until it is in.
+      await eventually(
+        () => Promise.resolve(settled.every(({ id }) => runs.get(id)?.includes(1)) ? true : undefined),
+        'the announcement of every attempt-1 run',
+      );
+      expect(settled.map(({ id, ...r }) => ({ ...r, runs: runs.get(id) }))).toEqual(
+        Array(6).fill({ status: 'done', attempt: 1, runs: [0, 1] }),
+      );
     } finally {
-      stops.done();
+      channel.close();
     }
   });
 });
