@@ -24,16 +24,18 @@ import { NotificationListener, NotificationSender } from '../runtime/notificatio
 import { machineKey } from '../runtime/machine.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
-import { type ClaimedRow, claimBatch, nextDueIn, releaseClaims } from '../runtime/sql/loop.js';
+import { type ClaimedRow, claimBatch, releaseClaims } from '../runtime/sql/loop.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 import { QueuePool } from '../threads/pool.js';
 import { migrate } from '../migrations/migrate.js';
 import { Elector } from './elector.js';
 import { GarbageCollector } from './gc.js';
+import { BucketHousekeeper } from './bucket-housekeeping.js';
 import { Heartbeat } from './heartbeat.js';
 import { LeaderServices } from './leader-services.js';
 import type { NodeConfig } from './options.js';
+import { Stager } from './stager.js';
 import { type ReapedRow, Reaper, deadNodeAfter, reapNodeClaims } from './reaper.js';
 
 interface QueueRuntime {
@@ -60,6 +62,7 @@ export class GenDurableNode {
   readonly #listener: NotificationListener;
   readonly #heartbeat: Heartbeat;
   readonly #elector: Elector;
+  readonly #stager: Stager;
   readonly #registry: MachineRegistry;
   readonly #untrack: () => void;
   /** `name@version` of the machines this node claims, or null when it claims any (a resolve hook). */
@@ -125,7 +128,6 @@ export class GenDurableNode {
         batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
         pollIntervalMs: config.pollInterval,
         claim: (limit) => this.#claim(queue, limit),
-        nextDue: () => nextDueIn(this.#db, this.#config.schema, queue, this.#servable),
         dispatch: (rows) => this.#dispatch(queue, pool, rows),
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
@@ -139,6 +141,10 @@ export class GenDurableNode {
       leaseMs: config.lease,
       claims: () => [...this.#claims.keys()],
       register: () => this.#register(),
+      leader: () => {
+        const key = this.#elector.key;
+        return key === undefined ? undefined : { key, report: this.#elector.watch() };
+      },
       onError: (e) => this.#reportError('heartbeat', e),
     });
     const reaper = new Reaper({
@@ -166,12 +172,20 @@ export class GenDurableNode {
               onError: (e) => this.#reportError('gc', e),
             }),
           ];
+    this.#stager = new Stager({
+      db: this.#db,
+      schema,
+      sweepIntervalMs: config.pollInterval,
+      wake: (queue) => this.#wakeQueue(queue, 0),
+      onError: (e) => this.#reportError('stager', e),
+    });
     this.#elector = new Elector({
       nodeId: this.id,
       schema,
       connection: { ...this.#db.options, application_name: this.#connectionName('elector') },
       campaignIntervalMs: config.campaignInterval,
-      services: new LeaderServices([reaper, ...gc]),
+      services: new LeaderServices([reaper, this.#stager, ...gc, new BucketHousekeeper()]),
+      onVacated: () => this.#sender.vacated(),
       onError: (e) => this.#reportError('elector', e),
     });
     this.#untrack = trackResource(this, 'node', this.id);
@@ -214,10 +228,13 @@ export class GenDurableNode {
       // Claims still held under this id belong to an earlier process that died with it.
       this.#afterReap(await reapNodeClaims(this.#db, this.#config.schema, this.#registry, this.id));
       this.#listener.add({
-        onWake: (queue, delayMs) => this.#wakeLocal(queue, delayMs),
+        // Work due later is the stager's (on the leader), not a timer on every node.
+        onWake: (queue, delayMs) =>
+          delayMs > 0 ? this.#stager.heard(queue, delayMs) : this.#wakeLocal(queue, 0),
+        onVacated: () => this.#elector.runNow(),
         onReconnect: () => {
           publish(telemetry.notifierReconnected, () => ({ node: this.id }));
-          for (const { feeder } of this.#queues.values()) feeder.resync();
+          for (const { feeder } of this.#queues.values()) feeder.wake();
         },
         onError: (e) => this.#reportError('listener', e),
       });

@@ -86,15 +86,19 @@ export const joinOptionsSchema = z
      * Default: a third of the lease, at most 5 s.
      */
     heartbeat: timerDurationSchema.optional(),
-    /** Safety-net poll of each feeder, for a notification that never arrived. */
-    pollInterval: timerDurationSchema.default(5_000),
     /**
-     * How often a follower tries to take the leader lock, and the leader confirms it holds
-     * it: a cleanly stopped leader is replaced within about this long.
+     * Safety net for a notification that never arrived: each feeder claims this often, and
+     * the leader's stager looks up every queue's next due time this often.
      */
-    campaignInterval: timerDurationSchema.default(1_000),
-    /** How often the leader reaps expired leases. */
-    reapInterval: timerDurationSchema.default(5_000),
+    pollInterval: timerDurationSchema.default(30_000),
+    /**
+     * The election's fallback round: a follower tries the leader lock, the leader confirms
+     * it. Rounds are driven by the heartbeat (which sees who holds the lock) and by a
+     * stopping leader's notice; this bounds failover only if both fail.
+     */
+    campaignInterval: timerDurationSchema.default(30_000),
+    /** How often the leader reaps expired leases and dead nodes' claims. */
+    reapInterval: timerDurationSchema.default(10_000),
     /** GC of finished rows: `{ retention, batch, interval }` (1 day, 1,000, 1 min), or `false`. */
     gc: gcSchema.prefault({}),
     /** How long past its timeout a step may block its thread before the thread is terminated. */

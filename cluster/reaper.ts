@@ -28,7 +28,6 @@ import {
   findExpiredLeases,
   findNodeClaims,
 } from '../runtime/sql/loop.js';
-import { pruneDeadNodes } from '../runtime/sql/nodes.js';
 import { PeriodicService } from '../runtime/service.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 
@@ -128,10 +127,10 @@ export class Reaper extends PeriodicService {
     try {
       let total = 0;
       if (this.#clock() - this.#watchingSince >= this.o.deadNodeMs) {
+        // Prunes the dead nodes' rows too.
         total += await this.#drain('dead_node', () =>
           findDeadNodeClaims(this.o.db, this.o.schema, this.o.deadNodeMs, this.o.batch),
         );
-        await pruneDeadNodes(this.o.db, this.o.schema, this.o.deadNodeMs);
       }
       return (
         total + (await this.#drain('lease', () => findExpiredLeases(this.o.db, this.o.schema, this.o.batch)))

@@ -4,16 +4,14 @@
  *
  * Modes:
  * - idle: nothing known to be waiting; no queries. Leaves idle on a wake-up (a notification,
- *   a due timer, a listener reconnect, the slow safety poll).
+ *   a local due timer, a listener reconnect, the slow safety poll).
  * - backlogged: the last claim filled its batch, so more work is probably waiting; every
  *   completion (slots freed by a commit) claims again at once.
  * A claim that returns less than it asked for means the queue has no more due work: idle.
  *
- * Timed wake-ups: the feeder keeps one timer, for the earliest due time it knows of. It asks
- * the database for the queue's next due time (`nextDue`) after the first short claim
- * following its start, a due timer, a resync (listener reconnect) or the safety poll, so a
- * due time is never lost: not one inserted before the node joined, nor a later one merged
- * away behind an earlier one.
+ * Timed wake-ups: delayed work is woken by the leader's stager (a notification when it falls
+ * due). The feeder keeps one local timer only for due times this node learnt by itself (its
+ * own retries), for the earliest of them: no look-ups of its own.
  */
 import { MAX_TIMER_MS } from './duration.js';
 import type { ClaimedRow } from './sql/loop.js';
@@ -25,8 +23,6 @@ export interface FeederOptions {
   readonly batchSize: number;
   readonly pollIntervalMs: number;
   readonly claim: (limit: number) => Promise<ClaimedRow[]>;
-  /** Milliseconds until the queue's next scheduled row falls due, or null. */
-  readonly nextDue: () => Promise<number | null>;
   readonly dispatch: (rows: ClaimedRow[]) => void;
   readonly onError: (error: unknown) => void;
 }
@@ -43,8 +39,6 @@ export class Feeder implements Service {
   #dueTimer: NodeJS.Timeout | undefined;
   #dueAt = Number.POSITIVE_INFINITY;
   #retryTimer: NodeJS.Timeout | undefined;
-  /** After the next short claim, look up the queue's next due time. */
-  #lookUpDue = false;
 
   constructor(options: FeederOptions) {
     this.#o = options;
@@ -58,14 +52,8 @@ export class Feeder implements Service {
   start(): void {
     if (this.#running) return;
     this.#running = true;
-    this.#poll = setInterval(() => this.resync(), this.#o.pollIntervalMs);
+    this.#poll = setInterval(() => this.wake(), this.#o.pollIntervalMs);
     this.#poll.unref();
-    this.resync();
-  }
-
-  /** Anything may have been missed (start, listener reconnect, safety poll): claim, then look up the next due time. */
-  resync(): void {
-    this.#lookUpDue = true;
     this.wake();
   }
 
@@ -76,13 +64,12 @@ export class Feeder implements Service {
   }
 
   /**
-   * Work becomes due in `delayMs`: claim then. Only the earliest such time is kept; when it
-   * fires, the feeder asks the database for the next one, so later times are not lost.
+   * Work this node made becomes due in `delayMs`: claim then. Only the earliest such time is
+   * kept; later ones are the stager's to wake.
    */
   wakeIn(delayMs: number): void {
     if (!this.#running) return;
     if (delayMs <= 0) return this.wake();
-    // Beyond a timer's reach: wake at its reach to look up again.
     const ms = Math.min(delayMs, MAX_TIMER_MS - 5);
     const at = Date.now() + ms;
     if (at >= this.#dueAt) return;
@@ -90,7 +77,7 @@ export class Feeder implements Service {
     this.#dueAt = at;
     this.#dueTimer = setTimeout(() => {
       this.#dueAt = Number.POSITIVE_INFINITY;
-      this.resync();
+      this.wake();
     }, ms + 5);
     this.#dueTimer.unref();
   }
@@ -127,16 +114,6 @@ export class Feeder implements Service {
       }
       this.#backlog = rows.length === limit;
       if (this.#backlog) this.#wanted = true;
-      else if (this.#lookUpDue) {
-        this.#lookUpDue = false;
-        try {
-          const ms = await this.#o.nextDue();
-          if (ms !== null) this.wakeIn(ms);
-        } catch (error) {
-          this.#lookUpDue = true;
-          this.#o.onError(error);
-        }
-      }
       if (rows.length === 0) continue;
       this.#inFlight += rows.length;
       this.#o.dispatch(rows);

@@ -4,6 +4,7 @@
  * - `wake`: a queue has runnable work (now, or in `delayMs`). Sent after inserts and after
  *   flushes that made rows runnable.
  * - `settled`: instances reached a terminal status (for `waitFor`).
+ * - `vacated`: the leader gave up or lost the leader lock; followers campaign at once.
  *
  * Sending is coalesced: everything asked for while a send is being prepared or in flight
  * goes out in the next single statement, outside any hot transaction, so bursts of inserts
@@ -21,6 +22,8 @@ export interface NotificationPayload {
   readonly w?: Record<string, number>;
   /** Ids of instances that settled. */
   readonly s?: string[];
+  /** The leader lock was vacated. */
+  readonly v?: 1;
 }
 
 const MAX_PAYLOAD = 7_000;
@@ -42,6 +45,7 @@ export class NotificationSender {
   /** Queues with work due later: the earliest delay asked for (ms). */
   #wakeLater = new Map<string, number>();
   #settled: string[] = [];
+  #vacated = false;
   #scheduled = false;
   #inFlight: Promise<void> | undefined;
   #failures = 0;
@@ -73,6 +77,12 @@ export class NotificationSender {
     this.#schedule();
   }
 
+  /** This node gave up or lost the leader lock. */
+  vacated(): void {
+    this.#vacated = true;
+    this.#schedule();
+  }
+
   #schedule(): void {
     if (this.#scheduled) return;
     this.#scheduled = true;
@@ -85,6 +95,7 @@ export class NotificationSender {
     const now = this.#wakeNow;
     const later = this.#wakeLater;
     const settled = this.#settled;
+    const vacated = this.#vacated;
     const payloads = this.#drain();
     if (payloads.length === 0) return;
     this.#inFlight = sendNotifications(this.#db, this.#schema, this.#channel, payloads).then(
@@ -98,6 +109,7 @@ export class NotificationSender {
         for (const queue of now) this.wake(queue, 0);
         for (const [queue, delay] of later) this.wake(queue, delay);
         this.settled(settled);
+        if (vacated) this.vacated();
       },
     );
     await this.#inFlight;
@@ -135,6 +147,8 @@ export class NotificationSender {
     }
     if (ids.length > 0) payloads.push(JSON.stringify({ s: ids } satisfies NotificationPayload));
     this.#settled = [];
+    if (this.#vacated) payloads.push(JSON.stringify({ v: 1 } satisfies NotificationPayload));
+    this.#vacated = false;
     return payloads;
   }
 
@@ -152,13 +166,14 @@ export class NotificationSender {
 export interface ListenerHandlers {
   onWake?(queue: string, delayMs: number): void;
   onSettled?(ids: readonly string[]): void;
+  onVacated?(): void;
   /** After each (re)connect, notifications may have been missed: callers re-check at once. */
   onReconnect?(): void;
   onError?(error: unknown): void;
 }
 
 /** How often an idle LISTEN connection is probed (a half-open socket delivers nothing). */
-const PROBE_INTERVAL_MS = 10_000;
+const PROBE_INTERVAL_MS = 30_000;
 
 /** Bound on opening the LISTEN connection when the caller's config sets none. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -280,6 +295,7 @@ export class NotificationListener {
       if (payload.w && h.onWake)
         for (const [queue, delay] of Object.entries(payload.w)) h.onWake(queue, delay);
       if (payload.s && h.onSettled) h.onSettled(payload.s);
+      if (payload.v) h.onVacated?.();
     }
   }
 

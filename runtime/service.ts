@@ -20,6 +20,8 @@ export abstract class PeriodicService implements Service {
   #running: Promise<unknown> | undefined;
   #started = false;
   #epoch = 0;
+  /** `runNow()` was asked while a round ran: one more round follows it at once. */
+  #again = false;
 
   constructor(intervalMs: number) {
     this.#intervalMs = intervalMs;
@@ -39,16 +41,27 @@ export abstract class PeriodicService implements Service {
     void previous.then(() => this.#schedule(epoch, 0));
   }
 
+  /**
+   * Runs a round as soon as possible instead of at the next interval (while started): at
+   * once when idle, right after the current round when one is running. Calls coalesce.
+   */
+  runNow(): void {
+    if (!this.#started) return;
+    if (this.#running) this.#again = true;
+    else this.#schedule(this.#epoch, 0);
+  }
+
   #schedule(epoch: number, delayMs: number): void {
     if (epoch !== this.#epoch) return;
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       if (epoch !== this.#epoch) return;
+      this.#again = false;
       const round = this.runOnce()
         .catch((error: unknown) => this.onError(error))
         .finally(() => {
           if (this.#running === round) this.#running = undefined;
-          this.#schedule(epoch, this.#intervalMs);
+          this.#schedule(epoch, this.#again ? 0 : this.#intervalMs);
         });
       this.#running = round;
     }, delayMs);

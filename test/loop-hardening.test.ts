@@ -75,7 +75,11 @@ describe('the heartbeat and the flush', () => {
           .map((c) => toOutcomeRow(nextOutcome(c.id, c.claim)));
         const [flushed, beats] = await Promise.all([
           flushOutcomes(a, db.schema, 'hb', outcomes),
-          Promise.all([0, 1, 2].map(() => heartbeat(b, db.schema, 'hb', 60_000, ids))),
+          Promise.all(
+            [0, 1, 2].map(() =>
+              heartbeat(b, db.schema, { nodeId: 'hb', leaseMs: 60_000, ids, leaderKey: undefined }),
+            ),
+          ),
         ]);
         expect(flushed).toHaveLength(1_500);
         expect(beats.every((beat) => beat.alive)).toBe(true);
@@ -93,10 +97,14 @@ describe('the heartbeat and the flush', () => {
     const claimed = await claim('some', 3, 'some');
     await db.pool.query(`UPDATE ${T()} SET lease_expires_at = now() WHERE queue = 'some'`);
     const running = claimed.slice(0, 2).map((c) => c.id);
-    expect(await heartbeat(db.pool, db.schema, 'some', 60_000, running)).toEqual({
-      alive: true,
-      extended: 2,
-    });
+    expect(
+      await heartbeat(db.pool, db.schema, {
+        nodeId: 'some',
+        leaseMs: 60_000,
+        ids: running,
+        leaderKey: undefined,
+      }),
+    ).toEqual({ alive: true, extended: 2, leaderPid: null });
     const { rows } = await db.pool.query<{ id: string; extended: boolean }>(
       `SELECT id::text, lease_expires_at > now() + interval '50 seconds' AS extended FROM ${T()}
        WHERE queue = 'some' ORDER BY id`,

@@ -18,6 +18,7 @@ import {
 import { reapClaims } from '../cluster/reaper.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { registerNode } from '../runtime/sql/nodes.js';
+import { leaderLockKey, releaseLeaderLock, tryLeaderLock } from '../runtime/sql/leader.js';
 import { useTestSchema } from './support/db.js';
 import { type PlanNode, planNodes as nodes } from './support/plan.js';
 
@@ -311,7 +312,9 @@ describe('leases', () => {
     });
     // Even handed another node's claim, the heartbeat extends only its own.
     const ids = [...claimed.map((c) => c.id), other!.id];
-    expect(await heartbeat(db.pool, db.schema, 'hb', 60_000, ids)).toEqual({ alive: true, extended: 3 });
+    const beat = (nodeId: string, leaderKey?: bigint) =>
+      heartbeat(db.pool, db.schema, { nodeId, leaseMs: 60_000, ids, leaderKey });
+    expect(await beat('hb')).toEqual({ alive: true, extended: 3, leaderPid: null });
     const { rows } = await db.pool.query<{ locked_by: string; extended: boolean }>(
       `SELECT locked_by, lease_expires_at > now() + interval '50 seconds' AS extended FROM ${T()}
        WHERE queue = 'lease' ORDER BY locked_by, id`,
@@ -322,10 +325,20 @@ describe('leases', () => {
       { locked_by: 'hb', extended: true },
       { locked_by: 'other', extended: false },
     ]);
-    expect(await heartbeat(db.pool, db.schema, 'unknown-node', 60_000, ids)).toEqual({
-      alive: false,
-      extended: 0,
-    });
+    expect(await beat('unknown-node')).toEqual({ alive: false, extended: 0, leaderPid: null });
+    // It names the backend holding the leader lock, and nobody when the lock is free.
+    const key = leaderLockKey('any', db.schema);
+    const holder = await db.pool.connect();
+    try {
+      expect(await beat('hb', key)).toMatchObject({ leaderPid: null });
+      expect(await tryLeaderLock(holder, key)).toBe(true);
+      const { rows: pid } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      expect(await beat('hb', key)).toMatchObject({ leaderPid: pid[0]!.pid });
+      expect(await beat('hb', leaderLockKey('other', db.schema))).toMatchObject({ leaderPid: null });
+    } finally {
+      await releaseLeaderLock(holder, key);
+      holder.release();
+    }
   });
 
   it('reaps expired leases with attempt + 1, failing rows whose attempts are spent', async () => {

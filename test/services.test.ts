@@ -45,11 +45,9 @@ function row(id: number): ClaimedRow {
   };
 }
 
-/**
- * A feeder over a fake backlog of `available` rows; `nextDue` answers from `dueIn` (then null).
- */
-function feederOver(available: number, concurrency: number, dueIn: Array<number | null> = []) {
-  const state = { available, requested: [] as number[], dispatched: 0, lookups: 0 };
+/** A feeder over a fake backlog of `available` rows. */
+function feederOver(available: number, concurrency: number) {
+  const state = { available, requested: [] as number[], dispatched: 0 };
   const feeder = new Feeder({
     queue: 'q',
     concurrency,
@@ -60,10 +58,6 @@ function feederOver(available: number, concurrency: number, dueIn: Array<number 
       const n = Math.min(limit, state.available);
       state.available -= n;
       return Promise.resolve(Array.from({ length: n }, (_, i) => row(i)));
-    },
-    nextDue: () => {
-      state.lookups++;
-      return Promise.resolve(dueIn.shift() ?? null);
     },
     dispatch: (rows) => {
       state.dispatched += rows.length;
@@ -98,6 +92,50 @@ describe('PeriodicService', () => {
     expect(s.runs).toBe(5);
     await s.stop();
     await vi.advanceTimersByTimeAsync(1_000);
+    expect(s.runs).toBe(5);
+  });
+
+  it('runNow runs a round at once, or once more right after the one in progress', async () => {
+    vi.useFakeTimers();
+    let finish = (): void => undefined;
+    const s = new (class extends Counter {
+      slow = false;
+      override runOnce(): Promise<void> {
+        this.runs++;
+        if (!this.slow) return Promise.resolve();
+        return new Promise((resolve) => {
+          finish = resolve;
+        });
+      }
+    })();
+    s.runNow(); // not started: nothing
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.runs).toBe(0);
+    s.start();
+    await vi.advanceTimersByTimeAsync(0); // the first round at start
+    expect(s.runs).toBe(1);
+    await vi.advanceTimersByTimeAsync(5); // half-way to the next round (10 ms)
+    s.runNow();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.runs).toBe(2);
+    s.slow = true;
+    s.runNow();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.runs).toBe(3); // in progress
+    s.runNow();
+    s.runNow(); // coalesced with the one before
+    finish();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.runs).toBe(4); // right after, not 10 ms later
+    finish();
+    await vi.advanceTimersByTimeAsync(9);
+    expect(s.runs).toBe(4);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(s.runs).toBe(5); // back to the interval
+    finish();
+    await s.stop();
+    s.runNow(); // stopped: nothing
+    await vi.advanceTimersByTimeAsync(100);
     expect(s.runs).toBe(5);
   });
 
@@ -159,26 +197,27 @@ describe('Feeder', () => {
     expect(state.requested).toEqual([3, 2, 3, 3]);
   });
 
-  it('looks up the next due time after starting and after a due timer fires, and wakes then', async () => {
+  it('keeps one local due timer, for the earliest due time, and claims when it fires', async () => {
     vi.useFakeTimers();
-    const { feeder, state } = feederOver(0, 2, [null, 50]);
+    const { feeder, state } = feederOver(0, 2);
     feeder.start();
     await vi.advanceTimersByTimeAsync(0);
-    // Work scheduled before the node joined: the first short claim is followed by a look-up.
-    expect(state).toMatchObject({ requested: [2], lookups: 1 });
+    expect(state.requested).toEqual([2]);
     // Beyond a timer's reach (Node would fire such a timer after 1 ms): armed at the reach.
     feeder.wakeIn(MAX_TIMER_MS + 1);
     await vi.advanceTimersByTimeAsync(60_000);
-    expect(state).toMatchObject({ requested: [2], lookups: 1 });
-    // A due timer: it claims, then looks up the next due time (50 ms), which claims again.
+    expect(state.requested).toEqual([2]);
+    // The earliest wins; a later one does not re-arm the timer (the stager wakes that one).
+    feeder.wakeIn(50);
     feeder.wakeIn(20);
-    await vi.advanceTimersByTimeAsync(40);
-    expect(state).toMatchObject({ requested: [2, 2], lookups: 2 });
-    await vi.advanceTimersByTimeAsync(100);
-    expect(state).toMatchObject({ requested: [2, 2, 2], lookups: 3 });
-    // No further due time: idle, no more claims.
+    feeder.wakeIn(30);
+    await vi.advanceTimersByTimeAsync(19);
+    expect(state.requested).toEqual([2]);
+    await vi.advanceTimersByTimeAsync(10);
+    expect(state.requested).toEqual([2, 2]);
+    // Nothing else armed: idle, no more claims.
     await vi.advanceTimersByTimeAsync(60_000);
-    expect(state).toMatchObject({ requested: [2, 2, 2], lookups: 3 });
+    expect(state.requested).toEqual([2, 2]);
     await feeder.stop();
   });
 

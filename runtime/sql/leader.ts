@@ -17,14 +17,18 @@ export function leaderLockKey(database: string, schema: string): bigint {
 }
 
 /** The key's halves as `pg_locks` shows them (unsigned 32-bit, as text for the oid columns). */
-function lockParts(key: bigint): [string, string] {
+export function lockParts(key: bigint): [string, string] {
   const unsigned = BigInt.asUintN(64, key);
   return [(unsigned >> 32n).toString(), (unsigned & 0xffff_ffffn).toString()];
 }
 
-const LOCK_ROWS = `FROM pg_locks
-  WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid = $1::oid AND objid = $2::oid
-    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
+/** The `pg_locks` rows of the lock whose halves are the parameters `$<classid>` and `$<objid>`. */
+export function leaderLockRows(classid = 1, objid = 2): string {
+  return `FROM pg_locks
+  WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid = $${classid}::oid
+    AND objid = $${objid}::oid AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
+}
+const LOCK_ROWS = leaderLockRows();
 
 /**
  * Prepares a dedicated session for the lock: its database (for the key), and server-side
@@ -35,21 +39,21 @@ const LOCK_ROWS = `FROM pg_locks
 export async function prepareLeaderSession(
   db: Queryable,
   keepalive: { idleS: number; intervalS: number; count: number },
-): Promise<{ database: string }> {
+): Promise<{ database: string; pid: number }> {
   const stmt = statement(
     '',
     'leader_session',
-    `SELECT current_database() AS database,
+    `SELECT current_database() AS database, pg_backend_pid() AS pid,
        set_config('tcp_keepalives_idle', $1, false),
        set_config('tcp_keepalives_interval', $2, false),
        set_config('tcp_keepalives_count', $3, false)`,
   );
-  const [row] = await run<{ database: string }>(db, stmt, [
+  const [row] = await run<{ database: string; pid: number }>(db, stmt, [
     String(keepalive.idleS),
     String(keepalive.intervalS),
     String(keepalive.count),
   ]);
-  return { database: row!.database };
+  return { database: row!.database, pid: row!.pid };
 }
 
 /** Takes the lock for this session if nobody holds it; never waits. */

@@ -2,6 +2,7 @@
  * The engine loop's statements: claiming a batch, committing a batch of outcomes, extending
  * leases, releasing claims, and reaping expired leases and dead nodes' claims.
  */
+import { leaderLockRows, lockParts } from './leader.js';
 import { type Queryable, run, statement } from './db.js';
 
 export interface ClaimedRow {
@@ -121,7 +122,7 @@ export async function nextDueIn(
     schema,
     'next_due',
     `${PRIORITY_WALK}
-     SELECT ceil(greatest(0, extract(epoch FROM min(n.eligible_at) - now()) * 1000))::float8 AS ms
+     SELECT ceil(extract(epoch FROM min(n.eligible_at) - now()) * 1000)::float8 AS ms
      FROM prio CROSS JOIN LATERAL (
        SELECT eligible_at FROM :schema.gen_durable
        WHERE queue = $1 AND status = 'runnable' AND priority = prio.p AND eligible_at > now()
@@ -230,15 +231,15 @@ export async function flushOutcomes(
  * extended by the next beat (the lease is at least twice the heartbeat interval). Found by
  * primary key, never through `gen_durable_claims` (see `flushOutcomes` for the trap).
  *
- * `alive` is false when the node's row is gone (it was declared dead).
+ * `alive` is false when the node's row is gone (it was declared dead). `leaderPid` is the
+ * backend holding the install's leader lock (`leaderKey`), or null when nobody leads: the
+ * elector reads it to notice a lost lock or a vacant one without statements of its own.
  */
 export async function heartbeat(
   db: Queryable,
   schema: string,
-  nodeId: string,
-  leaseMs: number,
-  ids: readonly string[],
-): Promise<{ alive: boolean; extended: number }> {
+  beat: { nodeId: string; leaseMs: number; ids: readonly string[]; leaderKey: bigint | undefined },
+): Promise<{ alive: boolean; extended: number; leaderPid: number | null }> {
   const stmt = statement(
     schema,
     'heartbeat',
@@ -253,11 +254,21 @@ export async function heartbeat(
        UPDATE :schema.gen_durable AS t SET lease_expires_at = now() + $2 * interval '1 millisecond'
        FROM live WHERE t.id = live.id RETURNING t.id
      )
-     SELECT EXISTS (SELECT 1 FROM node) AS alive, (SELECT count(*) FROM leases)::int AS extended`,
+     SELECT EXISTS (SELECT 1 FROM node) AS alive, (SELECT count(*) FROM leases)::int AS extended,
+       (SELECT min(pid) ${leaderLockRows(4, 5)}) AS "leaderPid"`,
     { prepared: false },
   );
-  const row = (await run<{ alive: boolean; extended: number }>(db, stmt, [nodeId, leaseMs, ids]))[0];
-  return row ?? { alive: false, extended: 0 };
+  const [classid, objid] = beat.leaderKey === undefined ? [null, null] : lockParts(beat.leaderKey);
+  const row = (
+    await run<{ alive: boolean; extended: number; leaderPid: number | null }>(db, stmt, [
+      beat.nodeId,
+      beat.leaseMs,
+      beat.ids,
+      classid,
+      objid,
+    ])
+  )[0];
+  return row ?? { alive: false, extended: 0, leaderPid: null };
 }
 
 /**
@@ -317,6 +328,11 @@ export async function findExpiredLeases(
  * may belong to a live node about to re-register. Heartbeats and claims are stamped with the
  * database's clock, so no node's clock matters.
  *
+ * The same statement prunes the dead nodes' rows (a data-modifying CTE: the claims are read
+ * from the snapshot before the delete, so a dead node's claims are found this round and, by
+ * their age, in later ones). A node that was only frozen registers again at its next
+ * heartbeat.
+ *
  * Plan: reads the executing rows (`gen_durable_claims` or a scan of them; bounded by the
  * cluster's concurrency, never by the table) with one primary-key probe of
  * `gen_durable_nodes` each; run once per reaper round.
@@ -330,7 +346,10 @@ export async function findDeadNodeClaims(
   const stmt = statement(
     schema,
     'find_dead_node_claims',
-    `SELECT ${ABANDONED_COLUMNS}, t.locked_by AS node FROM :schema.gen_durable t
+    `WITH pruned AS (
+       DELETE FROM :schema.gen_durable_nodes WHERE heartbeat_at < now() - $1 * interval '1 millisecond'
+     )
+     SELECT ${ABANDONED_COLUMNS}, t.locked_by AS node FROM :schema.gen_durable t
      LEFT JOIN :schema.gen_durable_nodes n ON n.id = t.locked_by
      WHERE t.status = 'executing'
        AND CASE WHEN n.id IS NULL THEN t.updated_at < now() - $1 * interval '1 millisecond'

@@ -42,18 +42,14 @@ export async function listNodes(
   return run(db, stmt, []);
 }
 
-/**
- * Deletes the rows of nodes whose heartbeat is older than `olderThanMs` (they died without
- * deregistering). A node that was only frozen registers again at its next heartbeat.
- */
-export async function pruneDeadNodes(db: Queryable, schema: string, olderThanMs: number): Promise<string[]> {
+/** The queues that registered nodes run (the stager's sweep looks up each one's next due time). */
+export async function listNodeQueues(db: Queryable, schema: string): Promise<string[]> {
   const stmt = statement(
     schema,
-    'prune_nodes',
-    `DELETE FROM :schema.gen_durable_nodes WHERE heartbeat_at < now() - $1 * interval '1 millisecond'
-     RETURNING id`,
+    'node_queues',
+    `SELECT DISTINCT q AS queue FROM :schema.gen_durable_nodes, unnest(queues) AS q ORDER BY 1`,
   );
-  return (await run<{ id: string }>(db, stmt, [olderThanMs])).map((r) => r.id);
+  return (await run<{ queue: string }>(db, stmt, [])).map((r) => r.queue);
 }
 
 /**
