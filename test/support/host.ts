@@ -5,6 +5,7 @@
  * helpers below read who leads from the hosts' own events and from `pg_locks`.
  */
 import { type ChildProcessByStdio, spawn } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
@@ -78,6 +79,14 @@ export class Host {
       this.alive &&
       this.events.filter((e) => e.event === 'elected' || e.event === 'resigned').at(-1)?.event === 'elected'
     );
+  }
+
+  /** Whether every thread of the process is stopped (SIGSTOP took effect: state `T` in /proc; Linux). */
+  get stopped(): boolean {
+    return readdirSync(`/proc/${this.pid}/task`).every((task) => {
+      const stat = readFileSync(`/proc/${this.pid}/task/${task}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T');
+    });
   }
 
   count(event: string): number {
