@@ -7,21 +7,26 @@
  * Failover bounds are `eventually` timeouts, never measured assertions; the observed times
  * are logged.
  */
-import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { LeaderServices } from '../cluster/leader-services.js';
 import { leaderLockHolders, leaderLockKey } from '../runtime/sql/leader.js';
 import { eventually, useTestSchema } from './support/db.js';
+import {
+  type Host,
+  allStarted,
+  lockHolders as holdersOf,
+  oneLeader as leaderOf,
+  useHosts,
+} from './support/host.js';
 import { useNodes } from './support/node.js';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
 const hostFile = fileURLToPath(new URL('./fixtures/cluster-host.ts', import.meta.url));
 const db = useTestSchema('leader');
 const { join } = useNodes(db);
+const hosts = useHosts();
 let key: bigint;
 
 beforeAll(async () => {
@@ -29,102 +34,18 @@ beforeAll(async () => {
   key = leaderLockKey(rows[0]!.database, db.schema);
 });
 
-interface HostEvent {
-  readonly event: 'started' | 'elected' | 'resigned';
-  readonly node: string;
-  readonly pid: number;
-  readonly at: number;
-  readonly reason?: string;
-}
-
-class Host {
-  readonly events: HostEvent[] = [];
-  readonly exited: Promise<number | null>;
-  #exitCode: number | null | undefined;
-  readonly #child: ChildProcessByStdio<null, Readable, null>;
-
-  constructor(readonly id: string) {
-    this.#child = spawn(process.execPath, ['--import', 'tsx', hostFile, db.url, db.schema, id], {
-      cwd: root,
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let buffer = '';
-    this.#child.stdout.on('data', (chunk: Buffer) => {
-      buffer += chunk.toString();
-      const lines = buffer.split('\n');
-      buffer = lines.pop()!;
-      for (const line of lines) if (line.startsWith('{')) this.events.push(JSON.parse(line) as HostEvent);
-    });
-    this.exited = new Promise((resolve) =>
-      this.#child.on('exit', (code) => {
-        this.#exitCode = code;
-        resolve(code);
-      }),
-    );
-  }
-
-  get alive(): boolean {
-    return this.#exitCode === undefined;
-  }
-
-  /** Whether it says it leads: its last election event is `elected`. */
-  get leading(): boolean {
-    return this.alive && this.events.filter((e) => e.event !== 'started').at(-1)?.event === 'elected';
-  }
-
-  count(event: HostEvent['event']): number {
-    return this.events.filter((e) => e.event === event).length;
-  }
-
-  kill(signal: NodeJS.Signals): void {
-    this.#child.kill(signal);
-  }
-}
-
-const hosts: Host[] = [];
-afterEach(async () => {
-  for (const h of hosts) if (h.alive) h.kill('SIGKILL');
-  await Promise.all(hosts.splice(0).map((h) => h.exited));
-});
-
 async function startHosts(n: number): Promise<Host[]> {
-  const started = Array.from(
-    { length: n },
-    (_, i) => new Host(`host-${i}-${Math.random().toString(36).slice(2, 6)}`),
-  );
-  hosts.push(...started);
-  await eventually(
-    () => Promise.resolve(started.every((h) => h.count('started') > 0) ? true : undefined),
-    'hosts started',
-    20_000,
-  );
+  const started = Array.from({ length: n }, (_, i) => {
+    const id = `host-${i}-${Math.random().toString(36).slice(2, 6)}`;
+    return hosts.start(id, { fixture: hostFile, args: [db.url, db.schema, id] });
+  });
+  await allStarted(started, 20_000);
   return started;
 }
 
-/** The lock's holders as Postgres sees them, with the node each session belongs to (its application_name). */
-async function lockHolders(): Promise<Array<{ pid: number; node: string }>> {
-  const pids = await leaderLockHolders(db.pool, key);
-  if (pids.length === 0) return [];
-  const { rows } = await db.pool.query<{ pid: number; name: string }>(
-    `SELECT pid, application_name AS name FROM pg_stat_activity WHERE pid = ANY ($1::int[])`,
-    [pids],
-  );
-  return rows.map((r) => ({ pid: r.pid, node: r.name.replace(/^gen_durable elector /, '') }));
-}
-
-/** Exactly one host says it leads and Postgres agrees: one lock holder, that host's session. */
-async function oneLeader(among: readonly Host[], what: string, timeoutMs: number): Promise<Host> {
-  return eventually(
-    async () => {
-      const leading = among.filter((h) => h.leading);
-      if (leading.length !== 1) return undefined;
-      const holders = await lockHolders();
-      return holders.length === 1 && holders[0]!.node === leading[0]!.id ? leading[0] : undefined;
-    },
-    what,
-    timeoutMs,
-  );
-}
+const lockHolders = (): Promise<Array<{ pid: number; node: string }>> => holdersOf(db.pool, key);
+const oneLeader = (among: readonly Host[], what: string, timeoutMs: number): Promise<Host> =>
+  leaderOf(among, db.pool, key, what, timeoutMs);
 
 /** Sessions of the given nodes' electors whose last statement was a (lost) try for the lock. */
 async function campaigning(nodes: readonly string[]): Promise<string[]> {
