@@ -54,7 +54,7 @@ const OPTIONS = {
   lease: '2s',
   heartbeat: '500ms',
   reapInterval: '250ms',
-  campaignInterval: '200ms',
+  campaignInterval: '1h', // elections driven by heartbeats and vacancy notices only
   pollInterval: '1h', // no safety net: a lost wake-up would strand rows and fail the test
   poolSize: 3,
 };

@@ -41,7 +41,7 @@ const OPTIONS = {
   lease: '3s',
   heartbeat: '500ms',
   reapInterval: '500ms',
-  campaignInterval: '200ms',
+  campaignInterval: '1h', // elections driven by heartbeats and vacancy notices only
   pollInterval: '1h', // no safety net: recovery must come from the reconnects
   poolSize: 3,
 };
