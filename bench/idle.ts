@@ -17,6 +17,7 @@ import { BENCH_QUEUE, noop } from './jobs.mjs';
 // the database's counter below includes other clients, this one only the cluster's.
 const sent = new Map<string, number>();
 let counting = false;
+// eslint-disable-next-line @typescript-eslint/unbound-method -- re-bound with apply below
 const query = pg.Client.prototype.query as (...args: unknown[]) => unknown;
 pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
   if (counting) {
