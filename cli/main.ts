@@ -112,8 +112,8 @@ async function main(argv: string[]): Promise<number> {
       const orders = Number(values.orders ?? '2000');
       if (!Number.isInteger(orders) || orders < 1)
         throw new UsageError('--orders must be a positive integer');
-      await demo({ orders, ...(url ? { databaseUrl: url } : {}) });
-      return 0;
+      // 130 when a signal interrupted it (after the node drained and the schema was dropped).
+      return (await demo({ orders, ...(url ? { databaseUrl: url } : {}) })) ? 0 : 130;
     }
   }
   return 2;
