@@ -22,7 +22,7 @@ import {
   chaosRunsTable,
   fiveSteps,
 } from './fixtures/chaos-machines.js';
-import { eventually } from './support/db.js';
+import { eventually, queryAnswered } from './support/db.js';
 import { type Host, allStarted, lockHolders, oneLeader, useHosts } from './support/host.js';
 
 const hostFile = fileURLToPath(new URL('./fixtures/chaos-host.ts', import.meta.url));
@@ -65,16 +65,8 @@ afterAll(async () => {
   await server?.stop();
 });
 
-/** The query's rows; while the server restarts, it is retried until it answers. */
-async function query<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-  return eventually(async () => {
-    try {
-      return (await admin.query<T>(text, values)).rows;
-    } catch {
-      return undefined;
-    }
-  }, `an answer to ${text}`);
-}
+const query = <T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> =>
+  queryAnswered<T>(admin, text, values);
 
 const T = `"${schema}".gen_durable`;
 const executions = async (): Promise<number> =>

@@ -11,7 +11,7 @@ import { type EmbeddedDatabase, startEmbeddedPostgres } from '../cli/embedded-po
 import { Cluster, GenDurableError, createClient } from '../index.js';
 import { migrate } from '../migrations/migrate.js';
 import { all, counter, noop } from './fixtures/machines.js';
-import { eventually } from './support/db.js';
+import { eventually, queryAnswered } from './support/db.js';
 
 const INSTANCES = 3_000;
 
@@ -29,16 +29,8 @@ afterAll(async () => {
   await server?.stop();
 });
 
-async function query<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-  // The server may still be starting up right after a restart: retry until it answers.
-  return eventually(async () => {
-    try {
-      return (await admin.query<T>(text, values)).rows;
-    } catch {
-      return undefined;
-    }
-  }, `an answer to ${text}`);
-}
+const query = <T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> =>
+  queryAnswered<T>(admin, text, values);
 
 describe.each(['fast', 'immediate'] as const)('a Postgres restart (%s) mid-drain', (mode) => {
   it('kills nothing, loses nothing and leaves no row executing; new work runs at once', async () => {

@@ -42,3 +42,21 @@ export async function eventually<T>(
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
 }
+
+/**
+ * A query that is retried until the server answers (a Postgres of the test's own, restarted
+ * mid-test, may still be starting up); resolves with the rows.
+ */
+export async function queryAnswered<T extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  text: string,
+  values: unknown[] = [],
+): Promise<T[]> {
+  return eventually(async () => {
+    try {
+      return (await pool.query<T>(text, values)).rows;
+    } catch {
+      return undefined;
+    }
+  }, `an answer to ${text}`);
+}
