@@ -29,7 +29,6 @@ export class Stager extends PeriodicService {
   readonly #due = new Map<string, Due>();
   /** Queues heard of in notifications, swept along with the nodes' queues. */
   readonly #heardOf = new Set<string>();
-  #started = false;
 
   constructor(
     private readonly o: {
@@ -44,21 +43,17 @@ export class Stager extends PeriodicService {
     super(o.sweepIntervalMs);
   }
 
-  override start(): void {
-    this.#started = true;
-    super.start();
-  }
-
   override async stop(): Promise<void> {
-    this.#started = false;
+    // Not started from here on: a look-up still in flight arms nothing.
+    const stopped = super.stop();
     for (const due of this.#due.values()) clearTimeout(due.timer);
     this.#due.clear();
-    await super.stop();
+    await stopped;
   }
 
   /** Work in `queue` falls due in `delayMs` (a "due later" notification). */
   heard(queue: string, delayMs: number): void {
-    if (!this.#started) return;
+    if (!this.started) return;
     this.#heardOf.add(queue);
     this.#arm(queue, delayMs);
   }
@@ -71,7 +66,7 @@ export class Stager extends PeriodicService {
       const ms = await nextDueIn(this.o.db, this.o.schema, queue);
       if (ms === null) continue;
       found.set(queue, ms);
-      if (this.#started) this.#arm(queue, ms);
+      if (this.started) this.#arm(queue, ms);
     }
     return found;
   }
@@ -92,11 +87,11 @@ export class Stager extends PeriodicService {
 
   async #fire(queue: string, due: boolean): Promise<void> {
     this.#due.delete(queue);
-    if (!this.#started) return;
+    if (!this.started) return;
     if (due) this.o.wake(queue);
     try {
       const ms = await nextDueIn(this.o.db, this.o.schema, queue);
-      if (ms !== null && this.#started) this.#arm(queue, ms);
+      if (ms !== null && this.started) this.#arm(queue, ms);
     } catch (error) {
       // The next sweep looks again.
       this.o.onError(error);

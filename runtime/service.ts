@@ -27,6 +27,11 @@ export abstract class PeriodicService implements Service {
     this.#intervalMs = intervalMs;
   }
 
+  /** Between `start()` and `stop()`. */
+  protected get started(): boolean {
+    return this.#started;
+  }
+
   /** One round of the service's work. */
   abstract runOnce(): Promise<unknown>;
 
