@@ -59,8 +59,6 @@ const QUERY_TIMEOUT_MS = 10_000;
 
 interface Session {
   readonly client: pg.Client;
-  /** Set once the session is prepared. */
-  key: bigint | undefined;
   /** The session's backend, once prepared. */
   pid: number | undefined;
   /** Whether this session holds the lock (so a clean stop releases it). */
@@ -83,7 +81,7 @@ export class Elector extends PeriodicService {
   readonly #o: ElectorOptions;
   readonly #config: ClientConfig;
   #session: Session | undefined;
-  /** The lock's key, once a session learnt the database. */
+  /** The lock's key, once a session learnt the database (set before any session is in use). */
   #key: bigint | undefined;
   /** The services' term while leading, else undefined. */
   #term: number | undefined;
@@ -149,10 +147,10 @@ export class Elector extends PeriodicService {
     const session = this.#session ?? (await this.#open());
     try {
       if (this.#term !== undefined) {
-        if (!(await holdsLeaderLock(session.client, session.key!))) {
+        if (!(await holdsLeaderLock(session.client, this.#key!))) {
           this.#lose(session, new Error('the leader lock is no longer held by this session'));
         }
-      } else if (await tryLeaderLock(session.client, session.key!)) {
+      } else if (await tryLeaderLock(session.client, this.#key!)) {
         session.locked = true;
         // Lost meanwhile (its error arrived first), or stopping: the lock goes with the session.
         if (this.#session === session && !this.#stopping) this.#elect();
@@ -166,7 +164,7 @@ export class Elector extends PeriodicService {
 
   async #open(): Promise<Session> {
     const client = new pg.Client(this.#config);
-    const session: Session = { client, key: undefined, pid: undefined, locked: false };
+    const session: Session = { client, pid: undefined, locked: false };
     // Attached before connecting and never removed: no error of this connection may crash
     // the process (a Postgres restart, a terminated backend).
     client.on('error', (error: Error) => {
@@ -177,9 +175,8 @@ export class Elector extends PeriodicService {
     try {
       await client.connect();
       const { database, pid } = await prepareLeaderSession(client, SERVER_KEEPALIVE);
-      session.key = leaderLockKey(database, this.#o.schema);
+      this.#key = leaderLockKey(database, this.#o.schema);
       session.pid = pid;
-      this.#key = session.key;
     } catch (error) {
       dropConnection(client);
       throw error;
@@ -226,7 +223,7 @@ export class Elector extends PeriodicService {
     this.#session = undefined;
     if (!session) return;
     try {
-      if (session.locked) await releaseLeaderLock(session.client, session.key!);
+      if (session.locked) await releaseLeaderLock(session.client, this.#key!);
       await session.client.end();
     } catch {
       // The session is going anyway: its backend's end releases the lock.
