@@ -6,6 +6,9 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { migrate } from '../../migrations/migrate.js';
+import { eventually } from './eventually.js';
+
+export { eventually };
 
 export interface TestDb {
   readonly url: string;
@@ -26,21 +29,6 @@ export function useTestSchema(prefix = 't'): TestDb {
     await pool.end();
   });
   return { url, schema, pool };
-}
-
-/** Polls `check` until it returns a value other than undefined (no fixed sleeps in tests). */
-export async function eventually<T>(
-  check: () => Promise<T | undefined>,
-  what: string,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
 }
 
 /**
