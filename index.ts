@@ -9,6 +9,7 @@ export type {
   ClientOptions,
   InsertItem,
   InsertResult,
+  SignalResult,
   Snapshot,
   Target,
   TypedId,
@@ -27,14 +28,21 @@ export type {
   MachineResult,
   ResultOf,
   StepContext,
+  Signal,
+  ChildInfo,
+  EnqueueOptions,
   StepFailure,
   StepFailureKind,
 } from './runtime/machine.js';
-export { next, retry, done, stop, isOutcome } from './runtime/outcome.js';
+export { next, retry, awaitSignals, spawn, done, stop, isOutcome } from './runtime/outcome.js';
 export type {
   Outcome,
   NextOutcome,
   RetryOutcome,
+  AwaitOutcome,
+  AwaitOptions,
+  SpawnOutcome,
+  ChildSpec,
   DoneOutcome,
   StopOutcome,
   NextOptions,

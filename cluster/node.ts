@@ -19,7 +19,8 @@ import { GenDurableError, errorMessage, parseInput } from '../runtime/errors.js'
 import { isTransient } from '../runtime/sql/errors.js';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
-import { type FlushEntry, Flusher } from '../runtime/flusher.js';
+import { type CommitResult, type FlushEntry, Flusher } from '../runtime/flusher.js';
+import { assertNever } from '../runtime/outcome.js';
 import { NotificationListener, NotificationSender } from '../runtime/notifications.js';
 import { machineKey } from '../runtime/machine.js';
 import { MachineRegistry } from '../runtime/registry.js';
@@ -108,7 +109,7 @@ export class GenDurableNode {
       maxBatch: config.flushBatch,
       // Past this, the leases have long expired: the reaper hands the rows on (attempt + 1).
       retryLimitMs: Math.max(2 * config.lease, 60_000),
-      onFlushed: (entries, applied) => this.#afterFlush(entries, applied),
+      onFlushed: (entries, committed) => this.#afterFlush(entries, committed),
       onAbandoned: (entries, error) => this.#afterAbandon(entries, error),
       onError: (e) => this.#reportError('flush', e),
     });
@@ -314,6 +315,10 @@ export class GenDurableNode {
         attempt: row.attempt,
         maxAttempts: row.max_attempts,
         correlationKey: row.correlation_key,
+        inbox: row.inbox,
+        awaiting: row.awaiting,
+        timedOut: row.timed_out,
+        children: row.children,
       };
     });
     if (telemetry.stepStart.hasSubscribers) {
@@ -342,7 +347,7 @@ export class GenDurableNode {
   }
 
   #onResult(queue: string, row: ClaimedRow, result: StepResult, started: number): void {
-    this.#flusher.push({ id: result.id, claim: row.claim, queue, result });
+    this.#flusher.push({ id: result.id, claim: row.claim, queue, parentId: row.parent_id, result });
     const event = () => ({
       node: this.id,
       queue,
@@ -358,7 +363,8 @@ export class GenDurableNode {
     if (result.error !== undefined) publish(telemetry.stepException, event);
   }
 
-  #afterFlush(entries: readonly FlushEntry[], applied: ReadonlyMap<string, boolean>): void {
+  #afterFlush(entries: readonly FlushEntry[], committed: CommitResult): void {
+    const { applied } = committed;
     const settled: string[] = [];
     const stale: string[] = [];
     for (const entry of entries) {
@@ -372,10 +378,40 @@ export class GenDurableNode {
         if (r.kind === 'done' || r.kind === 'stop') settled.push(entry.id);
         continue;
       }
-      if (r.kind === 'done' || r.kind === 'stop') {
-        if (applied.get(entry.id)) settled.push(entry.id);
-      } else if (r.kind === 'release') this.#wakeQueue(entry.queue, 0);
-      else this.#wakeQueue(entry.queue, r.delayMs);
+      switch (r.kind) {
+        case 'done':
+        case 'stop':
+          if (applied.get(entry.id)) settled.push(entry.id);
+          break;
+        case 'release':
+          this.#wakeQueue(entry.queue, 0);
+          break;
+        case 'next':
+        case 'retry':
+          this.#wakeQueue(entry.queue, r.delayMs);
+          break;
+        case 'await':
+          // The deadline is the stager's to fire (on the leader, told by the notification).
+          if (r.timeoutMs !== null) this.#sender.wake(entry.queue, Math.max(1, r.timeoutMs));
+          break;
+        case 'spawn':
+          break;
+        default:
+          assertNever(r, 'step result');
+      }
+    }
+    // Parents joined, parked rows a signal already woke, inserted children, signal targets.
+    for (const [queue, delayMs] of committed.wakes) this.#wakeQueue(queue, delayMs);
+    for (const { from, delivered } of committed.signals) {
+      publish(telemetry.signal, () => ({
+        node: this.id,
+        from,
+        to: delivered.instance_id,
+        id: delivered.signal_id,
+        delivered: delivered.instance_id !== null,
+        duplicate: delivered.duplicate,
+        woke: delivered.runnable,
+      }));
     }
     publish(telemetry.flush, () => ({ node: this.id, outcomes: entries.length, applied: applied.size }));
     if (stale.length > 0) publish(telemetry.outcomeStale, () => ({ node: this.id, ids: stale }));

@@ -37,6 +37,8 @@ export interface ReapedRow {
   readonly status: string;
   /** Ms until the row is eligible again (its machine's backoff). */
   readonly eligibleIn: number;
+  /** Not reaped itself: a parent whose last running child this reaping ended (runnable now). */
+  readonly joined: boolean;
 }
 
 /**
@@ -149,13 +151,18 @@ export class Reaper extends PeriodicService {
         reason: cause === 'lease' ? 'lease expired' : 'node dead (no heartbeat)',
         expired: cause === 'lease',
       });
-      total += rows.length;
+      const reaped = rows.filter((r) => !r.joined);
+      total += reaped.length;
       if (rows.length > 0) {
-        publish(telemetry.reaperReaped, () => ({ count: rows.length, ids: rows.map((r) => r.id), cause }));
+        publish(telemetry.reaperReaped, () => ({
+          count: reaped.length,
+          ids: reaped.map((r) => r.id),
+          cause,
+        }));
         this.o.onReaped(rows);
       }
       // Short, or nothing reapable among what was found (locked, or taken meanwhile): done.
-      if (found.length < this.o.batch || rows.length === 0) return total;
+      if (found.length < this.o.batch || reaped.length === 0) return total;
     }
   }
 

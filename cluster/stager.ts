@@ -11,14 +11,28 @@
  * fires (a later due time may have been merged away behind the one that fired). It keeps one
  * timer per queue, for the earliest due time it knows of.
  *
+ * It also fires await deadlines (`awaitSignals(..., { timeout })`): rows parked past their
+ * deadline become runnable (`ctx.timedOut`), their queues woken. It arms one more timer, for
+ * the earliest deadline (looked up on every sweep, one index probe), and fires deadlines
+ * before each queue wake-up it sends: a park with a timeout announces itself as work due in
+ * that queue at the deadline.
+ *
  * A leader service: only the leader runs it (`LeaderServices`). Two leaders at once send a
- * wake-up twice, which costs one empty claim.
+ * wake-up twice, which costs one empty claim; a deadline is fired by one of them (the rows
+ * are locked, skipped by the other).
  */
 import { MAX_TIMER_MS } from '../runtime/duration.js';
 import type { Queryable } from '../runtime/sql/db.js';
 import { nextDueIn } from '../runtime/sql/loop.js';
 import { listNodeQueues } from '../runtime/sql/nodes.js';
+import { fireAwaitTimeouts, nextAwaitDeadline } from '../runtime/sql/signals.js';
 import { PeriodicService } from '../runtime/service.js';
+import { publish, telemetry } from '../runtime/telemetry.js';
+
+/** The key of the deadline timer among the queues' (no queue is named ''). */
+const DEADLINES = '';
+/** Deadlines fired per statement. */
+const TIMEOUT_BATCH = 1_000;
 
 interface Due {
   readonly at: number;
@@ -60,6 +74,9 @@ export class Stager extends PeriodicService {
 
   /** Looks up the next due time of every queue the nodes run (and any heard of); returns them (ms from now). */
   async runOnce(): Promise<Map<string, number>> {
+    await this.#fireTimeouts();
+    const deadline = await nextAwaitDeadline(this.o.db, this.o.schema);
+    if (deadline !== null && this.started) this.#arm(DEADLINES, deadline);
     const queues = new Set([...(await listNodeQueues(this.o.db, this.o.schema)), ...this.#heardOf]);
     const found = new Map<string, number>();
     for (const queue of queues) {
@@ -88,13 +105,29 @@ export class Stager extends PeriodicService {
   async #fire(queue: string, due: boolean): Promise<void> {
     this.#due.delete(queue);
     if (!this.started) return;
-    if (due) this.o.wake(queue);
     try {
-      const ms = await nextDueIn(this.o.db, this.o.schema, queue);
+      await this.#fireTimeouts();
+      if (due && queue !== DEADLINES) this.o.wake(queue);
+      const ms =
+        queue === DEADLINES
+          ? await nextAwaitDeadline(this.o.db, this.o.schema)
+          : await nextDueIn(this.o.db, this.o.schema, queue);
       if (ms !== null && this.started) this.#arm(queue, ms);
     } catch (error) {
       // The next sweep looks again.
+      if (due && queue !== DEADLINES) this.o.wake(queue);
       this.o.onError(error);
+    }
+  }
+
+  /** Fires every passed await deadline and wakes the queues of the rows it woke. */
+  async #fireTimeouts(): Promise<void> {
+    for (;;) {
+      const fired = await fireAwaitTimeouts(this.o.db, this.o.schema, TIMEOUT_BATCH);
+      for (const queue of new Set(fired.map((r) => r.queue))) this.o.wake(queue);
+      for (const r of fired)
+        publish(telemetry.awaitTimeout, () => ({ id: r.id, queue: r.queue, step: r.step }));
+      if (fired.length < TIMEOUT_BATCH || !this.started) return;
     }
   }
 

@@ -18,6 +18,7 @@ import {
   type TypedId,
   type WaitResult,
   describeTarget,
+  isInstanceId,
   toSnapshot,
 } from './instance.js';
 import { TIMED_OUT, beforeDeadline, unavailable, waitForSettlement } from './wait-for.js';
@@ -34,6 +35,8 @@ import {
   listInstances,
 } from './sql/instances.js';
 import { channelFor } from './notifications.js';
+import { parseTarget, toSignalRequest } from './signal-input.js';
+import { deliverSignals, findSignalByDedup } from './sql/signals.js';
 import { sendNotifications } from './sql/notify.js';
 import { ALL_STATUSES, type Status, isTerminal } from './status.js';
 
@@ -45,6 +48,11 @@ export interface InsertResult<M extends AnyMachine | undefined = undefined> {
   /** False when the correlation key was occupied: `id` is the existing instance. */
   readonly inserted: boolean;
 }
+
+/** What `signal` answers. */
+export type SignalResult =
+  | { readonly delivered: true; readonly id: string; readonly duplicate?: true }
+  | { readonly delivered: false; readonly reason: 'no_target' };
 
 /** One `insertAll` item: `insert`'s options and the definition. */
 export type InsertItem<M extends AnyMachine = AnyMachine> = InsertOptions<M> & { readonly machine: M };
@@ -80,12 +88,6 @@ const clientOptionsSchema = z
   });
 
 const waitOptionsSchema = z.object({ timeout: durationSchema }).strict();
-/** An instance id: a positive Postgres bigint, as a string. */
-export function isInstanceId(value: unknown): boolean {
-  return (
-    typeof value === 'string' && /^[1-9]\d{0,18}$/.test(value) && BigInt(value) <= 9_223_372_036_854_775_807n
-  );
-}
 
 const instanceIdSchema = z.string().refine(isInstanceId, 'is not an instance id');
 
@@ -309,9 +311,60 @@ export class Client {
     this.#assertOpen();
     const row = await this.#find(target);
     if (!row) return false;
-    const id = await cancelInstance(this.#internals.pool, this.schema, row.id);
-    if (id) this.#internals.sender.settled([id]);
-    return id !== undefined;
+    const { cancelled, joined } = await cancelInstance(this.#internals.pool, this.schema, row.id);
+    if (cancelled) this.#internals.sender.settled([row.id]);
+    for (const parent of joined) this.#internals.sender.wake(parent.queue, 0);
+    return cancelled;
+  }
+
+  /**
+   * Sends a signal to a live instance's inbox, in one statement. A signal whose name the
+   * instance awaits wakes it. With `dedupKey`, a redelivery while the first one is in the
+   * inbox stores nothing and answers the first one's id (`duplicate: true`). With `tx`, the
+   * signal exists if and only if that transaction commits (the target's row stays locked
+   * until then). No live instance there: nothing is stored (`no_target`).
+   */
+  async signal(
+    target: Target | { readonly id: string },
+    name: string,
+    payload: unknown = null,
+    options: { readonly dedupKey?: string; readonly tx?: Queryable } = {},
+  ): Promise<SignalResult> {
+    this.#assertOpen();
+    const { tx, ...rest } = (options ?? {}) as { tx?: unknown; dedupKey?: string };
+    if (tx !== undefined && typeof (tx as Queryable | null)?.query !== 'function') {
+      throw new ValidationError('invalid_input', 'options.tx', 'must be a pg client');
+    }
+    const request = toSignalRequest(target, name, payload, rest);
+    const db = (tx as Queryable | undefined) ?? this.#internals.pool;
+    const [row] = await deliverSignals(db, this.schema, [request]);
+    let result: SignalResult;
+    if (!row || row.instance_id === null) result = { delivered: false, reason: 'no_target' };
+    else {
+      const id =
+        row.signal_id ?? (await findSignalByDedup(db, this.schema, row.instance_id, request.dedupKey ?? ''));
+      if (id === undefined)
+        throw new GenDurableError('insert_conflict', 'the signal raced a redelivery; send it again');
+      result = row.duplicate ? { delivered: true, id, duplicate: true } : { delivered: true, id };
+      // The row was written: it may have been hidden from a concurrent pick, or just woken.
+      if (row.runnable && row.queue !== null) {
+        if (tx)
+          await sendNotifications(db, this.schema, channelFor(this.schema), [
+            JSON.stringify({ w: { [row.queue]: 0 } }),
+          ]);
+        else this.#internals.sender.wake(row.queue, 0);
+      }
+    }
+    publish(telemetry.signal, () => ({
+      schema: this.schema,
+      to: row?.instance_id ?? null,
+      name: request.name,
+      delivered: result.delivered,
+      duplicate: result.delivered && result.duplicate === true,
+      woke: row?.runnable === true,
+      transactional: tx !== undefined,
+    }));
+    return result;
   }
 
   /**
@@ -375,23 +428,11 @@ export class Client {
   }
 
   async #find(target: Target | { readonly id: string }): Promise<InstanceRow | undefined> {
-    const t = target as unknown;
-    const o = typeof t === 'object' && t !== null ? (t as { key?: unknown; id?: unknown }) : undefined;
-    // An insert's result ({ id, inserted }) stands for its id; { key } as before.
-    const id = typeof t === 'string' ? t : o && !('key' in o) && typeof o.id === 'string' ? o.id : undefined;
-    if (id !== undefined) {
-      if (!isInstanceId(id))
-        throw new ValidationError('invalid_input', 'target', `"${id}" is not an instance id`);
-      return getInstanceById(this.#internals.pool, this.schema, id);
-    }
-    if (o && typeof o.key === 'string' && o.key.length > 0) {
-      return getInstanceByKey(this.#internals.pool, this.schema, o.key);
-    }
-    throw new ValidationError(
-      'invalid_input',
-      'target',
-      'must be an instance id, { key } or an insert result',
-    );
+    // An insert's result ({ id, inserted }) stands for its id.
+    const { id, key } = parseTarget(target);
+    return id !== null
+      ? getInstanceById(this.#internals.pool, this.schema, id)
+      : getInstanceByKey(this.#internals.pool, this.schema, key!);
   }
 
   #assertOpen(): void {
@@ -409,4 +450,4 @@ export class Client {
   }
 }
 
-export { isTerminal };
+export { isTerminal, isInstanceId };

@@ -14,17 +14,18 @@
  *   `failed`) with the database's error instead; if even that is refused, as a bare `stop`
  *   with a fixed reason. An outcome is only ever given up, never dropped silently.
  */
-import { assertNever } from './outcome.js';
 import type { StepResult } from './executor.js';
-import { ATTEMPT, type OutcomeRow, flushOutcomes } from './sql/loop.js';
+import { type Committed as CommitResult, commitBatch } from './commit.js';
+import { compareIds } from './instance.js';
 import type { Queryable } from './sql/db.js';
 import type { Service } from './service.js';
 import { isTransient } from './sql/errors.js';
-import { MAX_ERROR_MESSAGE, MAX_ERROR_STACK, boundText, errorDetail, errorMessage } from './errors.js';
-import { storableText } from './json.js';
+import { MAX_ERROR_MESSAGE, boundText, errorDetail, errorMessage } from './errors.js';
 
-/** Sub-batches that committed, each with what applied (id → watched). */
-type Committed = Array<[readonly FlushEntry[], ReadonlyMap<string, boolean>]>;
+export type { CommitResult };
+
+/** Sub-batches that committed, each with what it did. */
+type Committed = Array<[readonly FlushEntry[], CommitResult]>;
 
 /** Prefix of the reason an outcome gets when Postgres refuses to store it. */
 const UNSTORABLE = 'the outcome could not be stored';
@@ -35,6 +36,8 @@ export interface FlushEntry {
   readonly id: string;
   readonly claim: string;
   readonly queue: string;
+  /** The row's parent (it is a spawned child), counted down when the row ends. */
+  readonly parentId?: string | null;
   readonly result: StepResult;
 }
 
@@ -46,10 +49,11 @@ export interface FlusherOptions {
   /** How long a batch may keep failing transiently before it is given up. */
   readonly retryLimitMs: number;
   /**
-   * Called after each commit with the entries it carried and, for each id that applied,
-   * whether the instance is watched (someone waits for it to settle).
+   * Called after each commit with the entries it carried and what it did: for each id that
+   * applied, whether the instance is watched (someone waits for it to settle); the queues it
+   * made work runnable in.
    */
-  readonly onFlushed: (entries: readonly FlushEntry[], applied: ReadonlyMap<string, boolean>) => void;
+  readonly onFlushed: (entries: readonly FlushEntry[], committed: CommitResult) => void;
   /** Entries that could not be committed at all: their rows stay claimed until reaped. */
   readonly onAbandoned: (entries: readonly FlushEntry[], error: unknown) => void;
   readonly onError: (error: unknown) => void;
@@ -87,7 +91,7 @@ export class Flusher implements Service {
     await new Promise((resolve) => setImmediate(resolve));
     while (this.#buffer.length > 0 && !this.#stopped) {
       // In id order: rows are locked in one order by every flush.
-      const batch = this.#buffer.splice(0, this.#o.maxBatch).sort(byId);
+      const batch = this.#buffer.splice(0, this.#o.maxBatch).sort((a, b) => compareIds(a.id, b.id));
       let committed: Committed;
       const abandoned: FlushEntry[] = [];
       let abandonedBy: unknown;
@@ -110,16 +114,15 @@ export class Flusher implements Service {
         continue;
       }
       this.#failures = 0;
-      for (const [entries, applied] of committed) this.#o.onFlushed(entries, applied);
+      for (const [entries, result] of committed) this.#o.onFlushed(entries, result);
       if (abandoned.length > 0) this.#o.onAbandoned(abandoned, abandonedBy);
     }
     this.#flushing = undefined;
     for (const resolve of this.#idle.splice(0)) resolve();
   }
 
-  async #commit(batch: readonly FlushEntry[]): Promise<ReadonlyMap<string, boolean>> {
-    const applied = await flushOutcomes(this.#o.db, this.#o.schema, this.#o.nodeId, batch.map(toOutcomeRow));
-    return new Map(applied.map((r) => [r.id, r.watched]));
+  #commit(batch: readonly FlushEntry[]): Promise<CommitResult> {
+    return commitBatch(this.#o.db, this.#o.schema, this.#o.nodeId, batch);
   }
 
   /**
@@ -190,69 +193,5 @@ export class Flusher implements Service {
     this.#wakeSleeper();
     await this.#flushing;
     this.#buffer = [];
-  }
-}
-
-/** Instance ids (decimal bigints) in numeric order. */
-function byId(a: FlushEntry, b: FlushEntry): number {
-  return a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
-}
-
-/** An error history record as the flush stores it: `{ error, name?, code?, stack? }` as JSON (`error` is the message). */
-function errorRecord(result: StepResult): string | null {
-  if (result.error === undefined) return null;
-  const d = result.errorDetail ?? {};
-  return JSON.stringify({
-    error: storableText(boundText(result.error, MAX_ERROR_MESSAGE)),
-    ...(d.name === undefined ? {} : { name: storableText(boundText(d.name, 200)) }),
-    ...(d.code === undefined ? {} : { code: storableText(boundText(d.code, 200)) }),
-    ...(d.stack === undefined ? {} : { stack: storableText(boundText(d.stack, MAX_ERROR_STACK)) }),
-  });
-}
-
-export function toOutcomeRow(entry: FlushEntry): OutcomeRow {
-  const { id, claim, result } = entry;
-  const base = {
-    id,
-    claim,
-    step: null,
-    state: null,
-    delayMs: null,
-    result: null,
-    lastError: null,
-    error: errorRecord(result),
-  };
-  switch (result.kind) {
-    case 'next':
-      return {
-        ...base,
-        status: 'runnable',
-        step: result.step,
-        state: result.state,
-        attempt: ATTEMPT.reset,
-        delayMs: result.delayMs,
-      };
-    case 'retry':
-      return {
-        ...base,
-        status: 'runnable',
-        state: result.state,
-        attempt: ATTEMPT.increment,
-        delayMs: result.delayMs,
-      };
-    case 'done':
-      return { ...base, status: 'done', attempt: ATTEMPT.keep, result: result.result };
-    case 'stop':
-      return {
-        ...base,
-        status: 'failed',
-        attempt: ATTEMPT.keep,
-        lastError: storableText(boundText(result.reason, MAX_ERROR_MESSAGE)),
-        error: errorRecord(result.error === undefined ? { ...result, error: result.reason } : result),
-      };
-    case 'release':
-      return { ...base, status: 'runnable', attempt: ATTEMPT.keep, error: null };
-    default:
-      return assertNever(result, 'step result');
   }
 }

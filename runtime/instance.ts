@@ -6,6 +6,18 @@ import type { AnyMachine } from './machine.js';
 import type { InstanceRow } from './sql/instances.js';
 import { type Status, isTerminal } from './status.js';
 
+/** An instance id: a positive Postgres bigint, as a string. */
+export function isInstanceId(value: unknown): boolean {
+  return (
+    typeof value === 'string' && /^[1-9]\d{0,18}$/.test(value) && BigInt(value) <= 9_223_372_036_854_775_807n
+  );
+}
+
+/** Instance ids (decimal bigints) in numeric order. */
+export function compareIds(a: string, b: string): number {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
 /** An instance id, or `{ key }` for the instance its correlation key addresses. */
 export type Target = string | { readonly key: string };
 

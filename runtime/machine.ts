@@ -8,6 +8,8 @@ import { z } from 'zod';
 import { DEFAULT_MAX_ATTEMPTS } from './backoff.js';
 import { type Duration, timerDurationSchema } from './duration.js';
 import { parseInput } from './errors.js';
+import type { Target } from './instance.js';
+import type { InsertOptions } from './insert-options.js';
 import { type Jsonified, badText } from './json.js';
 import {
   type DoneOutcome,
@@ -25,6 +27,24 @@ import {
   zodSchemaField,
 } from './zod-schema.js';
 
+/** A signal in an instance's inbox. */
+export interface Signal {
+  readonly id: string;
+  readonly name: string;
+  readonly payload: unknown;
+  readonly insertedAt: Date;
+}
+
+/** A child of the instance's latest `spawn`, as `ctx.children` shows it once all have ended. */
+export interface ChildInfo {
+  readonly id: string;
+  readonly machine: string;
+  readonly status: 'done' | 'failed' | 'cancelled';
+  readonly state: unknown;
+  readonly result: unknown;
+  readonly error: string | null;
+}
+
 /** What a step sees besides its state. */
 export interface StepContext {
   readonly id: string;
@@ -36,7 +56,25 @@ export interface StepContext {
   readonly correlationKey: string | null;
   /** Fired when the step times out and when the node is forced to shut down. */
   readonly abortSignal: AbortSignal;
+  /** The signals matching the await that woke this step (consumed by `next` and `spawn`). */
+  readonly awaited: readonly Signal[];
+  /** The whole inbox, in arrival order. */
+  readonly all: readonly Signal[];
+  /** The await's deadline woke this step. */
+  readonly timedOut: boolean;
+  /** The children of the spawn this step joins (empty otherwise). */
+  readonly children: readonly ChildInfo[];
+  /**
+   * Inserts an instance in the same transaction as this step's outcome: never before it,
+   * never without it. Validated at once (a bad insert throws here).
+   */
+  enqueue<M extends AnyMachine>(machine: M, options: NoInfer<EnqueueOptions<M>>): void;
+  /** Sends a signal in the same transaction as this step's outcome. */
+  signal(target: Target, name: string, payload?: unknown, options?: { readonly dedupKey?: string }): void;
 }
+
+/** `insert`'s options without `tx` (an effect commits in the outcome's transaction). */
+export type EnqueueOptions<M extends AnyMachine = AnyMachine> = Omit<InsertOptions<M>, 'tx'>;
 
 /** An error handed to `onError`: what went wrong with a step. */
 export interface StepFailure {

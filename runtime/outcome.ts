@@ -4,14 +4,21 @@
  * outcome naming a step its machine does not have is a compile error (and is checked again
  * at run time by the worker).
  *
- * | kind  | row afterwards                                              |
- * |-------|-------------------------------------------------------------|
- * | next  | `runnable` at `step`, `attempt = 0`, eligible after `delay` |
- * | retry | `runnable` at the same step, `attempt + 1`, after `delay`   |
- * | done  | `done`, `result` recorded                                   |
- * | stop  | `failed`, `reason` recorded as the error                    |
+ * | kind  | row afterwards                                                              |
+ * |-------|-----------------------------------------------------------------------------|
+ * | next  | `runnable` at `step`, `attempt = 0`, eligible after `delay`                 |
+ * | retry | `runnable` at the same step, `attempt + 1`, after `delay`                   |
+ * | await | `awaiting_signal` at `step` until one of `names` arrives or the timeout     |
+ * | spawn | `awaiting_children` at `step`, its children inserted, until they all end   |
+ * | done  | `done`, `result` recorded                                                   |
+ * | stop  | `failed`, `reason` recorded as the error                                    |
+ *
+ * Signals: a progressing outcome (`next`, `spawn`) consumes the signals its step was handed
+ * in `ctx.awaited`; `retry` and `await` consume nothing; `done` and `stop` clear the inbox.
  */
 import type { Duration } from './duration.js';
+import type { InsertOptions } from './insert-options.js';
+import type { AnyMachine } from './machine.js';
 
 export const OUTCOME_BRAND = '@@gen-durable/outcome';
 
@@ -48,8 +55,33 @@ export interface StopOutcome extends Branded {
   readonly reason: string;
 }
 
+export interface AwaitOptions {
+  /** Wake at this deadline anyway (`ctx.timedOut`); none by default. */
+  readonly timeout?: Duration;
+}
+
+export interface AwaitOutcome<K extends string = string, S = unknown> extends Branded {
+  readonly kind: 'await';
+  readonly names: readonly string[];
+  readonly step: K;
+  readonly state: S;
+  readonly timeout?: Duration;
+}
+
+/** A child of `spawn`: any machine or job, with its own insert options (no `tx`). */
+export type ChildSpec<M extends AnyMachine = AnyMachine> = Omit<InsertOptions<M>, 'tx'> & {
+  readonly machine: M;
+};
+
+export interface SpawnOutcome<K extends string = string, S = unknown> extends Branded {
+  readonly kind: 'spawn';
+  readonly step: K;
+  readonly children: readonly ChildSpec[];
+  readonly state: S;
+}
+
 export type Outcome<K extends string = string, S = unknown> =
-  NextOutcome<K, S> | RetryOutcome<S> | DoneOutcome | StopOutcome;
+  NextOutcome<K, S> | RetryOutcome<S> | AwaitOutcome<K, S> | SpawnOutcome<K, S> | DoneOutcome | StopOutcome;
 
 export type OutcomeKind = Outcome['kind'];
 
@@ -66,6 +98,33 @@ export function next<const K extends string, S>(
 /** Run the same step again after `delay` with `attempt + 1` (the poll/backoff primitive). */
 export function retry<S>(state: S, delay: Duration = 0): RetryOutcome<S> {
   return { [OUTCOME_BRAND]: true, kind: 'retry', state, delay };
+}
+
+/**
+ * Park until a signal named in `names` arrives (one already in the inbox counts), then run
+ * `step` with `ctx.awaited` = the matching signals present; with `timeout`, wake at the
+ * deadline anyway (`ctx.timedOut`). Re-awaiting sleeps until a signal the step has not seen.
+ */
+export function awaitSignals<const K extends string, S>(
+  names: readonly string[],
+  step: K,
+  state: S,
+  opts: AwaitOptions = {},
+): AwaitOutcome<K, S> {
+  const outcome: AwaitOutcome<K, S> = { [OUTCOME_BRAND]: true, kind: 'await', names, step, state };
+  return opts.timeout === undefined ? outcome : { ...outcome, timeout: opts.timeout };
+}
+
+/**
+ * Insert `children` and park until every one of them has ended (`done`, `failed` or
+ * `cancelled`), then run `step` with `ctx.children`. No children: `step` runs at once.
+ */
+export function spawn<const K extends string, S>(
+  step: K,
+  children: readonly ChildSpec[],
+  state: S,
+): SpawnOutcome<K, S> {
+  return { [OUTCOME_BRAND]: true, kind: 'spawn', step, children, state };
 }
 
 /** Finish as `done`, recording `result` (`null` when none is given). */

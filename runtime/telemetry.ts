@@ -19,6 +19,8 @@ export const telemetry = {
   outcomeStale: channel('outcome:stale'),
   outcomeAbandoned: channel('outcome:abandoned'),
   insert: channel('insert'),
+  signal: channel('signal'),
+  awaitTimeout: channel('await:timeout'),
   reaperReaped: channel('reaper:reaped'),
   gcSwept: channel('gc:swept'),
   leaderElected: channel('leader:elected'),

@@ -14,17 +14,10 @@ import { MachineRegistry } from '../runtime/registry.js';
 import { PeriodicService } from '../runtime/service.js';
 import { type Queryable, statement } from '../runtime/sql/db.js';
 import { isTransient } from '../runtime/sql/errors.js';
-import {
-  FLUSH_OUTCOMES_SQL,
-  claimBatch,
-  findExpiredLeases,
-  flushOutcomeValues,
-  flushOutcomes,
-  heartbeat,
-  releaseClaims,
-} from '../runtime/sql/loop.js';
+import { claimBatch, findExpiredLeases, heartbeat, releaseClaims } from '../runtime/sql/loop.js';
+import { FLUSH_OUTCOMES_SQL, flushOutcomeValues, flushOutcomes } from '../runtime/sql/flush.js';
 import { registerNode } from '../runtime/sql/nodes.js';
-import { toOutcomeRow } from '../runtime/flusher.js';
+import { toOutcomeRow } from '../runtime/commit.js';
 import { all, hugeError, plain } from './fixtures/loop-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
@@ -176,7 +169,7 @@ async function runFlusher(
     nodeId: 'fl',
     maxBatch: 1_000,
     retryLimitMs,
-    onFlushed: (_entries, ids) => applied.push(...ids.keys()),
+    onFlushed: (_entries, committed) => applied.push(...committed.applied.keys()),
     onAbandoned: (list) => abandoned.push(...list.map((e) => e.id)),
     onError: () => undefined,
   });

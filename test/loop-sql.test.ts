@@ -7,14 +7,13 @@ import { Flusher, type FlushEntry } from '../runtime/flusher.js';
 import type { Queryable } from '../runtime/sql/db.js';
 import { statement } from '../runtime/sql/db.js';
 import {
-  ATTEMPT,
   CLAIM_BATCH_SQL,
   claimBatch,
-  flushOutcomes,
   heartbeat,
   findExpiredLeases,
   releaseClaims,
 } from '../runtime/sql/loop.js';
+import { ATTEMPT, flushOutcomes } from '../runtime/sql/flush.js';
 import { reapClaims } from '../cluster/reaper.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { registerNode } from '../runtime/sql/nodes.js';
@@ -220,7 +219,9 @@ describe('flushOutcomes', () => {
     expect(rows[0]).toEqual({ status: 'executing', result: null });
     // The current claim commits, once.
     const current = { ...outcome, id: id!, claim: second!.claim, result: '"fresh"' };
-    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([{ id, watched: false }]);
+    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([
+      { id, watched: false, queue: null, kind: 'applied' },
+    ]);
     expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([]);
     const { rows: after } = await db.pool.query(`SELECT status::text, result FROM ${T()} WHERE id = $1`, [
       id,
@@ -257,7 +258,7 @@ describe('flushOutcomes', () => {
       onAbandoned: (_entries, e) => {
         throw e;
       },
-      onFlushed: (_entries, ids) => applied.push(...ids.keys()),
+      onFlushed: (_entries, committed) => applied.push(...committed.applied.keys()),
       onError: (e) => {
         throw e;
       },

@@ -172,7 +172,7 @@ async function flushWithin(
     onAbandoned: (_entries, e) => {
       throw e;
     },
-    onFlushed: (_entries, ids) => applied.push(...ids.keys()),
+    onFlushed: (_entries, committed) => applied.push(...committed.applied.keys()),
     onError: (e) => {
       errors.push(`${(e as { code?: string }).code ?? (e as Error).constructor.name}`);
       if (errors.length >= 2 && applied.length === 0) retried();

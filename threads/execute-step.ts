@@ -16,11 +16,22 @@ import {
   boundText,
   describeZodIssues,
   errorDetail,
+  ValidationError,
   errorMessage,
 } from '../runtime/errors.js';
+import type { StepEffects } from '../runtime/executor.js';
+import { toInsertRow } from '../runtime/insert-options.js';
 import { findNonJson, toJson } from '../runtime/json.js';
-import type { AnyMachine, StepContext, StepFailure, StepFailureKind } from '../runtime/machine.js';
+import type {
+  AnyMachine,
+  ChildInfo,
+  Signal,
+  StepContext,
+  StepFailure,
+  StepFailureKind,
+} from '../runtime/machine.js';
 import { type Outcome, assertNever, isOutcome, retry, stop } from '../runtime/outcome.js';
+import { signalNameSchema, toSignalRequest } from '../runtime/signal-input.js';
 import type { StepItem, StepResult } from './protocol.js';
 
 /** A failure with a classification, thrown inside this module. */
@@ -125,16 +136,7 @@ async function executeWith(
   // Only an explicitly chosen timeout turns tracking on: the 15-minute default is a backstop
   // against promises that never settle, not worth 10% of every step's speed.
   if (def.stepTimeoutSet && def.stepTimeoutMs !== null) trackContinuations();
-  const ctx: StepContext = {
-    id: item.id,
-    machine: item.machine,
-    version: item.version,
-    step: item.step,
-    attempt: item.attempt,
-    maxAttempts: item.maxAttempts,
-    correlationKey: item.correlationKey,
-    abortSignal: controller.signal,
-  };
+  const { ctx, effects, seal } = stepContext_(item, controller.signal);
   const state: unknown = JSON.parse(item.state);
   let failure = item.failure;
   if (!failure) {
@@ -147,12 +149,87 @@ async function executeWith(
         def.stepTimeoutMs,
         controller,
       );
-      return toResult(def, item.id, value);
+      seal();
+      const result = toResult(def, item.id, value, inboxView(item, ctx));
+      return effects.inserts.length + effects.signals.length > 0 ? { ...result, effects } : result;
     } catch (error) {
       failure = toFailure(error);
     }
   }
+  // A failed step's effects are dropped with it: only what `onError` decides is committed.
+  seal();
   return handleFailure(def, item, state, ctx, failure, mark);
+}
+
+/** What a step was shown of its inbox, for the consumption rules of its outcome. */
+interface InboxView {
+  /** Ids of `ctx.awaited`: a progressing outcome consumes them. */
+  readonly awaited: readonly string[];
+  /** Ids of `ctx.all` when the step continues an await: a re-await does not wake on them. */
+  readonly seen: readonly string[];
+}
+
+function inboxView(item: StepItem, ctx: StepContext): InboxView {
+  return {
+    awaited: ctx.awaited.map((s) => s.id),
+    seen: item.awaiting === null ? [] : ctx.all.map((s) => s.id),
+  };
+}
+
+/** The step's `ctx`, with the effects it records; `seal` ends recording (the step returned). */
+function stepContext_(
+  item: StepItem,
+  abortSignal: AbortSignal,
+): {
+  ctx: StepContext;
+  effects: { inserts: StepEffects['inserts'][number][]; signals: StepEffects['signals'][number][] };
+  seal: () => void;
+} {
+  const all: Signal[] = item.inbox === null ? [] : parseInbox(item.inbox);
+  const awaiting = item.awaiting;
+  const awaited = awaiting === null ? [] : all.filter((s) => awaiting.includes(s.name));
+  const children: ChildInfo[] = item.children === null ? [] : (JSON.parse(item.children) as ChildInfo[]);
+  const effects = {
+    inserts: [] as StepEffects['inserts'][number][],
+    signals: [] as StepEffects['signals'][number][],
+  };
+  let sealed = false;
+  const open = (what: string): void => {
+    if (sealed) throw new Error(`ctx.${what} was called after the step returned: it would not be committed`);
+  };
+  const ctx: StepContext = {
+    id: item.id,
+    machine: item.machine,
+    version: item.version,
+    step: item.step,
+    attempt: item.attempt,
+    maxAttempts: item.maxAttempts,
+    correlationKey: item.correlationKey,
+    abortSignal,
+    awaited: Object.freeze(awaited),
+    all: Object.freeze(all),
+    timedOut: item.timedOut,
+    children: Object.freeze(children),
+    enqueue(machine, options) {
+      open('enqueue');
+      if (typeof options === 'object' && options !== null && 'tx' in options) {
+        throw new ValidationError('invalid_input', 'enqueue.tx', 'an effect commits with the outcome: no tx');
+      }
+      effects.inserts.push(toInsertRow(machine, options, 'enqueue.'));
+    },
+    signal(target, name, payload = null, options = {}) {
+      open('signal');
+      effects.signals.push(toSignalRequest(target, name, payload, options, 'signal.'));
+    },
+  };
+  return { ctx, effects, seal: () => void (sealed = true) };
+}
+
+function parseInbox(json: string): Signal[] {
+  const raw = JSON.parse(json) as Array<{ id: string; name: string; payload: unknown; insertedAt: string }>;
+  return raw.map((s) =>
+    Object.freeze({ id: s.id, name: s.name, payload: s.payload, insertedAt: new Date(s.insertedAt) }),
+  );
 }
 
 async function handleFailure(
@@ -178,7 +255,7 @@ async function handleFailure(
           'onError',
         )
       : defaultOnError(failure, item, def.backoff, state);
-    return { ...toResult(def, item.id, outcome), error: what, errorDetail };
+    return { ...toResult(def, item.id, outcome, inboxView(item, ctx)), error: what, errorDetail };
   } catch (error) {
     const reason = boundText(`onError failed (${errorMessage(error)}) after ${what}`, MAX_ERROR_MESSAGE);
     return { id: item.id, kind: 'stop', reason, error: what, errorDetail };
@@ -227,29 +304,74 @@ async function withTimeout<T>(
   }
 }
 
+const NO_INBOX: InboxView = { awaited: [], seen: [] };
+
 /** Validates an outcome against its machine and serialises it for the commit. */
-export function toResult(def: AnyMachine, id: string, value: unknown): StepResult {
+export function toResult(
+  def: AnyMachine,
+  id: string,
+  value: unknown,
+  inbox: InboxView = NO_INBOX,
+): StepResult {
   if (!isOutcome(value)) {
     throw new Failure(
       'invalid_outcome',
-      `returned ${describe(value)}, not an outcome (next, retry, done or stop)`,
+      `returned ${describe(value)}, not an outcome (next, retry, awaitSignals, spawn, done or stop)`,
     );
   }
   switch (value.kind) {
-    case 'next': {
-      if (typeof value.step !== 'string' || !Object.hasOwn(def.steps, value.step)) {
-        const known = Object.keys(def.steps).join(', ');
-        throw new Failure(
-          'invalid_outcome',
-          `next() names unknown step "${String(value.step)}" (${def.name} has: ${known})`,
-        );
-      }
+    case 'next':
       return {
         id,
         kind: 'next',
-        step: value.step,
+        step: knownStep(def, value.step, 'next'),
         state: serializeState(def, value.state),
         delayMs: delayMs(value.delay),
+        consumed: inbox.awaited,
+      };
+    case 'await': {
+      const step = knownStep(def, value.step, 'awaitSignals');
+      if (!Array.isArray(value.names) || value.names.length === 0) {
+        throw new Failure('invalid_outcome', 'awaitSignals() needs a non-empty array of signal names');
+      }
+      const names = value.names.map((n: unknown, i) => {
+        const parsed = signalNameSchema.safeParse(n);
+        if (!parsed.success)
+          throw new Failure('invalid_outcome', `awaitSignals() names[${i}]: must be a signal name`);
+        return parsed.data;
+      });
+      const timeoutMs = value.timeout === undefined ? null : delayMs(value.timeout);
+      return {
+        id,
+        kind: 'await',
+        step,
+        state: serializeState(def, value.state),
+        names: [...new Set(names)],
+        timeoutMs,
+        seen: inbox.seen,
+      };
+    }
+    case 'spawn': {
+      const step = knownStep(def, value.step, 'spawn');
+      if (!Array.isArray(value.children))
+        throw new Failure('invalid_outcome', 'spawn() needs an array of children');
+      const children = value.children.map((child: unknown, i) => {
+        const { machine, tx, ...options } = (child ?? {}) as { machine?: unknown; tx?: unknown };
+        try {
+          if (tx !== undefined)
+            throw new ValidationError('invalid_input', 'tx', 'children commit with the outcome: no tx');
+          return toInsertRow(machine, options, '');
+        } catch (error) {
+          throw new Failure('invalid_outcome', `spawn() children[${i}]: ${errorMessage(error)}`);
+        }
+      });
+      return {
+        id,
+        kind: 'spawn',
+        step,
+        state: serializeState(def, value.state),
+        children,
+        consumed: inbox.awaited,
       };
     }
     case 'retry':
@@ -264,6 +386,17 @@ export function toResult(def: AnyMachine, id: string, value: unknown): StepResul
     default:
       return assertNever(value, 'outcome');
   }
+}
+
+function knownStep(def: AnyMachine, step: unknown, what: string): string {
+  if (typeof step !== 'string' || !Object.hasOwn(def.steps, step)) {
+    const known = Object.keys(def.steps).join(', ');
+    throw new Failure(
+      'invalid_outcome',
+      `${what}() names unknown step "${String(step)}" (${def.name} has: ${known})`,
+    );
+  }
+  return step;
 }
 
 function serializeState(def: AnyMachine, state: unknown): string {

@@ -3,7 +3,7 @@
  * transaction) and a schema-qualified, prepared-once statement per schema.
  */
 import { createHash } from 'node:crypto';
-import type { QueryResultRow } from 'pg';
+import pg, { type QueryResultRow } from 'pg';
 import { ValidationError } from '../errors.js';
 
 export interface Queryable {
@@ -71,4 +71,27 @@ export async function run<R extends QueryResultRow>(
     stmt.name ? { name: stmt.name, text: stmt.text, values } : { text: stmt.text, values },
   );
   return result.rows;
+}
+
+/**
+ * Runs `fn` in a transaction: on a connection of its own when `db` is a pool, else on `db`
+ * itself (a client). A failed transaction is rolled back; a pooled connection that failed
+ * is discarded rather than returned to the pool.
+ */
+export async function inTransaction<T>(db: Queryable, fn: (tx: Queryable) => Promise<T>): Promise<T> {
+  const client = db instanceof pg.Pool ? await db.connect() : undefined;
+  const tx: Queryable = client ?? db;
+  let failed: Error | undefined;
+  try {
+    await tx.query({ text: 'BEGIN' });
+    const result = await fn(tx);
+    await tx.query({ text: 'COMMIT' });
+    return result;
+  } catch (error) {
+    failed = error instanceof Error ? error : new Error(String(error));
+    await tx.query({ text: 'ROLLBACK' }).catch(() => undefined);
+    throw error;
+  } finally {
+    client?.release(failed);
+  }
 }

@@ -16,6 +16,7 @@ import { type Queryable, run, statement } from './db.js';
  * finished ones (past the cutoff). The one exception: kept children (finished, their parent
  * awaiting) older than the cutoff are read again by every sweep until their parent moves on.
  * `EXPLAIN`-tested (`test/gc.test.ts`). Not prepared: planned with the actual cutoff and batch.
+ * Signals left in a deleted row's inbox (one that arrived as it ended) go with it, by index.
  */
 export const DELETE_FINISHED_SQL = `WITH doomed AS (
        SELECT t.id FROM :schema.gen_durable t
@@ -29,6 +30,8 @@ export const DELETE_FINISHED_SQL = `WITH doomed AS (
        FOR UPDATE OF t SKIP LOCKED
      ), deleted AS (
        DELETE FROM :schema.gen_durable t USING doomed WHERE t.id = doomed.id RETURNING 1
+     ), signals AS (
+       DELETE FROM :schema.gen_durable_signals WHERE instance_id = ANY (ARRAY(SELECT id FROM doomed))
      )
      SELECT count(*)::int AS deleted FROM deleted`;
 

@@ -3,6 +3,7 @@
  */
 import { LIVE_STATUSES } from '../status.js';
 import { type Queryable, run, statement } from './db.js';
+import { lockRowsCte, settleCtes } from './settle.js';
 
 /** The live statuses as a SQL list, from the one definition in `status.ts`. */
 const LIVE = `(${LIVE_STATUSES.map((s) => `'${s}'`).join(', ')})`;
@@ -39,6 +40,8 @@ export async function insertInstances(
   db: Queryable,
   schema: string,
   rows: readonly InsertRow[],
+  /** Per row, the parent instance (a spawned child), or null. */
+  parentIds: ReadonlyArray<string | null> | null = null,
 ): Promise<InsertedRow[]> {
   const stmt = statement(
     schema,
@@ -46,16 +49,17 @@ export async function insertInstances(
     `WITH input AS MATERIALIZED (
        SELECT u.*, nextval(pg_get_serial_sequence(':schema.gen_durable', 'id')) AS new_id
        FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bigint[],
-                   $8::timestamptz[], $9::text[], $10::text[], $11::int[])
+                   $8::timestamptz[], $9::text[], $10::text[], $11::int[], $12::bigint[])
             WITH ORDINALITY AS u(fsm, version, step, state, queue, priority, delay_ms, run_at,
-                                 correlation_key, correlation_scope, max_attempts, ord)
+                                 correlation_key, correlation_scope, max_attempts, parent_id, ord)
      ),
      ins AS (
        INSERT INTO :schema.gen_durable AS t
-         (id, fsm, version, step, state, queue, priority, eligible_at, correlation_key, correlation_scope, max_attempts)
+         (id, fsm, version, step, state, queue, priority, eligible_at, correlation_key, correlation_scope, max_attempts,
+          parent_id)
        SELECT new_id, fsm, version, step, state::jsonb, queue, priority,
               COALESCE(run_at, now() + delay_ms * interval '1 millisecond'),
-              correlation_key, CAST(correlation_scope AS :schema.gen_durable_status[]), max_attempts
+              correlation_key, CAST(correlation_scope AS :schema.gen_durable_status[]), max_attempts, parent_id
        FROM input
        ORDER BY correlation_key NULLS LAST, ord
        ON CONFLICT (correlation_key) WHERE correlation_key IS NOT NULL AND status = ANY (correlation_scope)
@@ -78,6 +82,7 @@ export async function insertInstances(
     rows.map((r) => r.correlationKey),
     rows.map((r) => r.correlationScope),
     rows.map((r) => r.maxAttempts),
+    parentIds ?? rows.map(() => null),
   ]);
 }
 
@@ -156,17 +161,38 @@ export async function getInstanceByKey(
   return (await run<InstanceRow>(db, stmt, [key]))[0];
 }
 
-/** Ends a live instance as `cancelled`; returns its id when it was live. */
-export async function cancelInstance(db: Queryable, schema: string, id: string): Promise<string | undefined> {
+/**
+ * Ends a live instance as `cancelled`, with the settle path (its inbox cleared, its parent's
+ * barrier counted down; the parent is locked first, in id order, see `settle.ts`). Returns
+ * whether it was live and the parent it made runnable, if any.
+ */
+export async function cancelInstance(
+  db: Queryable,
+  schema: string,
+  id: string,
+): Promise<{ cancelled: boolean; joined: Array<{ id: string; queue: string }> }> {
   const stmt = statement(
     schema,
     'cancel',
-    `UPDATE :schema.gen_durable
-     SET status = 'cancelled', locked_by = NULL, lease_expires_at = NULL, updated_at = now()
-     WHERE id = $1 AND status IN ${LIVE}
-     RETURNING id::text AS id`,
+    `WITH lock_ids AS (
+       SELECT ARRAY(SELECT x FROM (SELECT $1::bigint AS x UNION SELECT parent_id FROM :schema.gen_durable WHERE id = $1) u
+                    WHERE x IS NOT NULL) AS ids
+     ), ${lockRowsCte('(SELECT ids FROM lock_ids)::bigint[]')}, upd AS (
+       UPDATE :schema.gen_durable AS t
+       SET status = 'cancelled', locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+       WHERE (SELECT count(*) FROM locked) >= 0 AND t.id = $1 AND t.status IN ${LIVE}
+       RETURNING t.id, t.status::text AS status, t.inbox, t.parent_id
+     ), ${settleCtes('upd')}
+     SELECT id::text AS id, NULL::text AS queue, 'cancelled' AS kind FROM upd
+     UNION ALL SELECT id::text, queue, 'joined' FROM settle_joined WHERE status = 'runnable'`,
   );
-  return (await run<{ id: string }>(db, stmt, [id]))[0]?.id;
+  const rows = await run<{ id: string; queue: string | null; kind: string }>(db, stmt, [id]);
+  return {
+    cancelled: rows.some((r) => r.kind === 'cancelled'),
+    joined: rows.flatMap((r) =>
+      r.kind === 'joined' && r.queue !== null ? [{ id: r.id, queue: r.queue }] : [],
+    ),
+  };
 }
 
 export interface CountRow {

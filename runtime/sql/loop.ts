@@ -1,8 +1,9 @@
 /**
- * The engine loop's statements: claiming a batch, committing a batch of outcomes, extending
- * leases, releasing claims, and reaping expired leases and dead nodes' claims.
+ * The engine loop's statements: claiming a batch, extending leases, releasing claims, and
+ * reaping expired leases and dead nodes' claims. Committing outcomes is `flush.ts`.
  */
 import { leaderLockRows, lockParts } from './leader.js';
+import { settleCtes } from './settle.js';
 import { type Queryable, run, statement } from './db.js';
 
 export interface ClaimedRow {
@@ -16,7 +17,31 @@ export interface ClaimedRow {
   attempt: number;
   max_attempts: number;
   correlation_key: string | null;
+  parent_id: string | null;
+  /** The names awaited when a signal or the deadline woke the row, else null. */
+  awaiting: string[] | null;
+  timed_out: boolean;
+  /** The inbox as JSON text (null when the row never got a signal, or it is empty). */
+  inbox: string | null;
+  /** The latest spawn's children as JSON text (null unless the row joins a spawn). */
+  children: string | null;
 }
+
+/**
+ * What the claim returns of a row's inbox and children, as JSON text the main thread hands on
+ * without parsing. Evaluated only for rows that have them (`inbox`, `children`): for the
+ * rows of plain jobs it costs a flag test. Read in the claim's snapshot: a signal committed
+ * later is a latecomer (it survives consumption and wakes a re-await).
+ */
+const CLAIM_EXTRAS = `t.parent_id::text AS parent_id, t.awaiting, t.timed_out,
+    CASE WHEN t.inbox THEN (
+      SELECT json_agg(json_build_object('id', s.id::text, 'name', s.name, 'payload', s.payload,
+                                        'insertedAt', s.inserted_at) ORDER BY s.id)
+      FROM :schema.gen_durable_signals s WHERE s.instance_id = t.id)::text END AS inbox,
+    CASE WHEN t.children IS NOT NULL THEN COALESCE((
+      SELECT json_agg(json_build_object('id', c.id::text, 'machine', c.fsm, 'status', c.status,
+                                        'state', c.state, 'result', c.result, 'error', c.last_error) ORDER BY c.id)
+      FROM :schema.gen_durable c WHERE c.id = ANY (t.children)), '[]')::text END AS children`;
 
 /**
  * `t.errors` with one more entry, keeping the latest 10: the row's current step and attempt,
@@ -24,7 +49,7 @@ export interface ClaimedRow {
  * `{ error, name?, code?, stack? }` (`error` is the message; bounded in size by whoever built
  * it, see `errorRecord` in the flusher), merged in as it is (evaluated once).
  */
-function appendError(error: string): string {
+export function appendError(error: string): string {
   return `(SELECT jsonb_agg(e ORDER BY n) FROM (
     SELECT e, n FROM jsonb_array_elements(t.errors || jsonb_build_array(
       jsonb_build_object('step', t.step, 'attempt', t.attempt, 'at', now()) || ${error})) WITH ORDINALITY AS a(e, n)
@@ -63,7 +88,7 @@ export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
          lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
      FROM picked WHERE t.id = picked.id
      RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
-               t.attempt, t.max_attempts, t.correlation_key`;
+               t.attempt, t.max_attempts, t.correlation_key, ${CLAIM_EXTRAS}`;
 
 /**
  * Claims up to `limit` due runnable rows of one queue, in `(priority, eligible_at, id)` order,
@@ -134,90 +159,6 @@ export async function nextDueIn(
   );
   const row = (await run<{ ms: number | null }>(db, stmt, [queue, machines]))[0];
   return row?.ms ?? null;
-}
-
-/** How an outcome changes `attempt`. */
-export const ATTEMPT = { reset: 0, increment: 1, keep: 2 } as const;
-
-export interface OutcomeRow {
-  readonly id: string;
-  readonly claim: string;
-  readonly status: 'runnable' | 'done' | 'failed';
-  /** New step, or null to keep it. */
-  readonly step: string | null;
-  /** New state as JSON text, or null to keep it. */
-  readonly state: string | null;
-  readonly attempt: (typeof ATTEMPT)[keyof typeof ATTEMPT];
-  /** Eligible this many ms from now, or null to keep `eligible_at`. */
-  readonly delayMs: number | null;
-  /** Result as JSON text (terminal `done`), else null. */
-  readonly result: string | null;
-  /** Replaces `last_error` when not null. */
-  readonly lastError: string | null;
-  /** Appended to the error history (with the step and attempt it happened at) when not null. */
-  readonly error: string | null;
-}
-
-/**
- * Commits a batch of outcomes in one statement. Each row is guarded by its claim: the claim
- * token (bumped by every pick, so it names one claim of one row), `executing` and the owning
- * node must all still hold, so an outcome whose lease was reaped (and maybe re-claimed)
- * commits nothing. Returns the ids that were applied. Rows are locked in id order (callers
- * sort the batch; see `Flusher`).
- *
- * Plan: driven from the arrays by primary key (`t.id = o.id`, a nested loop of pkey
- * probes; a hash join when the batch is a large part of a small table), so the cost grows
- * with the batch, never with the node's rows in flight. `status` and `locked_by` are compared
- * with `IS NOT DISTINCT FROM`, which neither an index condition nor a partial index's
- * predicate can match: with statistics taken while nothing was executing, the planner
- * otherwise believes `gen_durable_claims` (partial on `status = 'executing'`) empty and
- * scans all of the node's rows through it (measured: 5,000 in flight, 10 outcomes, 4,990
- * rows filtered, or 49,990 per-outcome, ~13-16 ms). `EXPLAIN`-tested. Not prepared, so it
- * is planned with the actual arrays: a generic plan guesses the arrays' sizes and was seen
- * to rescan them per executing row.
- */
-export const FLUSH_OUTCOMES_SQL = `UPDATE :schema.gen_durable AS t SET
-       status = CAST(o.status AS :schema.gen_durable_status),
-       step = COALESCE(o.step, t.step),
-       state = COALESCE(o.state::jsonb, t.state),
-       attempt = CASE o.attempt_op WHEN 0 THEN 0 WHEN 1 THEN t.attempt + 1 ELSE t.attempt END,
-       eligible_at = CASE WHEN o.delay_ms IS NULL THEN t.eligible_at
-                          ELSE now() + o.delay_ms * interval '1 millisecond' END,
-       result = o.result::jsonb,
-       last_error = COALESCE(o.last_error, t.last_error),
-       errors = CASE WHEN o.error IS NULL THEN t.errors ELSE ${appendError('o.error::jsonb')} END,
-       locked_by = NULL, lease_expires_at = NULL, updated_at = now()
-     FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[], $8::bigint[],
-                 $9::text[], $10::text[], $11::text[])
-          AS o(id, claim, status, step, state, attempt_op, delay_ms, result, last_error, error)
-     WHERE t.id = o.id AND t.claim = o.claim
-       AND t.status IS NOT DISTINCT FROM 'executing' AND t.locked_by IS NOT DISTINCT FROM $1::text
-     RETURNING t.id::text AS id, t.watched`;
-
-export function flushOutcomeValues(nodeId: string, rows: readonly OutcomeRow[]): unknown[] {
-  return [
-    nodeId,
-    rows.map((r) => r.id),
-    rows.map((r) => r.claim),
-    rows.map((r) => r.status),
-    rows.map((r) => r.step),
-    rows.map((r) => r.state),
-    rows.map((r) => r.attempt),
-    rows.map((r) => r.delayMs),
-    rows.map((r) => r.result),
-    rows.map((r) => r.lastError),
-    rows.map((r) => r.error),
-  ];
-}
-
-export async function flushOutcomes(
-  db: Queryable,
-  schema: string,
-  nodeId: string,
-  rows: readonly OutcomeRow[],
-): Promise<Array<{ id: string; watched: boolean }>> {
-  const stmt = statement(schema, 'flush', FLUSH_OUTCOMES_SQL, { prepared: false });
-  return run<{ id: string; watched: boolean }>(db, stmt, flushOutcomeValues(nodeId, rows));
 }
 
 /**
@@ -393,7 +334,9 @@ export async function abandonClaims(
   claims: ReadonlyArray<{ id: string; claim: string; delayMs: number }>,
   reason: string,
   expired: boolean,
-): Promise<Array<{ id: string; queue: string; status: string; attempt: number; eligibleIn: number }>> {
+): Promise<
+  Array<{ id: string; queue: string; status: string; attempt: number; eligibleIn: number; joined: boolean }>
+> {
   const stmt = statement(
     schema,
     'abandon',
@@ -404,17 +347,21 @@ export async function abandonClaims(
          AND (NOT $5::boolean OR t.lease_expires_at < now())
        ORDER BY t.id
        FOR NO KEY UPDATE OF t SKIP LOCKED
-     )
-     UPDATE :schema.gen_durable AS t SET
-       status = CAST(CASE WHEN t.attempt + 1 < t.max_attempts THEN 'runnable' ELSE 'failed' END
-                     AS :schema.gen_durable_status),
-       attempt = t.attempt + 1,
-       last_error = format('%s: node %s, step %s', $4::text, t.locked_by, t.step),
-       errors = ${appendError("jsonb_build_object('error', $4::text || ' on node ' || t.locked_by, 'name', 'AbandonedClaim')")},
-       eligible_at = now() + c.delay_ms * interval '1 millisecond',
-       locked_by = NULL, lease_expires_at = NULL, updated_at = now()
-     FROM c WHERE t.id = c.id
-     RETURNING t.id::text AS id, t.queue, t.status::text AS status, t.attempt, c.delay_ms::float8 AS "eligibleIn"`,
+     ), upd AS (
+       UPDATE :schema.gen_durable AS t SET
+         status = CAST(CASE WHEN t.attempt + 1 < t.max_attempts THEN 'runnable' ELSE 'failed' END
+                       AS :schema.gen_durable_status),
+         attempt = t.attempt + 1,
+         last_error = format('%s: node %s, step %s', $4::text, t.locked_by, t.step),
+         errors = ${appendError("jsonb_build_object('error', $4::text || ' on node ' || t.locked_by, 'name', 'AbandonedClaim')")},
+         eligible_at = now() + c.delay_ms * interval '1 millisecond',
+         locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+       FROM c WHERE t.id = c.id
+       RETURNING t.id, t.queue, t.status::text AS status, t.attempt, c.delay_ms, t.inbox, t.parent_id
+     ), ${settleCtes('upd')}
+     SELECT id::text AS id, queue, status, attempt, delay_ms::float8 AS "eligibleIn", false AS joined FROM upd
+     UNION ALL
+     SELECT id::text, queue, status, 0, 0, true FROM settle_joined WHERE status = 'runnable'`,
     { prepared: false },
   );
   return run(db, stmt, [

@@ -1,0 +1,235 @@
+/**
+ * One commit of a batch of step results: the outcomes and everything that must commit with
+ * them or not at all.
+ *
+ * A batch of plain outcomes (`next`, `retry`, `done`, `stop`, `release`, no effects) is one
+ * statement (`flushOutcomes`: the outcomes, the settle path of the rows that ended, the
+ * signals consumed). A batch that parks on signals, spawns children or carries effects is
+ * one transaction of at most six statements, whatever its size:
+ *
+ *   1. the outcomes (as above; when rows with parents end or signals are sent, every row the
+ *      transaction writes is locked first, in id order);
+ *   2. the inserts: spawned children (stamped with their parent) and `ctx.enqueue`s;
+ *   3. the barriers of the parents that spawned;
+ *   4. the signals sent with `ctx.signal`;
+ *   5. the re-check of rows parked on signals (a signal already there wakes them).
+ *
+ * Effects belong to their outcome: only those of outcomes that applied are written, so a
+ * stale outcome (its claim lost) carries its effects away with it.
+ */
+import type { StepResult } from './executor.js';
+import { MAX_ERROR_MESSAGE, MAX_ERROR_STACK, boundText } from './errors.js';
+import type { FlushEntry } from './flusher.js';
+import { compareIds } from './instance.js';
+import { storableText } from './json.js';
+import { assertNever } from './outcome.js';
+import { setBarriers } from './sql/children.js';
+import { type Queryable, inTransaction } from './sql/db.js';
+import { ATTEMPT, type OutcomeRow, flushOutcomes } from './sql/flush.js';
+import { type InsertRow, insertInstances } from './sql/instances.js';
+import { type DeliveredRow, deliverSignals, findSignalByDedup, wakeParked } from './sql/signals.js';
+import type { SignalRequest } from './executor.js';
+
+export interface Committed {
+  /** Outcomes that applied: id → whether the instance is watched. */
+  readonly applied: ReadonlyMap<string, boolean>;
+  /** Queues that got work by this commit: due now (0) or in this many ms. */
+  readonly wakes: ReadonlyArray<readonly [queue: string, delayMs: number]>;
+  /** Signals sent by effects of this commit, as delivered. */
+  readonly signals: ReadonlyArray<{ readonly from: string; readonly delivered: DeliveredRow }>;
+}
+
+export async function commitBatch(
+  db: Queryable,
+  schema: string,
+  nodeId: string,
+  batch: readonly FlushEntry[],
+): Promise<Committed> {
+  const rows = batch.map(toOutcomeRow);
+  const terminal = batch.some((e) => e.result.kind === 'done' || e.result.kind === 'stop');
+  const consumed = batch.flatMap((e) =>
+    e.result.kind === 'next' || e.result.kind === 'spawn'
+      ? (e.result.consumed ?? []).map((id) => ({ id, owner: e.id }))
+      : [],
+  );
+  const parents = batch.flatMap((e) =>
+    (e.result.kind === 'done' || e.result.kind === 'stop') && e.parentId ? [e.parentId] : [],
+  );
+  const targets = batch.flatMap((e) => e.result.effects?.signals.flatMap((s) => s.targetId ?? []) ?? []);
+  const lock = parents.length > 0 || targets.length > 0;
+  const lockIds = lock
+    ? [...new Set([...batch.map((e) => e.id), ...parents, ...targets])].sort(compareIds)
+    : [];
+  const shape = { terminal, lock, consume: consumed.length > 0 };
+  const transactional = batch.some(
+    (e) => e.result.kind === 'await' || e.result.kind === 'spawn' || e.result.effects !== undefined,
+  );
+
+  const commit = async (q: Queryable): Promise<Committed> => {
+    const out = await flushOutcomes(q, schema, nodeId, rows, { shape, lockIds, consumed });
+    const applied = new Map<string, boolean>();
+    const wakes: Array<readonly [string, number]> = [];
+    for (const r of out) {
+      if (r.kind === 'applied') applied.set(r.id, r.watched);
+      else if (r.queue !== null) wakes.push([r.queue, 0]);
+    }
+    if (!transactional) return { applied, wakes, signals: [] };
+    const live = batch.filter((e) => applied.has(e.id));
+    await insertEffects(q, schema, live, wakes);
+    const signals = await sendEffects(q, schema, live, wakes);
+    const parked = live.filter((e) => e.result.kind === 'await').map((e) => e.id);
+    if (parked.length > 0) for (const r of await wakeParked(q, schema, parked)) wakes.push([r.queue, 0]);
+    return { applied, wakes, signals };
+  };
+  return transactional ? inTransaction(db, commit) : commit(db);
+}
+
+/** Statements 2 and 3: children and enqueued instances, then the spawning parents' barriers. */
+async function insertEffects(
+  q: Queryable,
+  schema: string,
+  live: readonly FlushEntry[],
+  wakes: Array<readonly [string, number]>,
+): Promise<void> {
+  const inserts: InsertRow[] = [];
+  const parentIds: Array<string | null> = [];
+  const spawned = new Map<string, { from: number; to: number }>();
+  for (const e of live) {
+    if (e.result.kind === 'spawn') {
+      spawned.set(e.id, { from: inserts.length, to: inserts.length + e.result.children.length });
+      for (const child of e.result.children) {
+        inserts.push(child);
+        parentIds.push(e.id);
+      }
+    }
+    for (const row of e.result.effects?.inserts ?? []) {
+      inserts.push(row);
+      parentIds.push(null);
+    }
+  }
+  const inserted = inserts.length > 0 ? await insertInstances(q, schema, inserts, parentIds) : [];
+  inserted.forEach((r, i) => {
+    const row = inserts[i]!;
+    if (!r.inserted) return;
+    const delay = row.runAt ? Math.max(0, row.runAt.getTime() - Date.now()) : row.delayMs;
+    wakes.push([row.queue, delay]);
+  });
+  if (spawned.size === 0) return;
+  const barriers = [...spawned].map(([id, { from, to }]) => ({
+    id,
+    children: inserted.slice(from, to).flatMap((r) => (r.inserted ? [r.id] : [])),
+  }));
+  for (const b of await setBarriers(q, schema, barriers)) if (b.runnable) wakes.push([b.queue, 0]);
+}
+
+/** Statement 4: the signals of `ctx.signal`, in one statement for the whole batch. */
+async function sendEffects(
+  q: Queryable,
+  schema: string,
+  live: readonly FlushEntry[],
+  wakes: Array<readonly [string, number]>,
+): Promise<Committed['signals']> {
+  const requests: Array<{ from: string; signal: SignalRequest }> = live.flatMap((e) =>
+    (e.result.effects?.signals ?? []).map((signal) => ({ from: e.id, signal })),
+  );
+  if (requests.length === 0) return [];
+  const delivered = await deliverSignals(
+    q,
+    schema,
+    requests.map((r) => r.signal),
+  );
+  return Promise.all(
+    delivered.map(async (d, i) => {
+      if (d.runnable && d.queue !== null) wakes.push([d.queue, 0]);
+      const dedupKey = requests[i]!.signal.dedupKey;
+      // Redelivered in this very batch: the first one's id, visible now.
+      const fixed =
+        d.instance_id !== null && d.signal_id === null && dedupKey !== null
+          ? { ...d, signal_id: (await findSignalByDedup(q, schema, d.instance_id, dedupKey)) ?? null }
+          : d;
+      return { from: requests[i]!.from, delivered: fixed };
+    }),
+  );
+}
+
+/** An error history record as the flush stores it: `{ error, name?, code?, stack? }` as JSON (`error` is the message). */
+function errorRecord(result: StepResult): string | null {
+  if (result.error === undefined) return null;
+  const d = result.errorDetail ?? {};
+  return JSON.stringify({
+    error: storableText(boundText(result.error, MAX_ERROR_MESSAGE)),
+    ...(d.name === undefined ? {} : { name: storableText(boundText(d.name, 200)) }),
+    ...(d.code === undefined ? {} : { code: storableText(boundText(d.code, 200)) }),
+    ...(d.stack === undefined ? {} : { stack: storableText(boundText(d.stack, MAX_ERROR_STACK)) }),
+  });
+}
+
+/** The one place a step result becomes the row it writes. */
+export function toOutcomeRow(entry: Pick<FlushEntry, 'id' | 'claim' | 'result'>): OutcomeRow {
+  const { id, claim, result } = entry;
+  const base = {
+    id,
+    claim,
+    step: null,
+    state: null,
+    delayMs: null,
+    result: null,
+    lastError: null,
+    error: errorRecord(result),
+  };
+  switch (result.kind) {
+    case 'next':
+      return {
+        ...base,
+        status: 'runnable',
+        step: result.step,
+        state: result.state,
+        attempt: ATTEMPT.reset,
+        delayMs: result.delayMs,
+      };
+    case 'retry':
+      return {
+        ...base,
+        status: 'runnable',
+        state: result.state,
+        attempt: ATTEMPT.increment,
+        delayMs: result.delayMs,
+        actor: 'keep',
+      };
+    case 'await':
+      return {
+        ...base,
+        status: 'awaiting_signal',
+        step: result.step,
+        state: result.state,
+        attempt: ATTEMPT.reset,
+        delayMs: result.timeoutMs ?? -1,
+        actor: 'await',
+        awaiting: JSON.stringify(result.names),
+        seen: JSON.stringify(result.seen),
+      };
+    case 'spawn':
+      return {
+        ...base,
+        status: 'awaiting_children',
+        step: result.step,
+        state: result.state,
+        attempt: ATTEMPT.reset,
+        actor: 'spawn',
+      };
+    case 'done':
+      return { ...base, status: 'done', attempt: ATTEMPT.keep, result: result.result };
+    case 'stop':
+      return {
+        ...base,
+        status: 'failed',
+        attempt: ATTEMPT.keep,
+        lastError: storableText(boundText(result.reason, MAX_ERROR_MESSAGE)),
+        error: errorRecord(result.error === undefined ? { ...result, error: result.reason } : result),
+      };
+    case 'release':
+      return { ...base, status: 'runnable', attempt: ATTEMPT.keep, error: null, actor: 'keep' };
+    default:
+      return assertNever(result, 'step result');
+  }
+}
