@@ -28,9 +28,9 @@ async function seed(queue: string, n: number): Promise<void> {
 /** A Queryable over one connection that records every statement's text. */
 function counting(client: pg.Client, texts: string[]): Queryable {
   return {
-    query: (config) => {
+    query: <R extends pg.QueryResultRow>(config: { text: string; values?: unknown[] }) => {
       texts.push(config.text);
-      return client.query(config as never) as never;
+      return client.query<R>(config);
     },
   };
 }

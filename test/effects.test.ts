@@ -21,7 +21,10 @@ gates.onmessage = (event) => void arrived.push((event as MessageEvent).data as {
 afterAll(() => gates.close());
 
 async function atGate(id: string): Promise<void> {
-  await eventually(async () => (arrived.some((a) => a.id === id) ? true : undefined), 'the step at its gate');
+  await eventually(
+    () => Promise.resolve(arrived.some((a) => a.id === id) ? true : undefined),
+    'the step at its gate',
+  );
 }
 
 async function count(sql: string, values: unknown[]): Promise<number> {
@@ -68,7 +71,10 @@ describe('ctx.enqueue and ctx.signal', () => {
       // The claim is lost under the running step: its outcome will not apply.
       expect(await n.client.cancel(id)).toBe(true);
       gates.postMessage({ id, label: 'effects', go: true });
-      await eventually(async () => (stale.includes(id) ? true : undefined), 'the outcome reported stale');
+      await eventually(
+        () => Promise.resolve(stale.includes(id) ? true : undefined),
+        'the outcome reported stale',
+      );
       expect(await n.client.get(id)).toMatchObject({ status: 'cancelled', step: 'start' });
       expect(
         await count(`SELECT count(*)::int AS n FROM ${T()} WHERE correlation_key = 'effect:2'`, []),
