@@ -15,6 +15,20 @@ import { ALL_STATUSES, LIVE_STATUSES, type Status } from './status.js';
 
 const statusSchema = z.enum(ALL_STATUSES as [Status, ...Status[]]);
 
+/** Longest key in UTF-8 bytes: a btree entry holds at most ~2,700 bytes (found by a test: 3,000 bytes of CJK failed the insert). */
+export const MAX_KEY_BYTES = 2_000;
+
+/** A correlation or dedup key: 1-1,000 characters, at most 2,000 bytes of UTF-8, storable. */
+export const correlationKeySchema = z
+  .string()
+  .min(1)
+  .max(1_000)
+  .refine((k) => badText(k) === null, 'must not contain U+0000 or lone surrogates')
+  .refine(
+    (k) => Buffer.byteLength(k, 'utf8') <= MAX_KEY_BYTES,
+    `must be at most ${MAX_KEY_BYTES} bytes of UTF-8`,
+  );
+
 export const insertOptionsSchema = z
   .object({
     state: z.unknown().optional(),
@@ -29,12 +43,7 @@ export const insertOptionsSchema = z
       .refine((d) => !Number.isNaN(d.getTime()), 'is an invalid Date')
       .optional(),
     delay: durationSchema.optional(),
-    correlationKey: z
-      .string()
-      .min(1)
-      .max(1_000)
-      .refine((k) => badText(k) === null, 'must not contain U+0000 or lone surrogates')
-      .optional(),
+    correlationKey: correlationKeySchema.optional(),
     correlationScope: z
       .array(statusSchema)
       .refine(

@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { ValidationError, parseInput } from './errors.js';
 import type { SignalRequest } from './executor.js';
+import { correlationKeySchema } from './insert-options.js';
 import { isInstanceId } from './instance.js';
 import { badText, findNonJson, toJson } from './json.js';
 
@@ -18,7 +19,7 @@ const storable = (max: number) =>
 
 export const signalNameSchema = storable(200);
 
-const signalOptionsSchema = z.object({ dedupKey: storable(1_000).optional() }).strict();
+const signalOptionsSchema = z.object({ dedupKey: correlationKeySchema.optional() }).strict();
 
 /** The target as `{ id }` or `{ key }`; `path` names the field in errors. */
 export function parseTarget(target: unknown, path = 'target'): { id: string | null; key: string | null } {
