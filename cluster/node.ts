@@ -347,7 +347,14 @@ export class GenDurableNode {
   }
 
   #onResult(queue: string, row: ClaimedRow, result: StepResult, started: number): void {
-    this.#flusher.push({ id: result.id, claim: row.claim, queue, parentId: row.parent_id, result });
+    this.#flusher.push({
+      id: result.id,
+      claim: row.claim,
+      queue,
+      parentId: row.parent_id,
+      hadInbox: row.inbox !== null,
+      result,
+    });
     const event = () => ({
       node: this.id,
       queue,

@@ -105,17 +105,21 @@ export class Stager extends PeriodicService {
   async #fire(queue: string, due: boolean): Promise<void> {
     this.#due.delete(queue);
     if (!this.started) return;
+    let woke = !due || queue === DEADLINES;
     try {
       await this.#fireTimeouts();
-      if (due && queue !== DEADLINES) this.o.wake(queue);
+      if (!woke) {
+        this.o.wake(queue);
+        woke = true;
+      }
       const ms =
         queue === DEADLINES
           ? await nextAwaitDeadline(this.o.db, this.o.schema)
           : await nextDueIn(this.o.db, this.o.schema, queue);
       if (ms !== null && this.started) this.#arm(queue, ms);
     } catch (error) {
-      // The next sweep looks again.
-      if (due && queue !== DEADLINES) this.o.wake(queue);
+      // The queue's own due work is woken regardless; the next sweep looks again.
+      if (!woke) this.o.wake(queue);
       this.o.onError(error);
     }
   }

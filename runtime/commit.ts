@@ -46,7 +46,12 @@ export async function commitBatch(
   batch: readonly FlushEntry[],
 ): Promise<Committed> {
   const rows = batch.map(toOutcomeRow);
-  const terminal = batch.some((e) => e.result.kind === 'done' || e.result.kind === 'stop');
+  // Rows that end are settled in the statement when there is something to settle: a parent
+  // to count down, an inbox to clear. A signal that reaches a row while its last step runs
+  // stays until GC deletes the row (with its signals): plain jobs keep a one-update commit.
+  const terminal = batch.some(
+    (e) => (e.result.kind === 'done' || e.result.kind === 'stop') && (Boolean(e.parentId) || e.hadInbox === true),
+  );
   const consumed = batch.flatMap((e) =>
     e.result.kind === 'next' || e.result.kind === 'spawn'
       ? (e.result.consumed ?? []).map((id) => ({ id, owner: e.id }))

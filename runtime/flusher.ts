@@ -38,6 +38,8 @@ export interface FlushEntry {
   readonly queue: string;
   /** The row's parent (it is a spawned child), counted down when the row ends. */
   readonly parentId?: string | null;
+  /** The claim found signals in the row's inbox (a terminal outcome clears them). */
+  readonly hadInbox?: boolean;
   readonly result: StepResult;
 }
 

@@ -5,6 +5,9 @@
  * proceed at once; nesting works; `cancel` of a child counts down too.
  */
 import { describe, expect, it } from 'vitest';
+import { reapClaims } from '../cluster/reaper.js';
+import { MachineRegistry } from '../runtime/registry.js';
+import { findExpiredLeases } from '../runtime/sql/loop.js';
 import { child, fanout } from './fixtures/actor-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
@@ -116,5 +119,37 @@ describe('spawn', () => {
       'done',
       'cancelled',
     ]);
+  });
+
+  it('a child the reaper fails (its last attempt lost with its node) counts down its parent too', async () => {
+    const { rows: made } = await db.pool.query<{ parent: string; kid: string }>(
+      `WITH p AS (
+         INSERT INTO ${T()} (fsm, step, state, queue, status, pending_children)
+         VALUES ('actor-fanout', 'joined', '{}', 'reap', 'awaiting_children', 1) RETURNING id
+       ), c AS (
+         INSERT INTO ${T()} (fsm, step, state, queue, status, attempt, max_attempts, parent_id, locked_by, lease_expires_at)
+         SELECT 'actor-child', 'perform', '{}', 'reap', 'executing', 0, 1, p.id, 'gone', now() - interval '1 minute'
+         FROM p RETURNING id, parent_id
+       )
+       SELECT parent_id::text AS parent, id::text AS kid FROM c`,
+    );
+    const { parent, kid } = made[0]!;
+    await db.pool.query(`UPDATE ${T()} SET children = ARRAY[$2::bigint] WHERE id = $1`, [parent, kid]);
+    const reaped = await reapClaims(
+      db.pool,
+      db.schema,
+      new MachineRegistry([]),
+      (await findExpiredLeases(db.pool, db.schema, 100)).filter((c) => c.id === kid),
+      { reason: 'lease expired', expired: true },
+    );
+    expect(reaped.map((r) => [r.id, r.status, r.joined])).toEqual([
+      [kid, 'failed', false],
+      [parent, 'runnable', true],
+    ]);
+    const { rows } = await db.pool.query<{ status: string; pending: number }>(
+      `SELECT status::text, pending_children AS pending FROM ${T()} WHERE id = $1`,
+      [parent],
+    );
+    expect(rows[0]).toEqual({ status: 'runnable', pending: 0 });
   });
 });

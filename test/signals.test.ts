@@ -7,7 +7,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { BroadcastChannel } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ValidationError } from '../index.js';
-import { GATE_CHANNEL, consumer, pack, waiter } from './fixtures/actor-machines.js';
+import { GATE_CHANNEL, consumer, flakyWaiter, pack, waiter } from './fixtures/actor-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 
@@ -22,7 +22,10 @@ gates.onmessage = (event) => void arrived.push((event as MessageEvent).data as {
 afterAll(() => gates.close());
 
 async function node() {
-  return join({ machines: [waiter, pack, consumer], queues: { actors: { concurrency: 8, threads: 1 } } });
+  return join({
+    machines: [waiter, flakyWaiter, pack, consumer],
+    queues: { actors: { concurrency: 8, threads: 1 } },
+  });
 }
 
 /** Waits until `cond` holds (polling; `eventually` takes any defined value as done). */
@@ -99,6 +102,16 @@ describe('awaitSignals and signal', () => {
     });
   });
 
+  it('retry keeps the signals: the retried step is handed the same ones', async () => {
+    const n = await node();
+    const { id } = await n.client.insert(flakyWaiter, { state: {} });
+    await n.client.signal(id, 'go', 'once');
+    expect(await n.client.waitFor(id, { timeout: '20s' })).toMatchObject({
+      status: 'done',
+      result: { attempt: 1, awaited: ['once'] },
+    });
+  });
+
   it('accumulates a pack of three names by re-awaiting, one run per new signal, never spinning', async () => {
     const n = await node();
     const { id } = await n.client.insert(pack, { state: { runs: 0 } });
@@ -159,6 +172,29 @@ describe('awaitSignals and signal', () => {
     expect(await n.client.signal(id, 'go')).toEqual({ delivered: false, reason: 'no_target' });
     expect(await n.client.signal('999999999', 'go')).toEqual({ delivered: false, reason: 'no_target' });
     expect(await inbox(id)).toEqual([]);
+  });
+
+  it('with tx, the signal exists if and only if the caller commits, and then wakes the instance', async () => {
+    const n = await node();
+    const { id } = await n.client.insert(waiter, { state: { names: ['go'], runs: 0 } });
+    await until(async () => (await status(id)) === 'awaiting_signal', 'parked');
+    const tx = await db.pool.connect();
+    try {
+      await tx.query('BEGIN');
+      expect(await n.client.signal(id, 'go', 'rolled back', { tx })).toMatchObject({ delivered: true });
+      await tx.query('ROLLBACK');
+      expect(await inbox(id)).toEqual([]);
+      expect(await status(id)).toBe('awaiting_signal');
+      await tx.query('BEGIN');
+      await n.client.signal(id, 'go', 'committed', { tx });
+      await tx.query('COMMIT');
+    } finally {
+      tx.release();
+    }
+    expect(await n.client.waitFor(id, { timeout: '20s' })).toMatchObject({
+      status: 'done',
+      result: { awaited: [{ payload: 'committed' }] },
+    });
   });
 
   it('addresses by key and stores names, keys and payloads verbatim', async () => {

@@ -177,10 +177,7 @@ export async function flushOutcomes(
     consumed?: ReadonlyArray<{ id: string; owner: string }>;
   } = {},
 ): Promise<FlushRow[]> {
-  const shape = extra.shape ?? {
-    ...PLAIN,
-    terminal: rows.some((r) => r.status === 'done' || r.status === 'failed'),
-  };
+  const shape = extra.shape ?? PLAIN;
   const stmt = statement(schema, 'flush', flushSql(shape), { prepared: false });
   const values = flushOutcomeValues(nodeId, rows);
   if (shape.lock) values.push(extra.lockIds ?? []);
