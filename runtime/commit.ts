@@ -60,6 +60,9 @@ export async function commitBatch(
   const parents = batch.flatMap((e) =>
     (e.result.kind === 'done' || e.result.kind === 'stop') && e.parentId ? [e.parentId] : [],
   );
+  // Targets named by key are resolved by the signal statement itself and not locked first: a
+  // flush that signals by key can meet another in the other lock order (Postgres detects it;
+  // the batch is retried as any transient failure).
   const targets = batch.flatMap((e) => e.result.effects?.signals.flatMap((s) => s.targetId ?? []) ?? []);
   const lock = parents.length > 0 || targets.length > 0;
   const lockIds = lock

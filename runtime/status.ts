@@ -8,6 +8,9 @@
  *                     or drain        │
  *   cancel(): any live status ──────────────────────────► cancelled      (terminal)
  *
+ *   awaiting_signal   ──► runnable   a signal it awaits arrives (or was there), or its deadline
+ *   awaiting_children ──► runnable   its last running child ends (done, failed, cancelled)
+ *
  * Rule for writers: the pick skips locked rows (SKIP LOCKED), so any statement that writes a
  * runnable row without claiming it may hide it from a concurrent pick; such a writer wakes
  * the row's queue after it commits (see `watchInstance`).

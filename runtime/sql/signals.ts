@@ -72,7 +72,10 @@ export async function deliverSignals(
          status = CASE WHEN t.status = 'awaiting_signal' AND t.awaiting && p.names THEN 'runnable' ELSE t.status END,
          eligible_at = CASE WHEN t.status = 'awaiting_signal' AND t.awaiting && p.names THEN now()
                             ELSE t.eligible_at END,
-         updated_at = now()
+         -- Only a wake-up is a write GC cares about; keeping updated_at otherwise keeps the
+         -- update HOT (no indexed column changes).
+         updated_at = CASE WHEN t.status = 'awaiting_signal' AND t.awaiting && p.names THEN now()
+                           ELSE t.updated_at END
        FROM per_target p
        WHERE t.id = p.instance_id AND t.status IN ${LIVE}
        RETURNING t.id, t.queue, t.status = 'runnable' AS runnable
