@@ -50,7 +50,8 @@ export async function commitBatch(
   // to count down, an inbox to clear. A signal that reaches a row while its last step runs
   // stays until GC deletes the row (with its signals): plain jobs keep a one-update commit.
   const terminal = batch.some(
-    (e) => (e.result.kind === 'done' || e.result.kind === 'stop') && (Boolean(e.parentId) || e.hadInbox === true),
+    (e) =>
+      (e.result.kind === 'done' || e.result.kind === 'stop') && (Boolean(e.parentId) || e.hadInbox === true),
   );
   const consumed = batch.flatMap((e) =>
     e.result.kind === 'next' || e.result.kind === 'spawn'
