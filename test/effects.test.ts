@@ -4,10 +4,10 @@
  * stale outcome, here one whose instance was cancelled under it, writes none of them).
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { BroadcastChannel } from 'node:worker_threads';
-import { afterAll, describe, expect, it } from 'vitest';
-import { GATE_CHANNEL, child, effector, waiter } from './fixtures/actor-machines.js';
+import { describe, expect, it } from 'vitest';
+import { child, effector, waiter } from './fixtures/actor-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
+import { useGates } from './support/gates.js';
 import { useNodes } from './support/node.js';
 
 const db = useTestSchema('effects');
@@ -15,17 +15,7 @@ const { join } = useNodes(db);
 const T = (): string => `"${db.schema}".gen_durable`;
 const S = (): string => `"${db.schema}".gen_durable_signals`;
 
-const gates = new BroadcastChannel(GATE_CHANNEL);
-const arrived: Array<{ id: string; label: string }> = [];
-gates.onmessage = (event) => void arrived.push((event as MessageEvent).data as { id: string; label: string });
-afterAll(() => gates.close());
-
-async function atGate(id: string): Promise<void> {
-  await eventually(
-    () => Promise.resolve(arrived.some((a) => a.id === id) ? true : undefined),
-    'the step at its gate',
-  );
-}
+const gates = useGates();
 
 async function count(sql: string, values: unknown[]): Promise<number> {
   const { rows } = await db.pool.query<{ n: number }>(sql, values);
@@ -41,12 +31,12 @@ describe('ctx.enqueue and ctx.signal', () => {
     const n = await node();
     const target = await n.client.insert(waiter, { state: { names: ['hello'], runs: 0 } });
     const { id } = await n.client.insert(effector, { state: { target: target.id, i: 1 } });
-    await atGate(id);
+    await gates.reached(id, 'effects');
     expect(await count(`SELECT count(*)::int AS n FROM ${T()} WHERE correlation_key = 'effect:1'`, [])).toBe(
       0,
     );
     expect(await count(`SELECT count(*)::int AS n FROM ${S()} WHERE instance_id = $1`, [target.id])).toBe(0);
-    gates.postMessage({ id, label: 'effects', go: true });
+    gates.open(id, 'effects');
     expect(await n.client.waitFor(id, { timeout: '20s' })).toMatchObject({ status: 'done', result: 'ended' });
     // The enqueued job ran; the signal woke its target, payload verbatim.
     expect(await n.client.waitFor({ key: 'effect:1' }, { timeout: '20s' })).toMatchObject({
@@ -67,10 +57,10 @@ describe('ctx.enqueue and ctx.signal', () => {
       const n = await node();
       const target = await n.client.insert(waiter, { state: { names: ['hello'], runs: 0 } });
       const { id } = await n.client.insert(effector, { state: { target: target.id, i: 2 } });
-      await atGate(id);
+      await gates.reached(id, 'effects');
       // The claim is lost under the running step: its outcome will not apply.
       expect(await n.client.cancel(id)).toBe(true);
-      gates.postMessage({ id, label: 'effects', go: true });
+      gates.open(id, 'effects');
       await eventually(
         () => Promise.resolve(stale.includes(id) ? true : undefined),
         'the outcome reported stale',

@@ -4,11 +4,11 @@
  * the inbox, and bad input refused before anything is written.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { BroadcastChannel } from 'node:worker_threads';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../index.js';
-import { GATE_CHANNEL, consumer, flakyWaiter, pack, waiter } from './fixtures/actor-machines.js';
+import { consumer, flakyWaiter, pack, waiter } from './fixtures/actor-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
+import { useGates } from './support/gates.js';
 import { useNodes } from './support/node.js';
 
 const db = useTestSchema('signals');
@@ -16,10 +16,7 @@ const { join, client: openClient } = useNodes(db);
 const S = (): string => `"${db.schema}".gen_durable_signals`;
 const T = (): string => `"${db.schema}".gen_durable`;
 
-const gates = new BroadcastChannel(GATE_CHANNEL);
-const arrived: Array<{ id: string; label: string }> = [];
-gates.onmessage = (event) => void arrived.push((event as MessageEvent).data as { id: string; label: string });
-afterAll(() => gates.close());
+const gates = useGates();
 
 async function node() {
   return join({
@@ -88,9 +85,9 @@ describe('awaitSignals and signal', () => {
     const { id } = await n.client.insert(consumer, { state: { first: [] } });
     await until(async () => (await status(id)) === 'awaiting_signal', 'parked');
     const first = await n.client.signal(id, 'x', 1);
-    await until(() => arrived.some((a) => a.id === id && a.label === 'got'), 'the step at its gate');
+    await gates.reached(id, 'got');
     const late = await n.client.signal(id, 'x', 2); // while `got` runs: not in its ctx.awaited
-    gates.postMessage({ id, label: 'got', go: true });
+    gates.open(id, 'got');
     const result = await n.client.waitFor(id, { timeout: '20s' });
     expect(result).toMatchObject({
       status: 'done',
