@@ -16,7 +16,7 @@ import { z } from 'zod';
 import { durationSchema } from '../runtime/duration.js';
 import { describeConnection } from '../runtime/connection.js';
 import { GenDurableError, errorMessage, parseInput } from '../runtime/errors.js';
-import { isTransient } from '../runtime/sql/errors.js';
+import { isConcurrencyConflict, isTransient } from '../runtime/sql/errors.js';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import { type CommitResult, type FlushEntry, Flusher } from '../runtime/flusher.js';
@@ -68,6 +68,8 @@ export class GenDurableNode {
   readonly #untrack: () => void;
   /** `name@version` of the machines this node claims, or null when it claims any (a resolve hook). */
   readonly #servable: string[] | null;
+  /** Concurrency gates: gate name → limit. */
+  readonly #gates: Readonly<Record<string, number>>;
   /** Claims in flight on this node (id → claim token): running, or waiting to be committed. */
   readonly #claims = new Map<string, string>();
   #stopping: Promise<void> | undefined;
@@ -77,6 +79,9 @@ export class GenDurableNode {
     this.#config = config;
     this.id = config.nodeId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#registry = new MachineRegistry(config.machines, config.resolve);
+    this.#gates = Object.fromEntries(
+      Object.entries(config.concurrencyLimits).map(([g, { limit }]) => [g, limit]),
+    );
     this.#servable = config.resolve
       ? null
       : this.#registry.definitions.map((d) => machineKey(d.name, d.version));
@@ -289,13 +294,26 @@ export class GenDurableNode {
   }
 
   async #claim(queue: string, limit: number): Promise<ClaimedRow[]> {
-    const rows = await claimBatch(this.#db, this.#config.schema, {
+    const args = {
       queue,
       limit,
       nodeId: this.id,
       leaseMs: this.#config.lease,
       machines: this.#servable,
-    });
+      gates: this.#gates,
+    };
+    let rows: ClaimedRow[];
+    for (let attempt = 1; ; attempt++) {
+      try {
+        rows = await claimBatch(this.#db, this.#config.schema, args);
+        break;
+      } catch (error) {
+        // Another node claimed a step of the same key at the same moment: the index refused
+        // the second; the next pick sees the first and skips that key.
+        if (!isConcurrencyConflict(error) || attempt >= 5) throw error;
+        publish(telemetry.concurrencyContended, () => ({ node: this.id, queue, attempt }));
+      }
+    }
     publish(telemetry.pick, () => ({ node: this.id, queue, requested: limit, claimed: rows.length }));
     return rows;
   }
@@ -353,6 +371,7 @@ export class GenDurableNode {
       queue,
       parentId: row.parent_id,
       hadInbox: row.inbox !== null,
+      concurrencyKey: row.concurrency_key,
       result,
     });
     const event = () => ({
@@ -409,6 +428,9 @@ export class GenDurableNode {
     }
     // Parents joined, parked rows a signal already woke, inserted children, signal targets.
     for (const [queue, delayMs] of committed.wakes) this.#wakeQueue(queue, delayMs);
+    // A step of a concurrency key ended: rows of that key the picks skipped may run now.
+    const keyed = new Set(entries.filter((e) => e.concurrencyKey && applied.has(e.id)).map((e) => e.queue));
+    for (const queue of keyed) this.#wakeQueue(queue, 0);
     for (const { from, delivered } of committed.signals) {
       publish(telemetry.signal, () => ({
         node: this.id,

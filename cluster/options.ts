@@ -79,6 +79,18 @@ export const joinOptionsSchema = z
         queueSchema,
       )
       .default({ default: { concurrency: 10, threads: 1 } }),
+    /**
+     * Gates raising the concurrency of keys named `<gate>:...` from 1 to `limit` steps at
+     * once, cluster-wide: `{ stripe: { limit: 100 } }`. Nodes should agree on them.
+     */
+    concurrencyLimits: z
+      .record(
+        z
+          .string()
+          .regex(/^[A-Za-z0-9_.\/-]{1,200}$/, 'gate names are 1-200 characters of letters, digits, _ . / -'),
+        z.object({ limit: z.number().int().min(1).max(10_000) }).strict(),
+      )
+      .default({}),
     /** How long a claim holds without a heartbeat. */
     lease: timerDurationSchema.default(30_000),
     /**

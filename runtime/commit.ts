@@ -195,6 +195,9 @@ export function toOutcomeRow(entry: Pick<FlushEntry, 'id' | 'claim' | 'result'>)
         state: result.state,
         attempt: ATTEMPT.reset,
         delayMs: result.delayMs,
+        ...(result.concurrencyKey === undefined
+          ? {}
+          : { setKey: true, concurrencyKey: result.concurrencyKey }),
       };
     case 'retry':
       return {

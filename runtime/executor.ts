@@ -56,6 +56,8 @@ export type StepResult = (
       readonly delayMs: number;
       /** Signal ids the step was handed in `ctx.awaited`: consumed with this outcome (none if absent). */
       readonly consumed?: readonly string[];
+      /** A new concurrency key, or null to release it; absent keeps the row's key. */
+      readonly concurrencyKey?: string | null;
     }
   | { readonly kind: 'retry'; readonly state: string; readonly delayMs: number }
   | {

@@ -40,6 +40,8 @@ export interface FlushEntry {
   readonly parentId?: string | null;
   /** The claim found signals in the row's inbox (a terminal outcome clears them). */
   readonly hadInbox?: boolean;
+  /** The row's concurrency key when claimed: its end frees a slot of the key. */
+  readonly concurrencyKey?: string | null;
   readonly result: StepResult;
 }
 

@@ -44,6 +44,7 @@ export const insertOptionsSchema = z
       .optional(),
     delay: durationSchema.optional(),
     correlationKey: correlationKeySchema.optional(),
+    concurrencyKey: correlationKeySchema.optional(),
     correlationScope: z
       .array(statusSchema)
       .refine(
@@ -77,6 +78,11 @@ export interface InsertSettings {
   readonly correlationKey?: string;
   /** Statuses in which the key is occupied; default all live statuses; `[]` addresses only. */
   readonly correlationScope?: readonly Status[];
+  /**
+   * Steps sharing this key run one at a time across the cluster (or up to a configured
+   * gate's limit for keys `<gate>:...`); kept across steps, changed or released by `next`.
+   */
+  readonly concurrencyKey?: string;
   readonly maxAttempts?: number;
   /** The caller's `pg` client inside a transaction: the row exists iff it commits. */
   readonly tx?: Queryable;
@@ -141,6 +147,7 @@ export function toInsertRow(machine: unknown, options: unknown, path: string): I
     runAt: o.runAt ?? null,
     correlationKey: o.correlationKey ?? null,
     correlationScope: `{${(o.correlationScope ?? LIVE_STATUSES).join(',')}}`,
+    concurrencyKey: o.concurrencyKey ?? null,
     maxAttempts: o.maxAttempts ?? machine.maxAttempts,
   };
 }

@@ -29,6 +29,8 @@ interface Branded {
 export interface NextOptions {
   /** Run the next step no earlier than this from now. */
   readonly delay?: Duration;
+  /** A new concurrency key from the next step on, or `null` to release the instance's key. */
+  readonly concurrencyKey?: string | null;
 }
 
 export interface NextOutcome<K extends string = string, S = unknown> extends Branded {
@@ -36,6 +38,7 @@ export interface NextOutcome<K extends string = string, S = unknown> extends Bra
   readonly step: K;
   readonly state: S;
   readonly delay?: Duration;
+  readonly concurrencyKey?: string | null;
 }
 
 export interface RetryOutcome<S = unknown> extends Branded {
@@ -91,8 +94,14 @@ export function next<const K extends string, S>(
   state: S,
   opts: NextOptions = {},
 ): NextOutcome<K, S> {
-  const outcome: NextOutcome<K, S> = { [OUTCOME_BRAND]: true, kind: 'next', step, state };
-  return opts.delay === undefined ? outcome : { ...outcome, delay: opts.delay };
+  return {
+    [OUTCOME_BRAND]: true,
+    kind: 'next',
+    step,
+    state,
+    ...(opts.delay === undefined ? {} : { delay: opts.delay }),
+    ...(opts.concurrencyKey === undefined ? {} : { concurrencyKey: opts.concurrencyKey }),
+  };
 }
 
 /** Run the same step again after `delay` with `attempt + 1` (the poll/backoff primitive). */

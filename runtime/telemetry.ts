@@ -21,6 +21,7 @@ export const telemetry = {
   insert: channel('insert'),
   signal: channel('signal'),
   awaitTimeout: channel('await:timeout'),
+  concurrencyContended: channel('concurrency:contended'),
   reaperReaped: channel('reaper:reaped'),
   gcSwept: channel('gc:swept'),
   leaderElected: channel('leader:elected'),

@@ -42,6 +42,7 @@ function row(id: number): ClaimedRow {
     attempt: 0,
     max_attempts: 1,
     correlation_key: null,
+    concurrency_key: null,
     parent_id: null,
     awaiting: null,
     timed_out: false,

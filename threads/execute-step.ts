@@ -20,7 +20,7 @@ import {
   errorMessage,
 } from '../runtime/errors.js';
 import type { StepEffects } from '../runtime/executor.js';
-import { toInsertRow } from '../runtime/insert-options.js';
+import { correlationKeySchema, toInsertRow } from '../runtime/insert-options.js';
 import { findNonJson, toJson } from '../runtime/json.js';
 import type {
   AnyMachine,
@@ -320,7 +320,14 @@ export function toResult(
     );
   }
   switch (value.kind) {
-    case 'next':
+    case 'next': {
+      const key = value.concurrencyKey;
+      if (key !== undefined && key !== null && !correlationKeySchema.safeParse(key).success) {
+        throw new Failure(
+          'invalid_outcome',
+          'next() concurrencyKey: must be a key (1-1,000 characters) or null',
+        );
+      }
       return {
         id,
         kind: 'next',
@@ -328,7 +335,9 @@ export function toResult(
         state: serializeState(def, value.state),
         delayMs: delayMs(value.delay),
         consumed: inbox.awaited,
+        ...(key === undefined ? {} : { concurrencyKey: key }),
       };
+    }
     case 'await': {
       const step = knownStep(def, value.step, 'awaitSignals');
       if (!Array.isArray(value.names) || value.names.length === 0) {

@@ -53,3 +53,15 @@ export function isTransient(error: unknown): boolean {
   if (typeof code === 'string' && TRANSIENT_ERRNO.has(code)) return true;
   return TRANSIENT_MESSAGE.test(error.message);
 }
+
+/**
+ * A claim refused by `gen_durable_concurrency_active`: two pickers admitted steps of one key
+ * into one slot at once. Not an error of the data: the pick is retried (it then sees the
+ * other's claim).
+ */
+export function isConcurrencyConflict(error: unknown): boolean {
+  return (
+    sqlState(error) === '23505' &&
+    (error as { constraint?: unknown }).constraint === 'gen_durable_concurrency_active'
+  );
+}

@@ -42,6 +42,9 @@ export interface OutcomeRow {
   readonly awaiting?: string | null;
   /** `await`: signal ids already seen, as a JSON array. */
   readonly seen?: string | null;
+  /** Replace the concurrency key with `concurrencyKey` (null releases it); default keep. */
+  readonly setKey?: boolean;
+  readonly concurrencyKey?: string | null;
 }
 
 /** What a flush statement includes besides the outcomes themselves. */
@@ -60,8 +63,11 @@ export interface FlushShape {
 const PLAIN: FlushShape = { terminal: false, lock: false, consume: false };
 
 const OUTCOME_ARRAYS = `unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[], $8::bigint[],
-                 $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
-          AS o(id, claim, status, step, state, attempt_op, delay_ms, result, last_error, error, actor, awaiting, seen)`;
+                 $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::boolean[], $16::text[])
+          AS o(id, claim, status, step, state, attempt_op, delay_ms, result, last_error, error, actor, awaiting, seen,
+               set_key, concurrency_key)`;
+/** The first parameter after the outcome arrays. */
+const NEXT_PARAM = 17;
 
 /**
  * The outcome update. Each row is guarded by its claim: the claim token (bumped by every
@@ -99,6 +105,8 @@ function outcomeUpdate(shape: FlushShape, returning: string): string {
        timed_out = o.actor = 'keep' AND t.timed_out,
        pending_children = CASE WHEN o.actor = 'keep' THEN t.pending_children END,
        children = CASE WHEN o.actor = 'keep' THEN t.children END,
+       concurrency_key = CASE WHEN o.set_key THEN o.concurrency_key ELSE t.concurrency_key END,
+       concurrency_slot = NULL,
        locked_by = NULL, lease_expires_at = NULL, updated_at = now()
      FROM ${OUTCOME_ARRAYS}
      WHERE ${shape.lock ? '(SELECT count(*) FROM locked) >= 0 AND ' : ''}t.id = o.id AND t.claim = o.claim
@@ -112,8 +120,8 @@ export function flushSql(shape: FlushShape): string {
     return outcomeUpdate(shape, `t.id::text AS id, t.watched, NULL::text AS queue, 'applied' AS kind`);
   }
   const ctes: string[] = [];
-  const c = shape.lock ? 16 : 15;
-  if (shape.lock) ctes.push(lockRowsCte('$15::bigint[]'));
+  const c = shape.lock ? NEXT_PARAM + 1 : NEXT_PARAM;
+  if (shape.lock) ctes.push(lockRowsCte(`$${NEXT_PARAM}::bigint[]`));
   ctes.push(
     `upd AS (${outcomeUpdate(shape, 't.id, t.watched, t.status::text AS status, t.inbox, t.parent_id')})`,
   );
@@ -151,6 +159,8 @@ export function flushOutcomeValues(nodeId: string, rows: readonly OutcomeRow[]):
     rows.map((r) => r.actor ?? 'clear'),
     rows.map((r) => r.awaiting ?? null),
     rows.map((r) => r.seen ?? null),
+    rows.map((r) => r.setKey ?? false),
+    rows.map((r) => r.concurrencyKey ?? null),
   ];
 }
 

@@ -21,6 +21,7 @@ export interface InsertRow {
   readonly correlationKey: string | null;
   /** Postgres array literal of statuses, e.g. `{runnable,executing}`. */
   readonly correlationScope: string;
+  readonly concurrencyKey: string | null;
   readonly maxAttempts: number;
 }
 
@@ -49,17 +50,17 @@ export async function insertInstances(
     `WITH input AS MATERIALIZED (
        SELECT u.*, nextval(pg_get_serial_sequence(':schema.gen_durable', 'id')) AS new_id
        FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bigint[],
-                   $8::timestamptz[], $9::text[], $10::text[], $11::int[], $12::bigint[])
+                   $8::timestamptz[], $9::text[], $10::text[], $11::int[], $12::bigint[], $13::text[])
             WITH ORDINALITY AS u(fsm, version, step, state, queue, priority, delay_ms, run_at,
-                                 correlation_key, correlation_scope, max_attempts, parent_id, ord)
+                                 correlation_key, correlation_scope, max_attempts, parent_id, concurrency_key, ord)
      ),
      ins AS (
        INSERT INTO :schema.gen_durable AS t
          (id, fsm, version, step, state, queue, priority, eligible_at, correlation_key, correlation_scope, max_attempts,
-          parent_id)
+          parent_id, concurrency_key)
        SELECT new_id, fsm, version, step, state::jsonb, queue, priority,
               COALESCE(run_at, now() + delay_ms * interval '1 millisecond'),
-              correlation_key, CAST(correlation_scope AS :schema.gen_durable_status[]), max_attempts, parent_id
+              correlation_key, CAST(correlation_scope AS :schema.gen_durable_status[]), max_attempts, parent_id, concurrency_key
        FROM input
        ORDER BY correlation_key NULLS LAST, ord
        ON CONFLICT (correlation_key) WHERE correlation_key IS NOT NULL AND status = ANY (correlation_scope)
@@ -83,6 +84,7 @@ export async function insertInstances(
     rows.map((r) => r.correlationScope),
     rows.map((r) => r.maxAttempts),
     parentIds ?? rows.map(() => null),
+    rows.map((r) => r.concurrencyKey),
   ]);
 }
 

@@ -17,6 +17,7 @@ export interface ClaimedRow {
   attempt: number;
   max_attempts: number;
   correlation_key: string | null;
+  concurrency_key: string | null;
   parent_id: string | null;
   /** The names awaited when a signal or the deadline woke the row, else null. */
   awaiting: string[] | null;
@@ -70,25 +71,55 @@ const PRIORITY_WALK = `WITH RECURSIVE prio(p) AS (
        FROM prio WHERE prio.p IS NOT NULL
      )`;
 
+/**
+ * How many steps of a row's concurrency key may run at once: a configured gate's limit for
+ * keys `<gate>:...` (`$6` gate names, `$7` limits), else 1.
+ */
+const KEY_LIMIT = (key: string) =>
+  `COALESCE((SELECT g.l FROM unnest($6::text[], $7::int[]) AS g(p, l) WHERE g.p = split_part(${key}, ':', 1)), 1)`;
+
 export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
      picked AS (
-       SELECT c.id FROM prio CROSS JOIN LATERAL (
-         SELECT id FROM :schema.gen_durable
-         WHERE queue = $1 AND status = 'runnable' AND priority = prio.p AND eligible_at <= now()
-           AND ($5::text[] IS NULL OR fsm || '@' || version = ANY ($5::text[]))
-         ORDER BY eligible_at, id
+       SELECT c.id, c.concurrency_key, c.k, prio.p, c.eligible_at FROM prio CROSS JOIN LATERAL (
+         SELECT x.id, x.concurrency_key, x.eligible_at,
+                CASE WHEN x.concurrency_key IS NULL THEN NULL ELSE ${KEY_LIMIT('x.concurrency_key')} END AS k
+         FROM :schema.gen_durable x
+         WHERE x.queue = $1 AND x.status = 'runnable' AND x.priority = prio.p AND x.eligible_at <= now()
+           AND ($5::text[] IS NULL OR x.fsm || '@' || x.version = ANY ($5::text[]))
+           -- A key already running K steps is skipped: one probe of gen_durable_concurrency_active.
+           AND CASE WHEN x.concurrency_key IS NULL THEN true
+                    ELSE (SELECT count(*) FROM :schema.gen_durable e
+                          WHERE e.concurrency_key = x.concurrency_key AND e.status = 'executing')
+                         < ${KEY_LIMIT('x.concurrency_key')} END
+         ORDER BY x.eligible_at, x.id
          LIMIT $2
          FOR NO KEY UPDATE SKIP LOCKED
        ) c
        WHERE prio.p IS NOT NULL
        LIMIT $2
+     ),
+     -- Keyed rows: the r-th of its key in this batch takes the r-th free slot of the key, if
+     -- there is one; the others stay runnable (their key frees when a step of it ends). Only
+     -- keyed rows are ranked (sorted): a batch without keys sorts nothing.
+     ranked AS (
+       SELECT p.id, p.k,
+              row_number() OVER (PARTITION BY p.concurrency_key ORDER BY p.p, p.eligible_at, p.id) AS r,
+              (SELECT COALESCE(array_agg(e.concurrency_slot), '{}') FROM :schema.gen_durable e
+               WHERE e.concurrency_key = p.concurrency_key AND e.status = 'executing') AS taken
+       FROM picked p WHERE p.concurrency_key IS NOT NULL
+     ),
+     admitted AS (
+       SELECT id, NULL::int AS slot FROM picked WHERE concurrency_key IS NULL
+       UNION ALL
+       SELECT id, (SELECT s FROM generate_series(0, k - 1) AS s WHERE s <> ALL (taken) ORDER BY s OFFSET r - 1 LIMIT 1)
+       FROM ranked WHERE r <= k - cardinality(taken)
      )
      UPDATE :schema.gen_durable AS t
-     SET status = 'executing', locked_by = $3, claim = t.claim + 1,
+     SET status = 'executing', locked_by = $3, claim = t.claim + 1, concurrency_slot = admitted.slot,
          lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
-     FROM picked WHERE t.id = picked.id
+     FROM admitted WHERE t.id = admitted.id
      RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
-               t.attempt, t.max_attempts, t.correlation_key, ${CLAIM_EXTRAS}`;
+               t.attempt, t.max_attempts, t.correlation_key, t.concurrency_key, ${CLAIM_EXTRAS}`;
 
 /**
  * Claims up to `limit` due runnable rows of one queue, in `(priority, eligible_at, id)` order,
@@ -117,6 +148,8 @@ export async function claimBatch(
     nodeId: string;
     leaseMs: number;
     machines?: readonly string[] | null;
+    /** Gates raising the concurrency of keys `<gate>:...`: gate name → limit. */
+    gates?: Readonly<Record<string, number>>;
   },
 ): Promise<ClaimedRow[]> {
   // Not prepared: a generic plan cannot know `$1` is one queue of many nor how many rows
@@ -129,6 +162,8 @@ export async function claimBatch(
     args.nodeId,
     args.leaseMs,
     args.machines ?? null,
+    Object.keys(args.gates ?? {}),
+    Object.values(args.gates ?? {}),
   ]);
 }
 
