@@ -7,7 +7,10 @@
 -- believed. Awaiting, runnable and finished rows are not in it: parking releases the slot.
 -- The pick probes it per candidate key (never reading the whole executing set).
 
-ALTER TABLE :schema.gen_durable ADD COLUMN concurrency_slot integer;
+ALTER TABLE :schema.gen_durable ADD COLUMN concurrency_slot integer,
+  -- A keyed row executes in a slot: without one it would escape the index below.
+  ADD CONSTRAINT gen_durable_concurrency_slot CHECK (
+    status <> 'executing' OR concurrency_key IS NULL OR concurrency_slot IS NOT NULL);
 
 CREATE UNIQUE INDEX gen_durable_concurrency_active ON :schema.gen_durable (concurrency_key, concurrency_slot)
   WHERE status = 'executing' AND concurrency_key IS NOT NULL;

@@ -108,6 +108,11 @@ describe('concurrency keys', () => {
       )
       .catch((e: unknown) => e);
     expect(isConcurrencyConflict(direct)).toBe(true);
+    // Nor can a keyed row execute outside the slots (it would escape the index).
+    const slotless = await db.pool
+      .query(`UPDATE ${T()} SET status = 'executing', locked_by = 'x' WHERE queue = 'race-keys'`)
+      .catch((e: unknown) => e);
+    expect((slotless as { code?: string }).code).toBe('23514');
 
     // Two pickers: the first's claim is not committed yet when the second picks.
     const a = new pg.Client({ connectionString: db.url });
