@@ -1,0 +1,78 @@
+/**
+ * The pick's concurrency-key guard probes `gen_durable_concurrency_active` per keyed
+ * candidate: its cost follows the batch, never the number of steps executing. And bad
+ * options are refused naming their path.
+ */
+import { describe, expect, it } from 'vitest';
+import { Cluster, ValidationError, createClient } from '../index.js';
+import { statement } from '../runtime/sql/db.js';
+import { CLAIM_BATCH_SQL } from '../runtime/sql/loop.js';
+import { logged } from './fixtures/key-machines.js';
+import { useTestSchema } from './support/db.js';
+import { type PlanNode, planNodes as nodes } from './support/plan.js';
+
+const db = useTestSchema('keyplan');
+const T = (): string => `"${db.schema}".gen_durable`;
+
+describe('the concurrency guard of the pick', () => {
+  it('probes the active-key index once per keyed candidate among 5,000 executing keyed rows', async () => {
+    // 5,000 executing rows, each in slot 0 of a key of its own; 100 runnable rows, half of
+    // them on keys that are busy.
+    await db.pool.query(
+      `INSERT INTO ${T()} (fsm, step, state, queue, status, concurrency_key, concurrency_slot, locked_by)
+       SELECT 'm', 's', '{}', 'busy', 'executing', 'k:' || g, 0, 'elsewhere' FROM generate_series(1, 5000) g`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${T()} (fsm, step, state, queue, concurrency_key)
+       SELECT 'm', 's', '{}', 'plan', 'k:' || (CASE WHEN g % 2 = 0 THEN g ELSE 100000 + g END) FROM generate_series(1, 100) g`,
+    );
+    await db.pool.query(`ANALYZE ${T()}`);
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      const stmt = statement(db.schema, 'claim', CLAIM_BATCH_SQL);
+      const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+        `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
+        ['plan', 20, 'explain', 30_000, null, [], []],
+      );
+      await client.query('ROLLBACK');
+      const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+      expect(all.filter((n) => n['Node Type'] === 'Seq Scan')).toEqual([]);
+      const probes = all.filter((n) => n['Index Name'] === 'gen_durable_concurrency_active');
+      expect(probes.length).toBeGreaterThan(0);
+      // Rows read through it: at most one per probe (the busy key's row), nowhere near 5,000.
+      const read = probes.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
+      expect(read).toBeLessThanOrEqual(100);
+      const update = all.find((n) => n['Node Type'] === 'ModifyTable');
+      expect(update?.['Actual Rows']).toBe(20); // 20 free keys admitted, the busy ones skipped
+    } finally {
+      client.release();
+    }
+  });
+
+  it('refuses bad keys and gates naming their path', async () => {
+    const client = createClient({ connectionString: db.url, schema: db.schema });
+    try {
+      const bad = await client
+        .insert(logged, { args: { ms: 1, key: null }, concurrencyKey: '' })
+        .catch((e: unknown) => e);
+      expect(bad).toBeInstanceOf(ValidationError);
+      expect((bad as ValidationError).path).toBe('concurrencyKey');
+    } finally {
+      await client.close();
+    }
+    for (const [limits, path] of [
+      [{ stripe: { limit: 0 } }, 'concurrencyLimits.stripe.limit'],
+      [{ stripe: { limit: 2, burst: 3 } }, 'concurrencyLimits.stripe'],
+      [{ 'a:b': { limit: 2 } }, 'concurrencyLimits.a:b'],
+    ] as const) {
+      const error = await Cluster.join({
+        connectionString: db.url,
+        schema: db.schema,
+        concurrencyLimits: limits as never,
+      }).catch((e: unknown) => e);
+      expect(error, path).toBeInstanceOf(ValidationError);
+      expect((error as ValidationError).path, path).toBe(path);
+    }
+  });
+});
