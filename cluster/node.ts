@@ -25,7 +25,7 @@ import { NotificationListener, NotificationSender } from '../runtime/notificatio
 import { machineKey } from '../runtime/machine.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
-import { type ClaimedRow, claimBatch, releaseClaims } from '../runtime/sql/loop.js';
+import { type ClaimedRow, claimBatch, loadActorState, releaseClaims } from '../runtime/sql/loop.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 import { QueuePool } from '../threads/pool.js';
@@ -315,7 +315,27 @@ export class GenDurableNode {
       }
     }
     publish(telemetry.pick, () => ({ node: this.id, queue, requested: limit, claimed: rows.length }));
-    return rows;
+    const actors = rows.filter((r) => r.has_inbox || r.joined);
+    if (actors.length === 0) return rows;
+    // One statement for the batch. Should it fail, the claims are released (uncharged).
+    const loaded = await loadActorState(
+      this.#db,
+      this.#config.schema,
+      actors.map((r) => r.id),
+    ).catch(async (error: unknown) => {
+      await releaseClaims(
+        this.#db,
+        this.#config.schema,
+        this.id,
+        rows.map((r) => r.id),
+      ).catch(() => undefined);
+      throw error;
+    });
+    const byId = new Map(loaded.map((l) => [l.id, l]));
+    return rows.map((r) => {
+      const l = byId.get(r.id);
+      return l ? { ...r, inbox: l.inbox, children: l.children } : r;
+    });
   }
 
   #dispatch(queue: string, pool: QueuePool, rows: ClaimedRow[]): void {
@@ -333,10 +353,10 @@ export class GenDurableNode {
         attempt: row.attempt,
         maxAttempts: row.max_attempts,
         correlationKey: row.correlation_key,
-        inbox: row.inbox,
+        inbox: row.inbox ?? null,
         awaiting: row.awaiting,
         timedOut: row.timed_out,
-        children: row.children,
+        children: row.children ?? null,
       };
     });
     if (telemetry.stepStart.hasSubscribers) {
@@ -370,7 +390,7 @@ export class GenDurableNode {
       claim: row.claim,
       queue,
       parentId: row.parent_id,
-      hadInbox: row.inbox !== null,
+      hadInbox: (row.inbox ?? null) !== null,
       concurrencyKey: row.concurrency_key,
       result,
     });

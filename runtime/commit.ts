@@ -69,7 +69,12 @@ export async function commitBatch(
   const lockIds = lock
     ? [...new Set([...batch.map((e) => e.id), ...parents, ...targets])].sort(compareIds)
     : [];
-  const shape = { terminal, lock, consume: consumed.length > 0 };
+  const shape = {
+    terminal,
+    lock,
+    consume: consumed.length > 0,
+    park: batch.some((e) => e.result.kind === 'await'),
+  };
   const transactional = batch.some(
     (e) => e.result.kind === 'await' || e.result.kind === 'spawn' || e.result.effects !== undefined,
   );

@@ -1,6 +1,6 @@
 /**
- * The batch stays a batch: a claim loads its rows' inboxes and children in the claim
- * statement itself, and one commit of N outcomes that park, spawn, consume and carry
+ * The batch stays a batch: a claim's rows' inboxes and children are loaded in one more
+ * statement (none for plain rows), and one commit of N outcomes that park, spawn, consume and carry
  * effects is the same handful of statements for 10 outcomes as for 200.
  */
 import pg from 'pg';
@@ -10,7 +10,7 @@ import type { StepResult } from '../runtime/executor.js';
 import type { FlushEntry } from '../runtime/flusher.js';
 import { toInsertRow } from '../runtime/insert-options.js';
 import type { Queryable } from '../runtime/sql/db.js';
-import { claimBatch } from '../runtime/sql/loop.js';
+import { claimBatch, loadActorState } from '../runtime/sql/loop.js';
 import { child } from './fixtures/actor-machines.js';
 import { useTestSchema } from './support/db.js';
 
@@ -74,7 +74,7 @@ function mixed(id: string, i: number, targets: readonly string[]): StepResult {
 }
 
 describe('a batch of actor outcomes', () => {
-  it('loads inboxes and children in the claim statement', async () => {
+  it('loads the inboxes and children of a claimed batch in one statement, and none for plain rows', async () => {
     await seed('load', 3);
     const { rows } = await db.pool.query<{ id: string }>(
       `SELECT id::text FROM ${T()} WHERE queue = 'load' ORDER BY id`,
@@ -93,16 +93,26 @@ describe('a batch of actor outcomes', () => {
       nodeId: 'n',
       leaseMs: 30_000,
     });
-    const byId = new Map(claimed.map((c) => [c.id, c]));
+    const flags = new Map(claimed.map((c) => [c.id, [c.has_inbox, c.joined]]));
+    expect([flags.get(a!), flags.get(b!)]).toEqual([
+      [true, false],
+      [false, true],
+    ]);
+    const loaded = await loadActorState(
+      db.pool,
+      db.schema,
+      claimed.filter((c) => c.has_inbox || c.joined).map((c) => c.id),
+    );
+    const byId = new Map(loaded.map((c) => [c.id, c]));
     const inbox = JSON.parse(byId.get(a!)!.inbox!) as Array<{ name: string; payload: unknown }>;
     expect(inbox.map((s) => [s.name, s.payload])).toEqual([
       ['x', { v: 1 }],
       ['y', 2],
     ]);
     expect(JSON.parse(byId.get(b!)!.children!)).toEqual([
-      { id: a, machine: 'm', status: 'runnable', state: { n: 1 }, result: null, error: null }, // as the claim's snapshot saw it
+      { id: a, machine: 'm', status: 'executing', state: { n: 1 }, result: null, error: null },
     ]);
-    expect(claimed.filter((c) => c.inbox === null && c.children === null)).toHaveLength(1);
+    expect(loaded).toHaveLength(2);
   });
 
   it('commits N mixed outcomes in the same number of statements for N = 12 and N = 200', async () => {

@@ -46,8 +46,8 @@ function row(id: number): ClaimedRow {
     parent_id: null,
     awaiting: null,
     timed_out: false,
-    inbox: null,
-    children: null,
+    has_inbox: false,
+    joined: false,
   };
 }
 

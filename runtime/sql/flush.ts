@@ -58,6 +58,8 @@ export interface FlushShape {
   readonly lock: boolean;
   /** Some outcomes consume signals. */
   readonly consume: boolean;
+  /** Some outcomes park on signals (their names and seen ids are parsed from JSON). */
+  readonly park?: boolean;
 }
 
 const PLAIN: FlushShape = { terminal: false, lock: false, consume: false };
@@ -98,10 +100,16 @@ function outcomeUpdate(shape: FlushShape, returning: string): string {
        result = o.result::jsonb,
        last_error = COALESCE(o.last_error, t.last_error),
        errors = CASE WHEN o.error IS NULL THEN t.errors ELSE ${appendError('o.error::jsonb')} END,
-       awaiting = CASE o.actor WHEN 'keep' THEN t.awaiting
+       ${
+         // Planned on every flush (unprepared): the subqueries only when the batch parks.
+         shape.park
+           ? `awaiting = CASE o.actor WHEN 'keep' THEN t.awaiting
                                WHEN 'await' THEN ARRAY(SELECT jsonb_array_elements_text(o.awaiting::jsonb)) END,
        seen_signals = CASE o.actor WHEN 'keep' THEN t.seen_signals
-                      WHEN 'await' THEN ARRAY(SELECT jsonb_array_elements_text(o.seen::jsonb)::bigint) END,
+                      WHEN 'await' THEN ARRAY(SELECT jsonb_array_elements_text(o.seen::jsonb)::bigint) END,`
+           : `awaiting = CASE o.actor WHEN 'keep' THEN t.awaiting END,
+       seen_signals = CASE o.actor WHEN 'keep' THEN t.seen_signals END,`
+       }
        timed_out = o.actor = 'keep' AND t.timed_out,
        pending_children = CASE WHEN o.actor = 'keep' THEN t.pending_children END,
        children = CASE WHEN o.actor = 'keep' THEN t.children END,

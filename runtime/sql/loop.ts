@@ -22,27 +22,51 @@ export interface ClaimedRow {
   /** The names awaited when a signal or the deadline woke the row, else null. */
   awaiting: string[] | null;
   timed_out: boolean;
-  /** The inbox as JSON text (null when the row never got a signal, or it is empty). */
-  inbox: string | null;
-  /** The latest spawn's children as JSON text (null unless the row joins a spawn). */
-  children: string | null;
+  /** A signal was ever stored for the row: its inbox is loaded (`loadActorState`). */
+  has_inbox: boolean;
+  /** The row joins a spawn: its children are loaded. */
+  joined: boolean;
+  /** The inbox as JSON text (null when empty or not loaded), set after the claim. */
+  inbox?: string | null;
+  /** The latest spawn's children as JSON text (null unless the row joins a spawn), set after the claim. */
+  children?: string | null;
 }
 
 /**
- * What the claim returns of a row's inbox and children, as JSON text the main thread hands on
- * without parsing. Evaluated only for rows that have them (`inbox`, `children`): for the
- * rows of plain jobs it costs a flag test. Read in the claim's snapshot: a signal committed
- * later is a latecomer (it survives consumption and wakes a re-await).
+ * What the claim returns of a row's actor state: flags only. The inbox and children of the
+ * rows that have them are loaded by one more statement (`loadActorState`), so a batch of
+ * plain jobs plans and runs no subquery for them.
  */
 const CLAIM_EXTRAS = `t.parent_id::text AS parent_id, t.awaiting, t.timed_out,
-    CASE WHEN t.inbox THEN (
-      SELECT json_agg(json_build_object('id', s.id::text, 'name', s.name, 'payload', s.payload,
-                                        'insertedAt', s.inserted_at) ORDER BY s.id)
-      FROM :schema.gen_durable_signals s WHERE s.instance_id = t.id)::text END AS inbox,
-    CASE WHEN t.children IS NOT NULL THEN COALESCE((
-      SELECT json_agg(json_build_object('id', c.id::text, 'machine', c.fsm, 'status', c.status,
-                                        'state', c.state, 'result', c.result, 'error', c.last_error) ORDER BY c.id)
-      FROM :schema.gen_durable c WHERE c.id = ANY (t.children)), '[]')::text END AS children`;
+    t.inbox AS has_inbox, t.children IS NOT NULL AS joined`;
+
+/**
+ * The inboxes (JSON text `[{ id, name, payload, insertedAt }]`, null when empty) and the
+ * latest spawn's children (`[{ id, machine, status, state, result, error }]`) of claimed
+ * rows, in one statement for the batch. Read after the claim: a signal that arrived since
+ * is handed too (it is consumed only if it is in `ctx.awaited`, by id).
+ */
+export async function loadActorState(
+  db: Queryable,
+  schema: string,
+  ids: readonly string[],
+): Promise<Array<{ id: string; inbox: string | null; children: string | null }>> {
+  const stmt = statement(
+    schema,
+    'actor_state',
+    `SELECT t.id::text AS id,
+       CASE WHEN t.inbox THEN (
+         SELECT json_agg(json_build_object('id', s.id::text, 'name', s.name, 'payload', s.payload,
+                                           'insertedAt', s.inserted_at) ORDER BY s.id)
+         FROM :schema.gen_durable_signals s WHERE s.instance_id = t.id)::text END AS inbox,
+       CASE WHEN t.children IS NOT NULL THEN COALESCE((
+         SELECT json_agg(json_build_object('id', c.id::text, 'machine', c.fsm, 'status', c.status,
+                                           'state', c.state, 'result', c.result, 'error', c.last_error) ORDER BY c.id)
+         FROM :schema.gen_durable c WHERE c.id = ANY (t.children)), '[]')::text END AS children
+     FROM :schema.gen_durable t WHERE t.id = ANY ($1::bigint[])`,
+  );
+  return run(db, stmt, [ids]);
+}
 
 /**
  * `t.errors` with one more entry, keeping the latest 10: the row's current step and attempt,
