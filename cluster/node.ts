@@ -16,7 +16,7 @@ import { z } from 'zod';
 import { durationSchema } from '../runtime/duration.js';
 import { describeConnection } from '../runtime/connection.js';
 import { GenDurableError, errorMessage, parseInput } from '../runtime/errors.js';
-import { isConcurrencyConflict, isTransient } from '../runtime/sql/errors.js';
+import { isConcurrencyConflict, isKeyedRow, isTransient } from '../runtime/sql/errors.js';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import { type CommitResult, type FlushEntry, Flusher } from '../runtime/flusher.js';
@@ -70,6 +70,11 @@ export class GenDurableNode {
   readonly #servable: string[] | null;
   /** Concurrency gates: gate name → limit. */
   readonly #gates: Readonly<Record<string, number>>;
+  /**
+   * Queues whose picks use the keyed claim: all of them when gates are configured, else
+   * those where the plain claim met a keyed row (it cannot claim one; see `CLAIM_BATCH_SQL`).
+   */
+  readonly #keyed = new Set<string>();
   /** Claims in flight on this node (id → claim token): running, or waiting to be committed. */
   readonly #claims = new Map<string, string>();
   #stopping: Promise<void> | undefined;
@@ -138,6 +143,7 @@ export class GenDurableNode {
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
       this.#queues.set(queue, { feeder, pool });
+      if (Object.keys(config.concurrencyLimits).length > 0) this.#keyed.add(queue);
     }
     this.#heartbeat = new Heartbeat({
       db: this.#db,
@@ -294,20 +300,26 @@ export class GenDurableNode {
   }
 
   async #claim(queue: string, limit: number): Promise<ClaimedRow[]> {
-    const args = {
-      queue,
-      limit,
-      nodeId: this.id,
-      leaseMs: this.#config.lease,
-      machines: this.#servable,
-      gates: this.#gates,
-    };
     let rows: ClaimedRow[];
     for (let attempt = 1; ; attempt++) {
+      const args = {
+        queue,
+        limit,
+        nodeId: this.id,
+        leaseMs: this.#config.lease,
+        machines: this.#servable,
+        keyed: this.#keyed.has(queue),
+        gates: this.#gates,
+      };
       try {
         rows = await claimBatch(this.#db, this.#config.schema, args);
         break;
       } catch (error) {
+        if ((isKeyedRow(error) || isConcurrencyConflict(error)) && !args.keyed) {
+          // The queue has rows with concurrency keys: from now on its picks honour them.
+          this.#keyed.add(queue);
+          continue;
+        }
         // Another node claimed a step of the same key at the same moment: the index refused
         // the second; the next pick sees the first and skips that key.
         if (!isConcurrencyConflict(error) || attempt >= 5) throw error;

@@ -25,7 +25,7 @@ import { storableText } from './json.js';
 import { assertNever } from './outcome.js';
 import { setBarriers } from './sql/children.js';
 import { type Queryable, inTransaction } from './sql/db.js';
-import { ATTEMPT, type OutcomeRow, flushOutcomes } from './sql/flush.js';
+import { ATTEMPT, type OutcomeRow, flushOutcomes, shapeOf } from './sql/flush.js';
 import { type InsertRow, insertInstances } from './sql/instances.js';
 import { type DeliveredRow, deliverSignals, findSignalByDedup, wakeParked } from './sql/signals.js';
 import type { SignalRequest } from './executor.js';
@@ -69,12 +69,7 @@ export async function commitBatch(
   const lockIds = lock
     ? [...new Set([...batch.map((e) => e.id), ...parents, ...targets])].sort(compareIds)
     : [];
-  const shape = {
-    terminal,
-    lock,
-    consume: consumed.length > 0,
-    park: batch.some((e) => e.result.kind === 'await'),
-  };
+  const shape = { ...shapeOf(rows), terminal, lock, consume: consumed.length > 0 };
   const transactional = batch.some(
     (e) => e.result.kind === 'await' || e.result.kind === 'spawn' || e.result.effects !== undefined,
   );

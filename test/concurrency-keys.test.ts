@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createClient } from '../index.js';
-import { isConcurrencyConflict } from '../runtime/sql/errors.js';
+import { isConcurrencyConflict, isKeyedRow } from '../runtime/sql/errors.js';
 import { claimBatch } from '../runtime/sql/loop.js';
 import { keyRunsTable, logged, switching } from './fixtures/key-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
@@ -48,6 +48,8 @@ describe('concurrency keys', () => {
     const options = {
       queues: { keys: { concurrency: 8, threads: 1 } },
       concurrencyLimits: { gate: { limit: 3 } },
+      heartbeat: '500ms',
+      lease: '3s',
     };
     const nodes = ['keys-a', 'keys-b', 'keys-c'].map((id) =>
       hosts.start(id, {
@@ -113,6 +115,15 @@ describe('concurrency keys', () => {
       .query(`UPDATE ${T()} SET status = 'executing', locked_by = 'x' WHERE queue = 'race-keys'`)
       .catch((e: unknown) => e);
     expect((slotless as { code?: string }).code).toBe('23514');
+    // The plain claim (for queues without keys) cannot claim a keyed row either: the node
+    // learns from this refusal that the queue needs the keyed claim.
+    const plain = await claimBatch(db.pool, db.schema, {
+      queue: 'race-keys',
+      limit: 1,
+      nodeId: 'p',
+      leaseMs: 30_000,
+    }).catch((e: unknown) => e);
+    expect(isKeyedRow(plain)).toBe(true);
 
     // Two pickers: the first's claim is not committed yet when the second picks.
     const a = new pg.Client({ connectionString: db.url });
@@ -125,6 +136,7 @@ describe('concurrency keys', () => {
         limit: 1,
         nodeId: 'a',
         leaseMs: 30_000,
+        keyed: true,
       });
       expect(first).toHaveLength(1);
       const second = claimBatch(b, db.schema, {
@@ -132,6 +144,7 @@ describe('concurrency keys', () => {
         limit: 1,
         nodeId: 'b',
         leaseMs: 30_000,
+        keyed: true,
       }).catch((e: unknown) => e);
       await eventually(async () => {
         const { rows } = await db.pool.query<{ n: number }>(
@@ -143,7 +156,13 @@ describe('concurrency keys', () => {
       expect(isConcurrencyConflict(await second)).toBe(true);
       // Retried, it sees the first claim and skips the key.
       expect(
-        await claimBatch(b, db.schema, { queue: 'race-keys', limit: 1, nodeId: 'b', leaseMs: 30_000 }),
+        await claimBatch(b, db.schema, {
+          queue: 'race-keys',
+          limit: 1,
+          nodeId: 'b',
+          leaseMs: 30_000,
+          keyed: true,
+        }),
       ).toEqual([]);
     } finally {
       await Promise.all([a.end(), b.end()]);

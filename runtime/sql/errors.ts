@@ -65,3 +65,11 @@ export function isConcurrencyConflict(error: unknown): boolean {
     (error as { constraint?: unknown }).constraint === 'gen_durable_concurrency_active'
   );
 }
+
+/** The plain claim met a row with a concurrency key (it may not execute without a slot). */
+export function isKeyedRow(error: unknown): boolean {
+  return (
+    sqlState(error) === '23514' &&
+    (error as { constraint?: unknown }).constraint === 'gen_durable_concurrency_slot'
+  );
+}
