@@ -5,7 +5,7 @@
  * A batch of plain outcomes (`next`, `retry`, `done`, `stop`, `release`, no effects) is one
  * statement (`flushOutcomes`: the outcomes, the settle path of the rows that ended, the
  * signals consumed). A batch that parks on signals, spawns children or carries effects is
- * one transaction of at most six statements, whatever its size:
+ * one transaction of at most five statements between BEGIN and COMMIT, whatever its size:
  *
  *   1. the outcomes (as above; when rows with parents end or signals are sent, every row the
  *      transaction writes is locked first, in id order);
