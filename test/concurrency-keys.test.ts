@@ -5,6 +5,7 @@
  * costs the second its pick; the key persists across steps, `next` switches or releases it,
  * parking releases it.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
@@ -192,5 +193,53 @@ describe('concurrency keys', () => {
       result: 'released',
     });
     expect((await n.client.get(id))?.concurrencyKey).toBeNull();
+  });
+
+  it('a node whose pick collides with another claim of the key retries it and reports concurrency:contended', async () => {
+    const contended: Array<{ node: string; queue: string }> = [];
+    const onContended = (e: unknown): void => void contended.push(e as { node: string; queue: string });
+    subscribe('gen_durable:concurrency:contended', onContended);
+    const other = new pg.Client({ connectionString: db.url });
+    await other.connect();
+    try {
+      process.env.KEYS_URL = db.url;
+      process.env.KEYS_SCHEMA = db.schema;
+      const n = await join({
+        machines: [logged],
+        queues: { keys: { concurrency: 4, threads: 1 } },
+        concurrencyLimits: { unused: { limit: 2 } }, // keyed claims from the start
+      });
+      // Another picker claims a row of key c:1 and holds its transaction open.
+      await other.query('BEGIN');
+      await other.query(
+        `INSERT INTO ${T()} (fsm, step, state, queue, concurrency_key) VALUES ('m', 's', '{}', 'contend', 'c:1')`,
+      );
+      await claimBatch(other, db.schema, {
+        queue: 'contend',
+        limit: 1,
+        nodeId: 'other',
+        leaseMs: 60_000,
+        keyed: true,
+      });
+      // The node's pick of a row of the same key waits on that uncommitted claim...
+      const { id } = await n.client.insert(logged, { args: { ms: 1, key: 'c:1' }, concurrencyKey: 'c:1' });
+      await eventually(async () => {
+        const { rows } = await db.pool.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%picked AS%'`,
+        );
+        return rows[0]!.n > 0 ? true : undefined;
+      }, 'the node pick waiting on the other claim');
+      // ...and is refused when it commits: retried, it skips the busy key.
+      await other.query('COMMIT');
+      await eventually(
+        () => Promise.resolve(contended.length > 0 ? true : undefined),
+        'concurrency:contended',
+      );
+      expect(contended[0]).toMatchObject({ node: n.id, queue: 'keys' });
+      expect((await n.client.get(id))?.status).toBe('runnable');
+    } finally {
+      unsubscribe('gen_durable:concurrency:contended', onContended);
+      await other.end();
+    }
   });
 });
