@@ -136,7 +136,7 @@ async function executeWith(
   // Only an explicitly chosen timeout turns tracking on: the 15-minute default is a backstop
   // against promises that never settle, not worth 10% of every step's speed.
   if (def.stepTimeoutSet && def.stepTimeoutMs !== null) trackContinuations();
-  const { ctx, effects, seal } = stepContext_(item, controller.signal);
+  const { ctx, effects, seal } = contextFor(item, controller.signal);
   const state: unknown = JSON.parse(item.state);
   let failure = item.failure;
   if (!failure) {
@@ -177,7 +177,7 @@ function inboxView(item: StepItem, ctx: StepContext): InboxView {
 }
 
 /** The step's `ctx`, with the effects it records; `seal` ends recording (the step returned). */
-function stepContext_(
+function contextFor(
   item: StepItem,
   abortSignal: AbortSignal,
 ): {

@@ -1,12 +1,8 @@
 /**
  * Statements of the client API: inserting, reading, cancelling and counting instances.
  */
-import { LIVE_STATUSES } from '../status.js';
 import { type Queryable, run, statement } from './db.js';
-import { lockRowsCte, settleCtes } from './settle.js';
-
-/** The live statuses as a SQL list, from the one definition in `status.ts`. */
-const LIVE = `(${LIVE_STATUSES.map((s) => `'${s}'`).join(', ')})`;
+import { LIVE, lockRowsCte, settleCtes } from './settle.js';
 
 export interface InsertRow {
   readonly fsm: string;

@@ -16,9 +16,11 @@
  * that ends children with parents must lock the parents first, in id order with the rest
  * (see `LOCK_ROWS`), or it can deadlock with one that locks in id order.
  */
-import { TERMINAL_STATUSES } from '../status.js';
+import { LIVE_STATUSES, TERMINAL_STATUSES } from '../status.js';
 
+/** The terminal and the live statuses as SQL lists, from the one definition in `status.ts`. */
 export const TERMINAL = `(${TERMINAL_STATUSES.map((s) => `'${s}'`).join(', ')})`;
+export const LIVE = `(${LIVE_STATUSES.map((s) => `'${s}'`).join(', ')})`;
 
 /**
  * CTEs settling the rows of `source` (a CTE with columns `id`, `status` (text), `inbox`,

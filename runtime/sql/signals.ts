@@ -2,10 +2,8 @@
  * Statements of the durable inbox: delivering signals, waking rows parked on them, and
  * firing await deadlines. How a wake-up is never lost is told in `migrations/004_actors.sql`.
  */
-import { LIVE_STATUSES } from '../status.js';
 import { type Queryable, run, statement } from './db.js';
-
-const LIVE = `(${LIVE_STATUSES.map((s) => `'${s}'`).join(', ')})`;
+import { LIVE } from './settle.js';
 
 export interface SignalRow {
   readonly targetId: string | null;
