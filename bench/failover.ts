@@ -7,19 +7,17 @@
  * Flags: --rounds 3 --nodes 3
  */
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { migrate } from '../migrations/migrate.js';
 import { dropSchema } from '../runtime/sql/schema.js';
 import { eventually } from '../test/support/eventually.js';
-import { Host } from '../test/support/host-process.js';
+import { CHAOS_HOST, Host } from '../test/support/host-process.js';
 
 const { values: flags } = parseArgs({
   options: { rounds: { type: 'string', default: '3' }, nodes: { type: 'string', default: '3' } },
   strict: true,
 });
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const fixture = fileURLToPath(new URL('../test/fixtures/chaos-host.ts', import.meta.url));
 const WAIT_MS = 60_000;
 
 async function round(signal: 'SIGKILL' | 'SIGTERM'): Promise<number> {
@@ -27,7 +25,7 @@ async function round(signal: 'SIGKILL' | 'SIGTERM'): Promise<number> {
   await migrate({ connectionString: url, schema });
   const nodes = Array.from({ length: Number(flags.nodes) }, (_, i) => {
     const id = `n${i}`;
-    return new Host(id, { fixture, args: [url, schema, id, '{}'] });
+    return new Host(id, { fixture: CHAOS_HOST, args: [url, schema, id, '{}'] });
   });
   try {
     await Promise.all(nodes.map((n) => n.next((e) => e.event === 'started', 'started', WAIT_MS)));

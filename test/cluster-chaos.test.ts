@@ -13,7 +13,6 @@
  * side table) and by what the nodes and the database say, not by time; failover times are
  * logged, never asserted.
  */
-import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { leaderLockKey } from '../runtime/sql/leader.js';
 import {
@@ -24,10 +23,9 @@ import {
   fiveSteps,
 } from './fixtures/chaos-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
-import { type Host, allStarted, oneLeader, useHosts } from './support/host.js';
+import { CHAOS_HOST, type Host, allStarted, oneLeader, useHosts } from './support/host.js';
 import { useNodes } from './support/node.js';
 
-const hostFile = fileURLToPath(new URL('./fixtures/chaos-host.ts', import.meta.url));
 const db = useTestSchema('chaos');
 const { client } = useNodes(db);
 const hosts = useHosts();
@@ -69,7 +67,7 @@ beforeAll(async () => {
 
 function startHost(id: string): Host {
   return hosts.start(id, {
-    fixture: hostFile,
+    fixture: CHAOS_HOST,
     args: [db.url, db.schema, id, JSON.stringify(OPTIONS)],
     env: { CHAOS_URL: db.url, CHAOS_SCHEMA: db.schema },
   });

@@ -12,14 +12,12 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chaosRunsTable, gated } from './fixtures/chaos-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
-import { allStarted, useHosts } from './support/host.js';
+import { CHAOS_HOST, allStarted, useHosts } from './support/host.js';
 import { useNodes } from './support/node.js';
 
-const hostFile = fileURLToPath(new URL('./fixtures/chaos-host.ts', import.meta.url));
 const db = useTestSchema('frozen');
 const { join, client } = useNodes(db);
 const hosts = useHosts();
@@ -42,7 +40,7 @@ function startHost(id: string) {
     poolSize: 3,
   };
   return hosts.start(id, {
-    fixture: hostFile,
+    fixture: CHAOS_HOST,
     args: [db.url, db.schema, id, JSON.stringify(options)],
     env: { CHAOS_URL: db.url, CHAOS_SCHEMA: db.schema, CHAOS_PRINT_FLUSH: '1' },
   });

@@ -8,7 +8,6 @@
  *
  * Recovery times are logged, never asserted.
  */
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EmbeddedDatabase, startEmbeddedPostgres } from '../cli/embedded-postgres.js';
@@ -23,9 +22,8 @@ import {
   fiveSteps,
 } from './fixtures/chaos-machines.js';
 import { eventually, queryAnswered } from './support/db.js';
-import { type Host, allStarted, lockHolders, oneLeader, useHosts } from './support/host.js';
+import { CHAOS_HOST, type Host, allStarted, lockHolders, oneLeader, useHosts } from './support/host.js';
 
-const hostFile = fileURLToPath(new URL('./fixtures/chaos-host.ts', import.meta.url));
 const INSTANCES = 2_000;
 const NODES = 2;
 const schema = 'cluster_restart';
@@ -76,7 +74,7 @@ const finished = async (): Promise<number> =>
 
 function startHost(id: string): Host {
   return hosts.start(id, {
-    fixture: hostFile,
+    fixture: CHAOS_HOST,
     args: [server.url, schema, id, JSON.stringify(OPTIONS)],
     env: { CHAOS_URL: server.url, CHAOS_SCHEMA: schema },
   });

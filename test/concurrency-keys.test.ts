@@ -6,7 +6,6 @@
  * parking releases it.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createClient } from '../index.js';
@@ -14,13 +13,12 @@ import { isConcurrencyConflict, isKeyedRow } from '../runtime/sql/errors.js';
 import { claimBatch } from '../runtime/sql/loop.js';
 import { keyRunsTable, logged, switching } from './fixtures/key-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
-import { allStarted, useHosts } from './support/host.js';
+import { CHAOS_HOST, allStarted, useHosts } from './support/host.js';
 import { useNodes } from './support/node.js';
 
 const db = useTestSchema('keys');
 const hosts = useHosts();
 const { join } = useNodes(db);
-const hostFile = fileURLToPath(new URL('./fixtures/chaos-host.ts', import.meta.url));
 const T = (): string => `"${db.schema}".gen_durable`;
 
 interface Run {
@@ -54,7 +52,7 @@ describe('concurrency keys', () => {
     };
     const nodes = ['keys-a', 'keys-b', 'keys-c'].map((id) =>
       hosts.start(id, {
-        fixture: hostFile,
+        fixture: CHAOS_HOST,
         args: [db.url, db.schema, id, JSON.stringify(options)],
         env: { HOST_MACHINES: 'keys', KEYS_URL: db.url, KEYS_SCHEMA: db.schema },
       }),

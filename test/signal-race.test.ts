@@ -3,23 +3,21 @@
  * with two node processes running them. Whether the signal commits before the step runs,
  * while it runs, while its park is being committed or after, every instance is woken once.
  */
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { createClient } from '../index.js';
 import { racer } from './fixtures/actor-machines.js';
 import { useTestSchema } from './support/db.js';
-import { allStarted, useHosts } from './support/host.js';
+import { CHAOS_HOST, allStarted, useHosts } from './support/host.js';
 
 const db = useTestSchema('race');
 const hosts = useHosts();
-const hostFile = fileURLToPath(new URL('./fixtures/chaos-host.ts', import.meta.url));
 const OPTIONS = { queues: { actors: { concurrency: 32, threads: 1 } }, heartbeat: '500ms', lease: '3s' };
 
 describe('park against signal', () => {
   it('300 insert→signal races over two node processes: every instance is woken, none twice', async () => {
     const nodes = ['race-a', 'race-b'].map((id) =>
       hosts.start(id, {
-        fixture: hostFile,
+        fixture: CHAOS_HOST,
         args: [db.url, db.schema, id, JSON.stringify(OPTIONS)],
         env: { HOST_MACHINES: 'actors' },
       }),

@@ -11,6 +11,9 @@ import { eventually } from './eventually.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
+/** The node-process fixture of the cluster tests and benches (`fixtures/chaos-host.ts`). */
+export const CHAOS_HOST = fileURLToPath(new URL('../fixtures/chaos-host.ts', import.meta.url));
+
 /** One line a host printed; `at` is its `Date.now()`. */
 export interface HostEvent {
   readonly event: string;

@@ -9,7 +9,7 @@ import { leaderLockHolders } from '../../runtime/sql/leader.js';
 import { eventually } from './eventually.js';
 import { Host, type HostOptions } from './host-process.js';
 
-export { Host, type HostEvent, type HostOptions } from './host-process.js';
+export { CHAOS_HOST, Host, type HostEvent, type HostOptions } from './host-process.js';
 
 /** Hosts started through `start` are SIGKILLed after each test (a stopped one too) and awaited. */
 export function useHosts(): { start: (id: string, options: HostOptions) => Host; all: Host[] } {
