@@ -16,16 +16,17 @@ import { z } from 'zod';
 import { durationSchema } from '../runtime/duration.js';
 import { describeConnection } from '../runtime/connection.js';
 import { GenDurableError, errorMessage, parseInput } from '../runtime/errors.js';
-import { isConcurrencyConflict, isKeyedRow, isTransient } from '../runtime/sql/errors.js';
+import { isTransient } from '../runtime/sql/errors.js';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import { type CommitResult, type FlushEntry, Flusher } from '../runtime/flusher.js';
-import { assertNever } from '../runtime/outcome.js';
 import { NotificationListener, NotificationSender } from '../runtime/notifications.js';
 import { machineKey } from '../runtime/machine.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
-import { type ClaimedRow, claimBatch, loadActorState, releaseClaims } from '../runtime/sql/loop.js';
+import { type ClaimedRow, releaseClaims } from '../runtime/sql/loop.js';
+import { Claimer } from '../runtime/claimer.js';
+import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
 import { QueuePool } from '../threads/pool.js';
@@ -68,13 +69,7 @@ export class GenDurableNode {
   readonly #untrack: () => void;
   /** `name@version` of the machines this node claims, or null when it claims any (a resolve hook). */
   readonly #servable: string[] | null;
-  /** Concurrency gates: gate name → limit. */
-  readonly #gates: Readonly<Record<string, number>>;
-  /**
-   * Queues whose picks use the keyed claim: all of them when gates are configured, else
-   * those where the plain claim met a keyed row (it cannot claim one; see `CLAIM_BATCH_SQL`).
-   */
-  readonly #keyed = new Set<string>();
+  readonly #claimer: Claimer;
   /** Claims in flight on this node (id → claim token): running, or waiting to be committed. */
   readonly #claims = new Map<string, string>();
   #stopping: Promise<void> | undefined;
@@ -84,9 +79,6 @@ export class GenDurableNode {
     this.#config = config;
     this.id = config.nodeId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#registry = new MachineRegistry(config.machines, config.resolve);
-    this.#gates = Object.fromEntries(
-      Object.entries(config.concurrencyLimits).map(([g, { limit }]) => [g, limit]),
-    );
     this.#servable = config.resolve
       ? null
       : this.#registry.definitions.map((d) => machineKey(d.name, d.version));
@@ -100,6 +92,14 @@ export class GenDurableNode {
       });
     this.#db.on('error', (error) => this.#reportError('pool', error));
     const schema = config.schema;
+    this.#claimer = new Claimer({
+      db: this.#db,
+      schema,
+      nodeId: this.id,
+      leaseMs: config.lease,
+      machines: this.#servable,
+      gates: Object.fromEntries(Object.entries(config.concurrencyLimits).map(([g, { limit }]) => [g, limit])),
+    });
     this.#sender = new NotificationSender(this.#db, schema, (e) => this.#reportError('notify', e));
     this.#listener = new NotificationListener(
       { ...this.#db.options, application_name: this.#connectionName('listener') },
@@ -138,12 +138,11 @@ export class GenDurableNode {
         concurrency: q.concurrency,
         batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
         pollIntervalMs: config.pollInterval,
-        claim: (limit) => this.#claim(queue, limit),
+        claim: (limit) => this.#claimer.claim(queue, limit),
         dispatch: (rows) => this.#dispatch(queue, pool, rows),
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
       this.#queues.set(queue, { feeder, pool });
-      if (Object.keys(config.concurrencyLimits).length > 0) this.#keyed.add(queue);
     }
     this.#heartbeat = new Heartbeat({
       db: this.#db,
@@ -299,57 +298,6 @@ export class GenDurableNode {
     });
   }
 
-  async #claim(queue: string, limit: number): Promise<ClaimedRow[]> {
-    let rows: ClaimedRow[];
-    for (let attempt = 1; ; attempt++) {
-      const args = {
-        queue,
-        limit,
-        nodeId: this.id,
-        leaseMs: this.#config.lease,
-        machines: this.#servable,
-        keyed: this.#keyed.has(queue),
-        gates: this.#gates,
-      };
-      try {
-        rows = await claimBatch(this.#db, this.#config.schema, args);
-        break;
-      } catch (error) {
-        if ((isKeyedRow(error) || isConcurrencyConflict(error)) && !args.keyed) {
-          // The queue has rows with concurrency keys: from now on its picks honour them.
-          this.#keyed.add(queue);
-          continue;
-        }
-        // Another node claimed a step of the same key at the same moment: the index refused
-        // the second; the next pick sees the first and skips that key.
-        if (!isConcurrencyConflict(error) || attempt >= 5) throw error;
-        publish(telemetry.concurrencyContended, () => ({ node: this.id, queue, attempt }));
-      }
-    }
-    publish(telemetry.pick, () => ({ node: this.id, queue, requested: limit, claimed: rows.length }));
-    const actors = rows.filter((r) => r.has_inbox || r.joined);
-    if (actors.length === 0) return rows;
-    // One statement for the batch. Should it fail, the claims are released (uncharged).
-    const loaded = await loadActorState(
-      this.#db,
-      this.#config.schema,
-      actors.map((r) => r.id),
-    ).catch(async (error: unknown) => {
-      await releaseClaims(
-        this.#db,
-        this.#config.schema,
-        this.id,
-        rows.map((r) => r.id),
-      ).catch(() => undefined);
-      throw error;
-    });
-    const byId = new Map(loaded.map((l) => [l.id, l]));
-    return rows.map((r) => {
-      const l = byId.get(r.id);
-      return l ? { ...r, inbox: l.inbox, children: l.children } : r;
-    });
-  }
-
   #dispatch(queue: string, pool: QueuePool, rows: ClaimedRow[]): void {
     const claimed = new Map<string, ClaimedRow>();
     const started = performance.now();
@@ -422,47 +370,11 @@ export class GenDurableNode {
   }
 
   #afterFlush(entries: readonly FlushEntry[], committed: CommitResult): void {
-    const { applied } = committed;
-    const settled: string[] = [];
-    const stale: string[] = [];
-    for (const entry of entries) {
-      const r = entry.result;
-      if (!applied.has(entry.id)) {
-        // Reaped meanwhile, or committed by an earlier try whose reply was lost: in the
-        // latter case the row may be runnable again, so look; or settled, so tell waiters
-        // (they re-read the row: a notification too many costs one read).
-        stale.push(entry.id);
-        this.#wakeLocal(entry.queue, 0);
-        if (r.kind === 'done' || r.kind === 'stop') settled.push(entry.id);
-        continue;
-      }
-      switch (r.kind) {
-        case 'done':
-        case 'stop':
-          if (applied.get(entry.id)) settled.push(entry.id);
-          break;
-        case 'release':
-          this.#wakeQueue(entry.queue, 0);
-          break;
-        case 'next':
-        case 'retry':
-          this.#wakeQueue(entry.queue, r.delayMs);
-          break;
-        case 'await':
-          // The deadline is the stager's to fire (on the leader, told by the notification).
-          if (r.timeoutMs !== null) this.#sender.wake(entry.queue, Math.max(1, r.timeoutMs));
-          break;
-        case 'spawn':
-          break;
-        default:
-          assertNever(r, 'step result');
-      }
-    }
-    // Parents joined, parked rows a signal already woke, inserted children, signal targets.
-    for (const [queue, delayMs] of committed.wakes) this.#wakeQueue(queue, delayMs);
-    // A step of a concurrency key ended: rows of that key the picks skipped may run now.
-    const keyed = new Set(entries.filter((e) => e.concurrencyKey && applied.has(e.id)).map((e) => e.queue));
-    for (const queue of keyed) this.#wakeQueue(queue, 0);
+    const { settled, stale, recheck, wakes, deadlines } = consequencesOf(entries, committed);
+    for (const queue of recheck) this.#wakeLocal(queue, 0);
+    for (const [queue, delayMs] of wakes) this.#wakeQueue(queue, delayMs);
+    // A deadline is the stager's to fire (on the leader, told by the notification).
+    for (const [queue, delayMs] of deadlines) this.#sender.wake(queue, delayMs);
     for (const { from, delivered } of committed.signals) {
       publish(telemetry.signal, () => ({
         node: this.id,
@@ -474,7 +386,11 @@ export class GenDurableNode {
         woke: delivered.runnable,
       }));
     }
-    publish(telemetry.flush, () => ({ node: this.id, outcomes: entries.length, applied: applied.size }));
+    publish(telemetry.flush, () => ({
+      node: this.id,
+      outcomes: entries.length,
+      applied: committed.applied.size,
+    }));
     if (stale.length > 0) publish(telemetry.outcomeStale, () => ({ node: this.id, ids: stale }));
     this.#sender.settled(settled);
     this.#finishClaims(entries);
