@@ -3,7 +3,18 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { abortable, all, blocker, cpuHog, fast, memoryHog, noop, sleeper } from './fixtures/machines.js';
+import { BroadcastChannel } from 'node:worker_threads';
+import {
+  CPU_HOG_CHANNEL,
+  abortable,
+  all,
+  blocker,
+  cpuHog,
+  fast,
+  memoryHog,
+  noop,
+  sleeper,
+} from './fixtures/machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 
@@ -23,7 +34,13 @@ describe('worker threads', () => {
         // test, long enough that a busy test machine's scheduling delays do not.
         lease: 3_000,
       });
+      const spins = new BroadcastChannel(CPU_HOG_CHANNEL);
+      const running = new Set<string>();
+      spins.onmessage = (event) => void running.add(((event as MessageEvent).data as { id: string }).id);
       const hog = await node.client.insert(cpuHog, { args: { until: release } });
+      // Claimed is not yet running: the thread may still be starting. Wait for the hog itself.
+      await eventually(() => Promise.resolve(running.has(hog.id) ? true : undefined), 'the hog to spin');
+      spins.close();
       const started = await eventually(async () => {
         const s = await node.client.get(hog.id);
         return s?.status === 'executing' ? s : undefined;
