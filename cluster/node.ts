@@ -24,7 +24,8 @@ import { NotificationListener, NotificationSender } from '../runtime/notificatio
 import { machineKey } from '../runtime/machine.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
-import { type ClaimedRow, releaseClaims } from '../runtime/sql/loop.js';
+import type { ClaimedRow } from '../runtime/sql/claim.js';
+import { releaseClaims } from '../runtime/sql/loop.js';
 import { Claimer } from '../runtime/claimer.js';
 import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';

@@ -23,7 +23,7 @@
  */
 import { MAX_TIMER_MS } from '../runtime/duration.js';
 import type { Queryable } from '../runtime/sql/db.js';
-import { nextDueIn } from '../runtime/sql/loop.js';
+import { nextDueIn } from '../runtime/sql/claim.js';
 import { listNodeQueues } from '../runtime/sql/nodes.js';
 import { fireAwaitTimeouts, nextAwaitDeadline } from '../runtime/sql/signals.js';
 import { PeriodicService } from '../runtime/service.js';

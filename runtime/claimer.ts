@@ -7,7 +7,8 @@
  */
 import { isConcurrencyConflict, isKeyedRow } from './sql/errors.js';
 import type { Queryable } from './sql/db.js';
-import { type ClaimedRow, claimBatch, loadActorState, releaseClaims } from './sql/loop.js';
+import { type ClaimedRow, claimBatch, loadActorState } from './sql/claim.js';
+import { releaseClaims } from './sql/loop.js';
 import { publish, telemetry } from './telemetry.js';
 
 /** Tries of a pick refused by `gen_durable_concurrency_active` before it is an error. */

@@ -14,7 +14,7 @@
  * own retries), for the earliest of them: no look-ups of its own.
  */
 import { MAX_TIMER_MS } from './duration.js';
-import type { ClaimedRow } from './sql/loop.js';
+import type { ClaimedRow } from './sql/claim.js';
 import type { Service } from './service.js';
 
 export interface FeederOptions {

@@ -10,7 +10,7 @@ import type { StepResult } from '../runtime/executor.js';
 import type { FlushEntry } from '../runtime/flusher.js';
 import { toInsertRow } from '../runtime/insert-options.js';
 import type { Queryable } from '../runtime/sql/db.js';
-import { claimBatch, loadActorState } from '../runtime/sql/loop.js';
+import { claimBatch, loadActorState } from '../runtime/sql/claim.js';
 import { child } from './fixtures/actor-machines.js';
 import { useTestSchema } from './support/db.js';
 

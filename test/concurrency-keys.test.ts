@@ -10,7 +10,7 @@ import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createClient } from '../index.js';
 import { isConcurrencyConflict, isKeyedRow } from '../runtime/sql/errors.js';
-import { claimBatch } from '../runtime/sql/loop.js';
+import { claimBatch } from '../runtime/sql/claim.js';
 import { keyRunsTable, logged, switching } from './fixtures/key-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { CHAOS_HOST, allStarted, useHosts } from './support/host.js';

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { Cluster, ValidationError, createClient } from '../index.js';
 import { statement } from '../runtime/sql/db.js';
-import { CLAIM_KEYED_SQL } from '../runtime/sql/loop.js';
+import { CLAIM_KEYED_SQL } from '../runtime/sql/claim.js';
 import { logged } from './fixtures/key-machines.js';
 import { useTestSchema } from './support/db.js';
 import { type PlanNode, planNodes as nodes } from './support/plan.js';

@@ -9,7 +9,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Reaper, type ReapedRow, deadNodeAfter } from '../cluster/reaper.js';
 import { MachineRegistry } from '../runtime/registry.js';
-import { claimBatch } from '../runtime/sql/loop.js';
+import { claimBatch } from '../runtime/sql/claim.js';
 import { registerNode } from '../runtime/sql/nodes.js';
 import { useTestSchema } from './support/db.js';
 

@@ -6,13 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { Flusher, type FlushEntry } from '../runtime/flusher.js';
 import type { Queryable } from '../runtime/sql/db.js';
 import { statement } from '../runtime/sql/db.js';
-import {
-  CLAIM_BATCH_SQL,
-  claimBatch,
-  heartbeat,
-  findExpiredLeases,
-  releaseClaims,
-} from '../runtime/sql/loop.js';
+import { CLAIM_BATCH_SQL, claimBatch } from '../runtime/sql/claim.js';
+import { heartbeat, findExpiredLeases, releaseClaims } from '../runtime/sql/loop.js';
 import { ATTEMPT, flushOutcomes } from '../runtime/sql/flush.js';
 import { reapClaims } from '../cluster/reaper.js';
 import { MachineRegistry } from '../runtime/registry.js';

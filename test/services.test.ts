@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MAX_TIMER_MS } from '../runtime/duration.js';
 import { Feeder } from '../runtime/feeder.js';
 import { PeriodicService } from '../runtime/service.js';
-import type { ClaimedRow } from '../runtime/sql/loop.js';
+import type { ClaimedRow } from '../runtime/sql/claim.js';
 
 class Counter extends PeriodicService {
   runs = 0;

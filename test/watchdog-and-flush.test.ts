@@ -6,7 +6,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { BroadcastChannel } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { Flusher, type FlushEntry } from '../runtime/flusher.js';
-import { type ClaimedRow, claimBatch } from '../runtime/sql/loop.js';
+import { type ClaimedRow, claimBatch } from '../runtime/sql/claim.js';
 import {
   all,
   contBlocker,
