@@ -1,29 +1,39 @@
 /**
- * Bucket housekeeping: the leader's slot for the upkeep of token-bucket rate limits (SPEC
- * §7) — pruning buckets no instance has used for a while. Rate limits have not landed yet,
- * so a round has nothing to do and sends nothing; it is wired into `LeaderServices` now so
- * that the limits issue fills in `runOnce()` without touching the election.
+ * Bucket housekeeping (a leader service): prunes token buckets that are full again and
+ * buckets of limits no node declares any more, so that buckets per partition (one per
+ * tenant, say) do not pile up. A bucket that does not exist counts as full, so pruning a
+ * full one changes no grant. A full batch prunes again at once.
  */
-import type { Service } from '../runtime/service.js';
+import type { Queryable } from '../runtime/sql/db.js';
+import { pruneBuckets } from '../runtime/sql/rates.js';
+import { PeriodicService } from '../runtime/service.js';
 
-export class BucketHousekeeper implements Service {
-  #running = false;
+/** Buckets deleted by one statement at most. */
+const PRUNE_BATCH = 1_000;
 
-  get running(): boolean {
-    return this.#running;
+export class BucketHousekeeper extends PeriodicService {
+  constructor(
+    private readonly o: {
+      db: Queryable;
+      schema: string;
+      intervalMs: number;
+      onError: (error: unknown) => void;
+    },
+  ) {
+    super(o.intervalMs);
   }
 
-  start(): void {
-    this.#running = true;
+  /** One round: the buckets pruned. */
+  async runOnce(): Promise<number> {
+    let pruned = 0;
+    for (;;) {
+      const n = await pruneBuckets(this.o.db, this.o.schema, PRUNE_BATCH);
+      pruned += n;
+      if (n < PRUNE_BATCH || !this.started) return pruned;
+    }
   }
 
-  /** One round: the buckets pruned (none until rate limits exist). */
-  runOnce(): Promise<number> {
-    return Promise.resolve(0);
-  }
-
-  stop(): Promise<void> {
-    this.#running = false;
-    return Promise.resolve();
+  protected onError(error: unknown): void {
+    this.o.onError(error);
   }
 }

@@ -26,6 +26,7 @@ import { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
 import type { ClaimedRow } from '../runtime/sql/claim.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
+import { declareRateLimits } from '../runtime/sql/rates.js';
 import { Claimer } from '../runtime/claimer.js';
 import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
@@ -196,7 +197,17 @@ export class GenDurableNode {
       schema,
       connection: { ...this.#db.options, application_name: this.#connectionName('elector') },
       campaignIntervalMs: config.campaignInterval,
-      services: new LeaderServices([reaper, this.#stager, ...gc, new BucketHousekeeper()]),
+      services: new LeaderServices([
+        reaper,
+        this.#stager,
+        ...gc,
+        new BucketHousekeeper({
+          db: this.#db,
+          schema,
+          intervalMs: config.bucketHousekeepingInterval,
+          onError: (e) => this.#reportError('bucket housekeeping', e),
+        }),
+      ]),
       onVacated: () => this.#sender.vacated(),
       onError: (e) => this.#reportError('elector', e),
     });
@@ -237,6 +248,7 @@ export class GenDurableNode {
     try {
       if (this.#config.migrate) await migrate({ pool: this.#db, schema: this.#config.schema });
       await this.#register();
+      await declareRateLimits(this.#db, this.#config.schema, this.#config.rateLimits);
       // Claims still held under this id belong to an earlier process that died with it.
       this.#afterReap(await reapNodeClaims(this.#db, this.#config.schema, this.#registry, this.id));
       this.#listener.add({

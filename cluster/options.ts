@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { connectionStringSchema } from '../runtime/connection.js';
 import { durationSchema, timerDurationSchema } from '../runtime/duration.js';
 import { parseInput } from '../runtime/errors.js';
+import { rateLimitNameSchema } from '../runtime/insert-options.js';
 import { NAME_PATTERN } from '../runtime/machine.js';
 import { validateSchemaName } from '../runtime/sql/db.js';
 
@@ -91,6 +92,27 @@ export const joinOptionsSchema = z
         z.object({ limit: z.number().int().min(1).max(10_000) }).strict(),
       )
       .default({}),
+    /**
+     * Token-bucket rate limits, declared cluster-wide (stored in `gen_durable_rate_configs`,
+     * the latest joining node's settings win): `{ stripe: { allowed: 100, period: '1m' } }`
+     * lets steps naming `stripe` start 100 times a minute, in bursts of up to `burst`
+     * (default `allowed`). A step opts in with `rateLimit` (insert, `next`).
+     */
+    rateLimits: z
+      .record(
+        rateLimitNameSchema,
+        z
+          .object({
+            allowed: z.number().int().min(1).max(1_000_000_000),
+            period: timerDurationSchema,
+            burst: z.number().int().min(1).max(1_000_000_000).optional(),
+          })
+          .strict()
+          .transform((l) => ({ allowed: l.allowed, periodMs: l.period, burst: l.burst ?? l.allowed })),
+      )
+      .default({}),
+    /** How often the leader prunes rate-limit buckets that are full again or of undeclared limits. */
+    bucketHousekeepingInterval: timerDurationSchema.default(60_000),
     /** How long a claim holds without a heartbeat. */
     lease: timerDurationSchema.default(30_000),
     /**

@@ -1,14 +1,16 @@
 /**
- * How a node claims a batch of one queue: the plain claim, or the keyed claim for queues
- * whose rows carry concurrency keys (all queues once gates are configured; otherwise a
- * queue switches when the plain claim meets a keyed row and is refused); a pick refused
- * because another node admitted a step of the same key at the same moment is retried; the
- * inboxes and children of the batch's actor rows are loaded with one more statement.
+ * How a node claims a batch of one queue: the plain claim, or the guarded claim for queues
+ * whose rows carry concurrency keys or rate limits (all queues once gates are configured;
+ * otherwise a queue switches when the plain claim meets such a row and is refused); a pick
+ * refused because another node admitted a step of the same key at the same moment is
+ * retried; the inboxes and children of the batch's actor rows are loaded with one more
+ * statement. A guarded pick says when the rows its rate limits held back can run.
  */
-import { isConcurrencyConflict, isKeyedRow } from './sql/errors.js';
+import { isConcurrencyConflict, needsGuardedClaim } from './sql/errors.js';
 import type { Queryable } from './sql/db.js';
-import { type ClaimedRow, claimBatch, loadActorState } from './sql/claim.js';
+import { type ClaimedRow, claimBatch, claimGuarded, loadActorState } from './sql/claim.js';
 import { releaseClaims } from './sql/loop.js';
+import { type RateReport, rateWaitIn } from './sql/rates.js';
 import { publish, telemetry } from './telemetry.js';
 
 /** Tries of a pick refused by `gen_durable_concurrency_active` before it is an error. */
@@ -25,34 +27,62 @@ export interface ClaimerOptions {
   readonly gates: Readonly<Record<string, number>>;
 }
 
+export interface Claimed {
+  readonly rows: ClaimedRow[];
+  /** The pick found as many rows as it asked for (claimed or put off): more may be due. */
+  readonly full: boolean;
+  /** Rows held back by a rate limit can be taken in this many ms: pick again then. */
+  readonly wakeInMs: number | null;
+}
+
 export class Claimer {
   readonly #o: ClaimerOptions;
-  /** Queues whose picks use the keyed claim. */
-  readonly #keyed = new Set<string>();
-  readonly #allKeyed: boolean;
+  /** Queues whose picks use the guarded claim. */
+  readonly #guarded = new Set<string>();
+  readonly #allGuarded: boolean;
 
   constructor(options: ClaimerOptions) {
     this.#o = options;
-    this.#allKeyed = Object.keys(options.gates).length > 0;
+    this.#allGuarded = Object.keys(options.gates).length > 0;
   }
 
   /** Claims up to `limit` due rows of `queue`, with their actor state. */
-  async claim(queue: string, limit: number): Promise<ClaimedRow[]> {
-    const rows = await this.#pick(queue, limit);
+  async claim(queue: string, limit: number): Promise<Claimed> {
+    const picked = await this.#pick(queue, limit);
+    const { rows } = picked;
     publish(telemetry.pick, () => ({ node: this.#o.nodeId, queue, requested: limit, claimed: rows.length }));
-    return this.#withActorState(rows);
+    return { ...picked, rows: await this.#withActorState(rows) };
   }
 
-  async #pick(queue: string, limit: number): Promise<ClaimedRow[]> {
+  async #pick(queue: string, limit: number): Promise<Claimed> {
     const { db, schema, nodeId, leaseMs, machines, gates } = this.#o;
     for (let attempt = 1; ; attempt++) {
-      const keyed = this.#allKeyed || this.#keyed.has(queue);
+      const guarded = this.#allGuarded || this.#guarded.has(queue);
       try {
-        return await claimBatch(db, schema, { queue, limit, nodeId, leaseMs, machines, keyed, gates });
+        if (!guarded) {
+          const rows = await claimBatch(db, schema, { queue, limit, nodeId, leaseMs, machines });
+          return { rows, full: rows.length === limit, wakeInMs: null };
+        }
+        const { rows, report } = await claimGuarded(db, schema, {
+          queue,
+          limit,
+          nodeId,
+          leaseMs,
+          machines,
+          gates,
+        });
+        const throttledIn = this.#report(queue, report);
+        // Candidates left out by their bucket took places in the batch: more may be due.
+        if (rows.length + (report?.passed ?? 0) >= limit) return { rows, full: true, wakeInMs: throttledIn };
+        // The pick met fewer rows than it asked for; those it skipped (their bucket held less
+        // than it needs) may be waiting for tokens.
+        const skippedIn = await rateWaitIn(db, schema, queue, machines);
+        const waits = [throttledIn, skippedIn].filter((w): w is number => w !== null);
+        return { rows, full: false, wakeInMs: waits.length === 0 ? null : Math.min(...waits) };
       } catch (error) {
-        if ((isKeyedRow(error) || isConcurrencyConflict(error)) && !keyed) {
-          // The queue has rows with concurrency keys: from now on its picks honour them.
-          this.#keyed.add(queue);
+        if ((needsGuardedClaim(error) || isConcurrencyConflict(error)) && !guarded) {
+          // The queue has rows with concurrency keys or rate limits: from now on its picks honour them.
+          this.#guarded.add(queue);
           continue;
         }
         // Another node claimed a step of the same key at the same moment: the index refused
@@ -61,6 +91,21 @@ export class Claimer {
         publish(telemetry.concurrencyContended, () => ({ node: nodeId, queue, attempt }));
       }
     }
+  }
+
+  /** Publishes the pick's rate report; returns the soonest wait of a throttled bucket. */
+  #report(queue: string, report: RateReport | null): number | null {
+    if (report === null) return null;
+    const node = this.#o.nodeId;
+    const names = new Map<string, string[]>();
+    for (const u of report.unknown ?? []) names.set(u.name, [...(names.get(u.name) ?? []), u.id]);
+    for (const [name, ids] of names) publish(telemetry.rateLimitUnknown, () => ({ node, queue, name, ids }));
+    let wait: number | null = null;
+    for (const t of report.throttled ?? []) {
+      publish(telemetry.rateLimitThrottled, () => ({ node, queue, ...t }));
+      wait = Math.min(wait ?? t.waitMs, t.waitMs);
+    }
+    return wait;
   }
 
   /** One statement for the batch's actor rows; should it fail, the claims are released (uncharged). */

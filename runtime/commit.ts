@@ -198,6 +198,13 @@ export function toOutcomeRow(entry: Pick<FlushEntry, 'id' | 'claim' | 'result'>)
         ...(result.concurrencyKey === undefined
           ? {}
           : { setKey: true, concurrencyKey: result.concurrencyKey }),
+        ...(result.rate === undefined
+          ? {}
+          : {
+              rateLimit: result.rate.limit,
+              ratePartition: result.rate.partition,
+              weight: result.rate.weight,
+            }),
       };
     case 'retry':
       return {

@@ -58,6 +58,8 @@ export type StepResult = (
       readonly consumed?: readonly string[];
       /** A new concurrency key, or null to release it; absent keeps the row's key. */
       readonly concurrencyKey?: string | null;
+      /** The next step's rate limit: its name, partition (or null) and weight. */
+      readonly rate?: { readonly limit: string; readonly partition: string | null; readonly weight: number };
     }
   | { readonly kind: 'retry'; readonly state: string; readonly delayMs: number }
   | {

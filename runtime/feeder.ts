@@ -7,7 +7,10 @@
  *   a local due timer, a listener reconnect, the slow safety poll).
  * - backlogged: the last claim filled its batch, so more work is probably waiting; every
  *   completion (slots freed by a commit) claims again at once.
- * A claim that returns less than it asked for means the queue has no more due work: idle.
+ * A claim that meets fewer rows than it asked for means the queue has no more due work now:
+ * idle. Rows a claim left out (throttled by a rate limit) count as met, and the claim says
+ * when throttled rows can be taken, which arms the local due timer for then. Rows held back
+ * by a busy concurrency key are woken by the end of that key's step.
  *
  * Timed wake-ups: delayed work is woken by the leader's stager (a notification when it falls
  * due). The feeder keeps one local timer only for due times this node learnt by itself (its
@@ -22,7 +25,12 @@ export interface FeederOptions {
   readonly concurrency: number;
   readonly batchSize: number;
   readonly pollIntervalMs: number;
-  readonly claim: (limit: number) => Promise<ClaimedRow[]>;
+  /**
+   * Claims up to `limit` rows. `full`: the claim met as many rows as it asked for (some may
+   * have been left out by a rate limit), so more may be due; `wakeInMs`: rows held back by a
+   * rate limit can be taken then.
+   */
+  readonly claim: (limit: number) => Promise<{ rows: ClaimedRow[]; full: boolean; wakeInMs: number | null }>;
   readonly dispatch: (rows: ClaimedRow[]) => void;
   readonly onError: (error: unknown) => void;
 }
@@ -103,8 +111,11 @@ export class Feeder implements Service {
       this.#wanted = false;
       const limit = Math.min(this.#o.concurrency - this.#inFlight, this.#o.batchSize);
       let rows: ClaimedRow[];
+      let full: boolean;
       try {
-        rows = await this.#o.claim(limit);
+        const claimed = await this.#o.claim(limit);
+        ({ rows, full } = claimed);
+        if (claimed.wakeInMs !== null) this.wakeIn(claimed.wakeInMs);
       } catch (error) {
         this.#o.onError(error);
         clearTimeout(this.#retryTimer);
@@ -112,7 +123,7 @@ export class Feeder implements Service {
         this.#retryTimer.unref();
         return;
       }
-      this.#backlog = rows.length === limit;
+      this.#backlog = full;
       if (this.#backlog) this.#wanted = true;
       if (rows.length === 0) continue;
       this.#inFlight += rows.length;

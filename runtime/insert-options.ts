@@ -29,6 +29,32 @@ export const correlationKeySchema = z
     `must be at most ${MAX_KEY_BYTES} bytes of UTF-8`,
   );
 
+/** A rate limit's name: as a queue name. */
+export const rateLimitNameSchema = z
+  .string()
+  .regex(NAME_PATTERN, 'must be 1-200 characters of letters, digits, _ . : / -');
+
+/** `'name'` for a limit's one bucket, `['name', partition]` for a bucket per partition. */
+export const rateLimitSchema = z.union([
+  rateLimitNameSchema,
+  z.tuple([rateLimitNameSchema, correlationKeySchema]),
+]);
+
+/** Tokens a step takes from its bucket. */
+export const weightSchema = z.number().int().min(1).max(1_000_000);
+
+export type RateLimitRef = z.infer<typeof rateLimitSchema>;
+
+/** The columns a rate limit reference is stored in. */
+export function rateColumns(
+  limit: RateLimitRef | undefined,
+  weight: number | undefined,
+): { rateLimit: string | null; ratePartition: string | null; weight: number } {
+  if (limit === undefined) return { rateLimit: null, ratePartition: null, weight: 1 };
+  const [name, partition] = typeof limit === 'string' ? [limit, null] : limit;
+  return { rateLimit: name, ratePartition: partition, weight: weight ?? 1 };
+}
+
 export const insertOptionsSchema = z
   .object({
     state: z.unknown().optional(),
@@ -45,6 +71,8 @@ export const insertOptionsSchema = z
     delay: durationSchema.optional(),
     correlationKey: correlationKeySchema.optional(),
     concurrencyKey: correlationKeySchema.optional(),
+    rateLimit: rateLimitSchema.optional(),
+    weight: weightSchema.optional(),
     correlationScope: z
       .array(statusSchema)
       .refine(
@@ -64,6 +92,10 @@ export const insertOptionsSchema = z
   .refine((o) => o.runAt === undefined || o.delay === undefined, {
     message: 'give runAt or delay, not both',
     path: ['delay'],
+  })
+  .refine((o) => o.weight === undefined || o.rateLimit !== undefined, {
+    message: 'is the tokens a rate-limited step takes: give rateLimit too',
+    path: ['weight'],
   });
 
 /** Options of `insert` (and of each `insertAll` item) besides the state or args. */
@@ -83,6 +115,13 @@ export interface InsertSettings {
    * gate's limit for keys `<gate>:...`); kept across steps, changed or released by `next`.
    */
   readonly concurrencyKey?: string;
+  /**
+   * The first step takes a token of this rate limit (declared by `rateLimits` at join) before
+   * it runs: `'name'`, or `['name', partition]` for a bucket per partition.
+   */
+  readonly rateLimit?: RateLimitRef;
+  /** Tokens the first step takes (default 1; needs `rateLimit`). */
+  readonly weight?: number;
   readonly maxAttempts?: number;
   /** The caller's `pg` client inside a transaction: the row exists iff it commits. */
   readonly tx?: Queryable;
@@ -148,6 +187,7 @@ export function toInsertRow(machine: unknown, options: unknown, path: string): I
     correlationKey: o.correlationKey ?? null,
     correlationScope: `{${(o.correlationScope ?? LIVE_STATUSES).join(',')}}`,
     concurrencyKey: o.concurrencyKey ?? null,
+    ...rateColumns(o.rateLimit, o.weight),
     maxAttempts: o.maxAttempts ?? machine.maxAttempts,
   };
 }

@@ -47,6 +47,10 @@ export interface Snapshot {
   readonly errors: readonly unknown[];
   readonly correlationKey: string | null;
   readonly concurrencyKey: string | null;
+  /** The rate limit the next step takes tokens of: `'name'` or `['name', partition]`; null for none. */
+  readonly rateLimit: string | readonly [string, string] | null;
+  /** Tokens the next step takes of its rate limit. */
+  readonly weight: number;
   readonly parentId: string | null;
   readonly lockedBy: string | null;
   readonly leaseExpiresAt: Date | null;
@@ -94,6 +98,13 @@ export function toSnapshot(row: InstanceRow): Snapshot {
     errors: row.errors,
     correlationKey: row.correlation_key,
     concurrencyKey: row.concurrency_key,
+    rateLimit:
+      row.rate_limit === null
+        ? null
+        : row.rate_partition === null
+          ? row.rate_limit
+          : [row.rate_limit, row.rate_partition],
+    weight: row.weight,
     parentId: row.parent_id,
     lockedBy: row.locked_by,
     leaseExpiresAt: row.lease_expires_at,

@@ -17,7 +17,7 @@
  * in `ctx.awaited`; `retry` and `await` consume nothing; `done` and `stop` clear the inbox.
  */
 import type { Duration } from './duration.js';
-import type { InsertOptions } from './insert-options.js';
+import type { InsertOptions, RateLimitRef } from './insert-options.js';
 import type { AnyMachine } from './machine.js';
 
 export const OUTCOME_BRAND = '@@gen-durable/outcome';
@@ -31,6 +31,13 @@ export interface NextOptions {
   readonly delay?: Duration;
   /** A new concurrency key from the next step on, or `null` to release the instance's key. */
   readonly concurrencyKey?: string | null;
+  /**
+   * The next step takes tokens of this rate limit before it runs (`'name'` or `['name',
+   * partition]`); kept across its retries. Without it the next step is not limited.
+   */
+  readonly rateLimit?: RateLimitRef;
+  /** Tokens the next step takes (default 1; needs `rateLimit`). */
+  readonly weight?: number;
 }
 
 export interface NextOutcome<K extends string = string, S = unknown> extends Branded {
@@ -39,6 +46,8 @@ export interface NextOutcome<K extends string = string, S = unknown> extends Bra
   readonly state: S;
   readonly delay?: Duration;
   readonly concurrencyKey?: string | null;
+  readonly rateLimit?: RateLimitRef;
+  readonly weight?: number;
 }
 
 export interface RetryOutcome<S = unknown> extends Branded {
@@ -101,6 +110,8 @@ export function next<const K extends string, S>(
     state,
     ...(opts.delay === undefined ? {} : { delay: opts.delay }),
     ...(opts.concurrencyKey === undefined ? {} : { concurrencyKey: opts.concurrencyKey }),
+    ...(opts.rateLimit === undefined ? {} : { rateLimit: opts.rateLimit }),
+    ...(opts.weight === undefined ? {} : { weight: opts.weight }),
   };
 }
 

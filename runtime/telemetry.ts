@@ -22,6 +22,8 @@ export const telemetry = {
   signal: channel('signal'),
   awaitTimeout: channel('await:timeout'),
   concurrencyContended: channel('concurrency:contended'),
+  rateLimitThrottled: channel('rate_limit:throttled'),
+  rateLimitUnknown: channel('rate_limit:unknown'),
   reaperReaped: channel('reaper:reaped'),
   gcSwept: channel('gc:swept'),
   leaderElected: channel('leader:elected'),

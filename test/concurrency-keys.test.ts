@@ -9,7 +9,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createClient } from '../index.js';
-import { isConcurrencyConflict, isKeyedRow } from '../runtime/sql/errors.js';
+import { isConcurrencyConflict, needsGuardedClaim } from '../runtime/sql/errors.js';
 import { claimBatch } from '../runtime/sql/claim.js';
 import { keyRunsTable, logged, switching } from './fixtures/key-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
@@ -122,7 +122,7 @@ describe('concurrency keys', () => {
       nodeId: 'p',
       leaseMs: 30_000,
     }).catch((e: unknown) => e);
-    expect(isKeyedRow(plain)).toBe(true);
+    expect(needsGuardedClaim(plain)).toBe(true);
 
     // Two pickers: the first's claim is not committed yet when the second picks.
     const a = new pg.Client({ connectionString: db.url });
@@ -135,7 +135,7 @@ describe('concurrency keys', () => {
         limit: 1,
         nodeId: 'a',
         leaseMs: 30_000,
-        keyed: true,
+        guarded: true,
       });
       expect(first).toHaveLength(1);
       const second = claimBatch(b, db.schema, {
@@ -143,7 +143,7 @@ describe('concurrency keys', () => {
         limit: 1,
         nodeId: 'b',
         leaseMs: 30_000,
-        keyed: true,
+        guarded: true,
       }).catch((e: unknown) => e);
       await eventually(async () => {
         const { rows } = await db.pool.query<{ n: number }>(
@@ -160,7 +160,7 @@ describe('concurrency keys', () => {
           limit: 1,
           nodeId: 'b',
           leaseMs: 30_000,
-          keyed: true,
+          guarded: true,
         }),
       ).toEqual([]);
     } finally {
@@ -217,7 +217,7 @@ describe('concurrency keys', () => {
         limit: 1,
         nodeId: 'other',
         leaseMs: 60_000,
-        keyed: true,
+        guarded: true,
       });
       // The node's pick of a row of the same key waits on that uncommitted claim...
       const { id } = await n.client.insert(logged, { args: { ms: 1, key: 'c:1' }, concurrencyKey: 'c:1' });

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { Cluster, ValidationError, createClient } from '../index.js';
 import { statement } from '../runtime/sql/db.js';
-import { CLAIM_KEYED_SQL } from '../runtime/sql/claim.js';
+import { CLAIM_GUARDED_SQL } from '../runtime/sql/claim.js';
 import { logged } from './fixtures/key-machines.js';
 import { useTestSchema } from './support/db.js';
 import { type PlanNode, planNodes as nodes } from './support/plan.js';
@@ -30,7 +30,7 @@ describe('the concurrency guard of the pick', () => {
     const client = await db.pool.connect();
     try {
       await client.query('BEGIN');
-      const stmt = statement(db.schema, 'claim_keyed', CLAIM_KEYED_SQL);
+      const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
       const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
         `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
         ['plan', 20, 'explain', 30_000, null, [], []],

@@ -63,7 +63,11 @@ function feederOver(available: number, concurrency: number) {
       state.requested.push(limit);
       const n = Math.min(limit, state.available);
       state.available -= n;
-      return Promise.resolve(Array.from({ length: n }, (_, i) => row(i)));
+      return Promise.resolve({
+        rows: Array.from({ length: n }, (_, i) => row(i)),
+        full: n === limit,
+        wakeInMs: null,
+      });
     },
     dispatch: (rows) => {
       state.dispatched += rows.length;

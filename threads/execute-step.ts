@@ -20,7 +20,13 @@ import {
   errorMessage,
 } from '../runtime/errors.js';
 import type { StepEffects } from '../runtime/executor.js';
-import { correlationKeySchema, toInsertRow } from '../runtime/insert-options.js';
+import {
+  correlationKeySchema,
+  rateColumns,
+  rateLimitSchema,
+  toInsertRow,
+  weightSchema,
+} from '../runtime/insert-options.js';
 import { findNonJson, toJson } from '../runtime/json.js';
 import type {
   AnyMachine,
@@ -304,6 +310,23 @@ async function withTimeout<T>(
   }
 }
 
+/** `next()`'s rate limit, validated (a bad one fails the step as an invalid outcome). */
+function nextRate(
+  limit: unknown,
+  weight: unknown,
+): { rate?: { limit: string; partition: string | null; weight: number } } {
+  if (limit === undefined && weight === undefined) return {};
+  if (limit === undefined) throw new Failure('invalid_outcome', 'next() weight: give rateLimit too');
+  const parsedLimit = rateLimitSchema.safeParse(limit);
+  if (!parsedLimit.success) {
+    throw new Failure('invalid_outcome', "next() rateLimit: must be a limit name or ['name', partition]");
+  }
+  const parsedWeight = weightSchema.optional().safeParse(weight);
+  if (!parsedWeight.success) throw new Failure('invalid_outcome', 'next() weight: must be an integer >= 1');
+  const { rateLimit, ratePartition, weight: w } = rateColumns(parsedLimit.data, parsedWeight.data);
+  return { rate: { limit: rateLimit!, partition: ratePartition, weight: w } };
+}
+
 const NO_INBOX: InboxView = { awaited: [], seen: [] };
 
 /** Validates an outcome against its machine and serialises it for the commit. */
@@ -336,6 +359,7 @@ export function toResult(
         delayMs: delayMs(value.delay),
         consumed: inbox.awaited,
         ...(key === undefined ? {} : { concurrencyKey: key }),
+        ...nextRate(value.rateLimit, value.weight),
       };
     }
     case 'await': {

@@ -4,6 +4,7 @@
  * queue's next due time.
  */
 import { type Queryable, run, statement } from './db.js';
+import { RATE_PROBE, type RateReport, rateCtes, RATE_REPORT } from './rates.js';
 export interface ClaimedRow {
   id: string;
   claim: string;
@@ -113,22 +114,38 @@ const KEY_LIMIT = (key: string) =>
   `COALESCE((SELECT g.l FROM unnest($6::text[], $7::int[]) AS g(p, l) WHERE g.p = split_part(${key}, ':', 1)), 1)`;
 
 /**
- * The claim of queues whose rows may carry concurrency keys (see `claimBatch`). Costs about
- * 1 ms more per pick than the plain claim (planning its key subqueries and ranking).
+ * The guarded claim: the claim of queues whose rows may carry concurrency keys or rate
+ * limits (see `claimBatch`), in one statement:
+ * - `picked`: the candidates, in urgency order. A key already running K steps is skipped
+ *   (one probe of `gen_durable_concurrency_active`), as is a row whose bucket holds less
+ *   than it needs (`RATE_PROBE`, one look-up of the bucket); each probe runs only for rows
+ *   with a key or a limit.
+ * - `ranked`/`keyed_ok`: the r-th row of a key in this batch takes the r-th free slot of the
+ *   key, if there is one; the others stay runnable (their key frees when a step of it ends).
+ *   Only keyed rows are ranked (sorted): a batch without keys sorts nothing.
+ * - the rate admission (`rateCtes`) over the rows the keys admitted: tokens are only spent
+ *   on rows that are claimed (if the index refuses the claim, the statement and its debits
+ *   roll back together); rows naming a limit nobody declared are put off by `$8` ms
+ *   (reported each time).
+ * Every row returned carries the admission report (`RATE_REPORT`, as `rate_report`); when
+ * nothing was claimed, one row of nulls carries it.
+ *
+ * An executing row with a limit always has a `concurrency_slot` (its slot, or -1 unkeyed):
+ * the plain claim sets none, and `gen_durable_concurrency_slot` refuses it.
  */
-export const CLAIM_KEYED_SQL = `${PRIORITY_WALK},
+export const CLAIM_GUARDED_SQL = `${PRIORITY_WALK},
      picked AS (
-       SELECT c.id, c.concurrency_key, c.k, prio.p, c.eligible_at FROM prio CROSS JOIN LATERAL (
-         SELECT x.id, x.concurrency_key, x.eligible_at,
+       SELECT c.*, prio.p FROM prio CROSS JOIN LATERAL (
+         SELECT x.id, x.concurrency_key, x.eligible_at, x.rate_limit, x.rate_partition, x.weight,
                 CASE WHEN x.concurrency_key IS NULL THEN NULL ELSE ${KEY_LIMIT('x.concurrency_key')} END AS k
          FROM :schema.gen_durable x
          WHERE x.queue = $1 AND x.status = 'runnable' AND x.priority = prio.p AND x.eligible_at <= now()
            AND ($5::text[] IS NULL OR x.fsm || '@' || x.version = ANY ($5::text[]))
-           -- A key already running K steps is skipped: one probe of gen_durable_concurrency_active.
            AND CASE WHEN x.concurrency_key IS NULL THEN true
                     ELSE (SELECT count(*) FROM :schema.gen_durable e
                           WHERE e.concurrency_key = x.concurrency_key AND e.status = 'executing')
                          < ${KEY_LIMIT('x.concurrency_key')} END
+           AND ${RATE_PROBE('x')}
          ORDER BY x.eligible_at, x.id
          LIMIT $2
          FOR NO KEY UPDATE SKIP LOCKED
@@ -136,9 +153,6 @@ export const CLAIM_KEYED_SQL = `${PRIORITY_WALK},
        WHERE prio.p IS NOT NULL
        LIMIT $2
      ),
-     -- Keyed rows: the r-th of its key in this batch takes the r-th free slot of the key, if
-     -- there is one; the others stay runnable (their key frees when a step of it ends). Only
-     -- keyed rows are ranked (sorted): a batch without keys sorts nothing.
      ranked AS (
        SELECT p.id, p.k,
               row_number() OVER (PARTITION BY p.concurrency_key ORDER BY p.p, p.eligible_at, p.id) AS r,
@@ -146,18 +160,32 @@ export const CLAIM_KEYED_SQL = `${PRIORITY_WALK},
                WHERE e.concurrency_key = p.concurrency_key AND e.status = 'executing') AS taken
        FROM picked p WHERE p.concurrency_key IS NOT NULL
      ),
-     admitted AS (
-       SELECT id, NULL::int AS slot FROM picked WHERE concurrency_key IS NULL
+     keyed_ok AS (
+       SELECT p.*, CASE WHEN p.rate_limit IS NULL THEN NULL ELSE -1 END AS slot FROM picked p
+       WHERE p.concurrency_key IS NULL
        UNION ALL
-       SELECT id, (SELECT s FROM generate_series(0, k - 1) AS s WHERE s <> ALL (taken) ORDER BY s OFFSET r - 1 LIMIT 1)
-       FROM ranked WHERE r <= k - cardinality(taken)
+       SELECT p.*, (SELECT s FROM generate_series(0, r.k - 1) AS s WHERE s <> ALL (r.taken) ORDER BY s OFFSET r.r - 1 LIMIT 1)
+       FROM ranked r JOIN picked p ON p.id = r.id WHERE r.r <= r.k - cardinality(r.taken)
+     ),
+     ${rateCtes('keyed_ok', '$8')},
+     admitted AS (
+       SELECT id, slot FROM keyed_ok WHERE rate_limit IS NULL
+       UNION ALL
+       SELECT k.id, k.slot FROM rate_admitted a JOIN keyed_ok k ON k.id = a.id
+     ),
+     claimed AS (
+       UPDATE :schema.gen_durable AS t
+       SET status = 'executing', locked_by = $3, claim = t.claim + 1, concurrency_slot = admitted.slot,
+           lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
+       FROM admitted WHERE t.id = admitted.id
+       RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
+                 t.attempt, t.max_attempts, t.correlation_key, t.concurrency_key, ${CLAIM_EXTRAS}
+     ),
+     report AS (
+       SELECT CASE WHEN EXISTS (SELECT 1 FROM rated) OR EXISTS (SELECT 1 FROM deferred)
+                   THEN ${RATE_REPORT} END AS rate_report
      )
-     UPDATE :schema.gen_durable AS t
-     SET status = 'executing', locked_by = $3, claim = t.claim + 1, concurrency_slot = admitted.slot,
-         lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
-     FROM admitted WHERE t.id = admitted.id
-     RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
-               t.attempt, t.max_attempts, t.correlation_key, t.concurrency_key, ${CLAIM_EXTRAS}`;
+     SELECT claimed.*, report.rate_report FROM report LEFT JOIN claimed ON true`;
 
 /**
  * Claims up to `limit` due runnable rows of one queue, in `(priority, eligible_at, id)` order,
@@ -177,33 +205,50 @@ export const CLAIM_KEYED_SQL = `${PRIORITY_WALK},
  * each of its picks (a filter on the index range), so a large backlog nobody here can run
  * slows this node's picks of that queue until a node that knows them drains it.
  */
-export async function claimBatch(
-  db: Queryable,
-  schema: string,
-  args: {
-    queue: string;
-    limit: number;
-    nodeId: string;
-    leaseMs: number;
-    machines?: readonly string[] | null;
-    /** Use the keyed claim (`CLAIM_KEYED_SQL`): the queue's rows may carry concurrency keys. */
-    keyed?: boolean;
-    /** Gates raising the concurrency of keys `<gate>:...`: gate name → limit (keyed claim). */
-    gates?: Readonly<Record<string, number>>;
-  },
-): Promise<ClaimedRow[]> {
+export async function claimBatch(db: Queryable, schema: string, args: ClaimArgs): Promise<ClaimedRow[]> {
+  if (args.guarded) return (await claimGuarded(db, schema, args)).rows;
   // Not prepared: a generic plan cannot know `$1` is one queue of many nor how many rows
   // `$2` asks for, and was seen to seq-scan (34.9 ms against 1.2 ms custom-planned). Planned
   // with its values each time it costs a parse and a plan (~0.1 ms) per batch.
-  const values: unknown[] = [args.queue, args.limit, args.nodeId, args.leaseMs, args.machines ?? null];
-  if (!args.keyed)
-    return run<ClaimedRow>(db, statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: false }), values);
-  const stmt = statement(schema, 'claim_keyed', CLAIM_KEYED_SQL, { prepared: false });
-  return run<ClaimedRow>(db, stmt, [
-    ...values,
+  const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: false });
+  return run<ClaimedRow>(db, stmt, plainValues(args));
+}
+
+export interface ClaimArgs {
+  readonly queue: string;
+  readonly limit: number;
+  readonly nodeId: string;
+  readonly leaseMs: number;
+  readonly machines?: readonly string[] | null;
+  /** Use the guarded claim (`CLAIM_GUARDED_SQL`): the queue's rows may carry concurrency keys or rate limits. */
+  readonly guarded?: boolean;
+  /** Gates raising the concurrency of keys `<gate>:...`: gate name → limit (guarded claim). */
+  readonly gates?: Readonly<Record<string, number>>;
+}
+
+/** How long a row naming an undeclared rate limit is put off by each pick that meets it. */
+export const UNKNOWN_LIMIT_DEFER_MS = 5_000;
+
+function plainValues(args: ClaimArgs): unknown[] {
+  return [args.queue, args.limit, args.nodeId, args.leaseMs, args.machines ?? null];
+}
+
+/** The guarded claim (unprepared, as the plain one): the rows claimed and the admission report. */
+export async function claimGuarded(
+  db: Queryable,
+  schema: string,
+  args: ClaimArgs,
+): Promise<{ rows: ClaimedRow[]; report: RateReport | null }> {
+  const stmt = statement(schema, 'claim_guarded', CLAIM_GUARDED_SQL, { prepared: false });
+  const result = await run<ClaimedRow & { rate_report: RateReport | null }>(db, stmt, [
+    ...plainValues(args),
     Object.keys(args.gates ?? {}),
     Object.values(args.gates ?? {}),
+    UNKNOWN_LIMIT_DEFER_MS,
   ]);
+  const report = result[0]?.rate_report ?? null;
+  const rows = result.filter((r) => r.id !== null).map(({ rate_report: _, ...row }) => row);
+  return { rows, report };
 }
 
 /**
@@ -234,4 +279,3 @@ export async function nextDueIn(
   const row = (await run<{ ms: number | null }>(db, stmt, [queue, machines]))[0];
   return row?.ms ?? null;
 }
-

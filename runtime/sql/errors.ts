@@ -66,8 +66,11 @@ export function isConcurrencyConflict(error: unknown): boolean {
   );
 }
 
-/** The plain claim met a row with a concurrency key (it may not execute without a slot). */
-export function isKeyedRow(error: unknown): boolean {
+/**
+ * The plain claim met a row with a concurrency key or a rate limit: it may not execute
+ * without the guarded claim's admission (a `concurrency_slot`).
+ */
+export function needsGuardedClaim(error: unknown): boolean {
   return (
     sqlState(error) === '23514' &&
     (error as { constraint?: unknown }).constraint === 'gen_durable_concurrency_slot'

@@ -45,6 +45,13 @@ export interface OutcomeRow {
   /** Replace the concurrency key with `concurrencyKey` (null releases it); default keep. */
   readonly setKey?: boolean;
   readonly concurrencyKey?: string | null;
+  /**
+   * The next step's rate limit (name, partition, weight). Absent clears it, unless the
+   * outcome keeps its actor state (`retry`, `release`: the same step runs again, limited as it was).
+   */
+  readonly rateLimit?: string | null;
+  readonly ratePartition?: string | null;
+  readonly weight?: number;
 }
 
 /** What a flush statement includes besides the outcomes themselves. */
@@ -64,6 +71,8 @@ export interface FlushShape {
   readonly actor?: boolean;
   /** Some outcomes change the concurrency key. */
   readonly key?: boolean;
+  /** Some outcomes set a rate limit for their next step. */
+  readonly rate?: boolean;
 }
 
 /** The shape of a batch of rows, as far as the rows tell. */
@@ -75,6 +84,7 @@ export function shapeOf(rows: readonly OutcomeRow[]): FlushShape {
     park: rows.some((r) => r.actor === 'await'),
     actor: rows.some((r) => r.actor !== undefined && r.actor !== 'clear'),
     key: rows.some((r) => r.setKey === true),
+    rate: rows.some((r) => r.rateLimit != null),
   };
 }
 
@@ -116,7 +126,28 @@ function columnsOf(shape: FlushShape): Column[] {
       { name: 'concurrency_key', type: 'text', value: (r) => r.concurrencyKey ?? null },
     );
   }
+  if (shape.rate) {
+    columns.push(
+      { name: 'rate_limit', type: 'text', value: (r) => r.rateLimit ?? null },
+      { name: 'rate_partition', type: 'text', value: (r) => r.ratePartition ?? null },
+      { name: 'weight', type: 'int', value: (r) => r.weight ?? 1 },
+    );
+  }
   return columns;
+}
+
+/**
+ * The rate-limit columns: kept by `keep` outcomes (retry, release), else the outcome's own
+ * (none for most: cleared).
+ */
+function rateSet(shape: FlushShape): string {
+  const [limit, partition, weight] = shape.rate
+    ? ['o.rate_limit', 'o.rate_partition', 'o.weight']
+    : ['NULL', 'NULL', '1'];
+  if (!shape.actor) return `rate_limit = ${limit}, rate_partition = ${partition}, weight = ${weight},`;
+  return `rate_limit = CASE WHEN o.actor = 1 THEN t.rate_limit ELSE ${limit} END,
+       rate_partition = CASE WHEN o.actor = 1 THEN t.rate_partition ELSE ${partition} END,
+       weight = CASE WHEN o.actor = 1 THEN t.weight ELSE ${weight} END,`;
 }
 
 /**
@@ -174,6 +205,7 @@ function outcomeUpdate(shape: FlushShape, columns: readonly Column[], returning:
        errors = CASE WHEN o.error IS NULL THEN t.errors ELSE ${appendError('o.error::jsonb')} END,
        ${actorSet(shape)}
        ${shape.key ? 'concurrency_key = CASE WHEN o.set_key THEN o.concurrency_key ELSE t.concurrency_key END,' : ''}
+       ${rateSet(shape)}
        concurrency_slot = NULL,
        locked_by = NULL, lease_expires_at = NULL, updated_at = now()
      FROM unnest(${arrays}) AS o(${names})

@@ -18,6 +18,10 @@ export interface InsertRow {
   /** Postgres array literal of statuses, e.g. `{runnable,executing}`. */
   readonly correlationScope: string;
   readonly concurrencyKey: string | null;
+  /** The first step's rate limit, its partition and weight. */
+  readonly rateLimit: string | null;
+  readonly ratePartition: string | null;
+  readonly weight: number;
   readonly maxAttempts: number;
 }
 
@@ -46,17 +50,20 @@ export async function insertInstances(
     `WITH input AS MATERIALIZED (
        SELECT u.*, nextval(pg_get_serial_sequence(':schema.gen_durable', 'id')) AS new_id
        FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bigint[],
-                   $8::timestamptz[], $9::text[], $10::text[], $11::int[], $12::bigint[], $13::text[])
+                   $8::timestamptz[], $9::text[], $10::text[], $11::int[], $12::bigint[], $13::text[],
+                   $14::text[], $15::text[], $16::int[])
             WITH ORDINALITY AS u(fsm, version, step, state, queue, priority, delay_ms, run_at,
-                                 correlation_key, correlation_scope, max_attempts, parent_id, concurrency_key, ord)
+                                 correlation_key, correlation_scope, max_attempts, parent_id, concurrency_key,
+                                 rate_limit, rate_partition, weight, ord)
      ),
      ins AS (
        INSERT INTO :schema.gen_durable AS t
          (id, fsm, version, step, state, queue, priority, eligible_at, correlation_key, correlation_scope, max_attempts,
-          parent_id, concurrency_key)
+          parent_id, concurrency_key, rate_limit, rate_partition, weight)
        SELECT new_id, fsm, version, step, state::jsonb, queue, priority,
               COALESCE(run_at, now() + delay_ms * interval '1 millisecond'),
-              correlation_key, CAST(correlation_scope AS :schema.gen_durable_status[]), max_attempts, parent_id, concurrency_key
+              correlation_key, CAST(correlation_scope AS :schema.gen_durable_status[]), max_attempts, parent_id, concurrency_key,
+              rate_limit, rate_partition, weight
        FROM input
        ORDER BY correlation_key NULLS LAST, ord
        ON CONFLICT (correlation_key) WHERE correlation_key IS NOT NULL AND status = ANY (correlation_scope)
@@ -81,6 +88,9 @@ export async function insertInstances(
     rows.map((r) => r.maxAttempts),
     parentIds ?? rows.map(() => null),
     rows.map((r) => r.concurrencyKey),
+    rows.map((r) => r.rateLimit),
+    rows.map((r) => r.ratePartition),
+    rows.map((r) => r.weight),
   ]);
 }
 
@@ -116,6 +126,7 @@ export interface InstanceRow {
   correlation_key: string | null;
   concurrency_key: string | null;
   rate_limit: string | null;
+  rate_partition: string | null;
   weight: number;
   parent_id: string | null;
   result: unknown;
@@ -126,7 +137,7 @@ export interface InstanceRow {
 }
 
 const INSTANCE_COLUMNS = `id::text AS id, fsm, version, step, state, status::text AS status, attempt, max_attempts,
-  queue, priority, eligible_at, locked_by, lease_expires_at, correlation_key, concurrency_key, rate_limit, weight,
+  queue, priority, eligible_at, locked_by, lease_expires_at, correlation_key, concurrency_key, rate_limit, rate_partition, weight,
   parent_id::text AS parent_id, result, last_error, errors, inserted_at, updated_at`;
 
 export async function getInstanceById(

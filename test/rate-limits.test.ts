@@ -1,0 +1,312 @@
+/**
+ * Token-bucket rate limits (SPEC §7), on one node: grants never exceed burst + rate ×
+ * elapsed (checked against every grant the buckets recorded, by a trigger of this test's
+ * schema), a throttled queue wakes by itself when its tokens accrue, partitions are
+ * independent, weights take several tokens and a head that does not fit blocks its bucket,
+ * the limit is kept across a retry and replaced or cleared by `next`, an unknown limit stalls
+ * only its rows and is reported, bad input is refused naming its field.
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { describe, expect, it } from 'vitest';
+import { Cluster, ValidationError } from '../index.js';
+import { limited, paced, all } from './fixtures/rate-machines.js';
+import { eventually, useTestSchema } from './support/db.js';
+import { useNodes } from './support/node.js';
+
+const db = useTestSchema('rates');
+const { join, client } = useNodes(db);
+const T = (): string => `"${db.schema}".gen_durable`;
+
+interface Grant {
+  name: string;
+  partition: string;
+  at: Date;
+  granted: number;
+}
+
+/** Records every grant a bucket makes (its time and size), as the buckets themselves see it. */
+async function logGrants(): Promise<void> {
+  const s = `"${db.schema}"`;
+  await db.pool.query(`
+    CREATE TABLE IF NOT EXISTS ${s}.grants (name text, partition text, at timestamptz, granted int);
+    CREATE OR REPLACE FUNCTION ${s}.log_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      INSERT INTO ${s}.grants VALUES (NEW.name, NEW.partition, NEW.refreshed_at, NEW.granted);
+      RETURN NEW;
+    END $$;
+    CREATE OR REPLACE TRIGGER log_grant AFTER INSERT OR UPDATE ON ${s}.gen_durable_rate_buckets
+      FOR EACH ROW EXECUTE FUNCTION ${s}.log_grant();`);
+}
+
+async function grants(name: string): Promise<Grant[]> {
+  const { rows } = await db.pool.query<Grant>(
+    `SELECT * FROM "${db.schema}".grants WHERE name = $1 AND granted > 0 ORDER BY at`,
+    [name],
+  );
+  return rows;
+}
+
+/**
+ * The most any window [t_i, t_j] between two grants took beyond what a bucket of `burst`
+ * refilling `allowed` per `periodMs` allows: <= 0 when the bound held everywhere.
+ */
+function worstExcess(log: readonly Grant[], allowed: number, periodMs: number, burst: number): number {
+  let worst = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < log.length; i++) {
+    let taken = 0;
+    for (let j = i; j < log.length; j++) {
+      taken += log[j]!.granted;
+      const elapsed = log[j]!.at.getTime() - log[i]!.at.getTime();
+      worst = Math.max(worst, taken - (burst + (allowed * elapsed) / periodMs));
+    }
+  }
+  return worst;
+}
+
+/** Collects the events of a channel until `stop()` (with `extra` merged into each). */
+function collect<E>(name: string, extra: () => object = () => ({})): { events: E[]; stop: () => void } {
+  const events: E[] = [];
+  const on = (e: unknown): void => {
+    events.push({ ...(e as object), ...extra() } as E);
+  };
+  subscribe(name, on);
+  return { events, stop: () => unsubscribe(name, on) };
+}
+
+describe('rate limits', () => {
+  it('grants at most burst + rate × elapsed, and a throttled queue wakes when its tokens accrue', async () => {
+    await logGrants();
+    const throttled = collect<{ name: string; wanted: number; granted: number; waitMs: number }>(
+      'gen_durable:rate_limit:throttled',
+    );
+    try {
+      // No safety-net poll (useNodes): only the pick's own "tokens in N ms" can wake the queue.
+      await join({
+        machines: all,
+        queues: { rates: { concurrency: 20 } },
+        rateLimits: { paced: { allowed: 10, period: '1s', burst: 4 } },
+      });
+      const c = client();
+      const inserted = await c.insertAll(
+        Array.from({ length: 24 }, (_, n) => ({ machine: paced, args: { n }, rateLimit: 'paced' })),
+      );
+      const results = await Promise.all(inserted.map((r) => c.waitFor(r.id, { timeout: '30s' })));
+      expect(results.map((r) => r.status)).toEqual(inserted.map(() => 'done'));
+      const log = await grants('paced');
+      // Every step that ran was granted a token, and no more were granted.
+      expect(log.reduce((sum, g) => sum + g.granted, 0)).toBe(24);
+      expect(worstExcess(log, 10, 1_000, 4)).toBeLessThanOrEqual(1e-6);
+      // The first pick took the burst and was told how long until the next token.
+      expect(throttled.events.length).toBeGreaterThan(0);
+      expect(throttled.events[0]).toMatchObject({ name: 'paced', granted: 4 });
+      expect(throttled.events.every((e) => e.waitMs > 0 && e.granted < e.wanted)).toBe(true);
+    } finally {
+      throttled.stop();
+    }
+  });
+
+  it('partitions are independent buckets; weights take several tokens and a head that does not fit blocks its bucket', async () => {
+    const throttled = collect<{ name: string; wanted: number; granted: number }>(
+      'gen_durable:rate_limit:throttled',
+    );
+    const picks = collect<{ at: number }>('gen_durable:pick', () => ({ at: Date.now() }));
+    await join({
+      machines: all,
+      queues: { rates: { concurrency: 10 } },
+      // One token an hour once the burst is spent: nothing more is granted during the test.
+      rateLimits: {
+        tenant: { allowed: 1, period: '1h', burst: 1 },
+        heavy: { allowed: 1, period: '1h', burst: 10 },
+      },
+    });
+    const c = client();
+    const rows = await c.insertAll([
+      { machine: paced, args: { n: 1 }, rateLimit: ['tenant', 'a'] },
+      { machine: paced, args: { n: 2 }, rateLimit: ['tenant', 'a'] },
+      { machine: paced, args: { n: 3 }, rateLimit: ['tenant', 'b'] },
+      { machine: paced, args: { n: 4 }, rateLimit: ['tenant', 'b'] },
+      // 4 + 4 fit in 10; the third 4 does not, and the 1 behind it waits behind it.
+      { machine: paced, args: { n: 5 }, rateLimit: 'heavy', weight: 4 },
+      { machine: paced, args: { n: 6 }, rateLimit: 'heavy', weight: 4, delay: '20ms' },
+      { machine: paced, args: { n: 7 }, rateLimit: 'heavy', weight: 4, delay: '40ms' },
+      { machine: paced, args: { n: 8 }, rateLimit: 'heavy', weight: 1, delay: '60ms' },
+    ]);
+    const ids = rows.map((r) => r.id);
+    const done = [ids[0]!, ids[2]!, ids[4]!, ids[5]!];
+    await Promise.all(done.map((id) => c.waitFor(id, { timeout: '20s' })));
+    // A pick of the queue after the last row fell due (the stager wakes the queue for it).
+    const lastDue = (await c.get(ids[7]!))!.eligibleAt.getTime();
+    await eventually(
+      () => Promise.resolve(picks.events.some((p) => p.at > lastDue + 20) ? true : undefined),
+      'a pick after the last row fell due',
+    );
+    picks.stop();
+    throttled.stop();
+    // Once the last of them is due, a pick has looked at all of them (a wake-up per insert).
+    await eventually(async () => {
+      const { rows: buckets } = await db.pool.query(
+        `SELECT 1 FROM "${db.schema}".gen_durable_rate_buckets WHERE name IN ('heavy', 'tenant')`,
+      );
+      return buckets.length === 3 ? true : undefined;
+    }, 'the three buckets');
+    const snapshot = await Promise.all(ids.map((id) => c.get(id)));
+    expect(snapshot.map((s) => s?.status)).toEqual([
+      'done',
+      'runnable',
+      'done',
+      'runnable',
+      'done',
+      'done',
+      'runnable',
+      'runnable',
+    ]);
+    expect(snapshot.map((s) => s?.attempt)).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
+    expect(snapshot[1]?.rateLimit).toEqual(['tenant', 'a']);
+    expect(snapshot[7]).toMatchObject({ rateLimit: 'heavy', weight: 1 });
+    const { rows: buckets } = await db.pool.query<{ name: string; partition: string; tokens: number }>(
+      `SELECT name, partition, round(tokens::numeric, 2)::float8 AS tokens, need
+       FROM "${db.schema}".gen_durable_rate_buckets WHERE name IN ('heavy', 'tenant') ORDER BY 1, 2`,
+    );
+    expect(buckets).toEqual([
+      { name: 'heavy', partition: '', tokens: 2, need: 4 },
+      { name: 'tenant', partition: 'a', tokens: 0, need: 1 },
+      { name: 'tenant', partition: 'b', tokens: 0, need: 1 },
+    ]);
+    // The head was left out by a pick (it wanted more than the bucket held) and reported.
+    expect(throttled.events.some((e) => e.name === 'heavy' && e.wanted > e.granted)).toBe(true);
+  });
+
+  it('a bucket whose head does not fit is passed over by the next picks: the rows behind it in the queue run, no pick loop', async () => {
+    const picks = collect<{ queue: string }>('gen_durable:pick');
+    try {
+      await join({
+        machines: all,
+        // A window of two rows per pick: two rows of one bucket fill it.
+        queues: { rates: { concurrency: 2 } },
+        rateLimits: { narrow: { allowed: 1, period: '1h', burst: 3 } },
+      });
+      const c = client();
+      const rows = await c.insertAll([
+        { machine: paced, args: { n: 1 }, rateLimit: 'narrow', weight: 2 }, // granted: 1 token left
+        { machine: paced, args: { n: 2 }, rateLimit: 'narrow', weight: 3 }, // the head that does not fit
+        { machine: paced, args: { n: 3 }, rateLimit: 'narrow', weight: 1 },
+        { machine: paced, args: { n: 4 }, rateLimit: 'narrow', weight: 1 },
+        { machine: paced, args: { n: 5 } },
+        { machine: paced, args: { n: 6 } },
+      ]);
+      const ran = await Promise.all(
+        [rows[0]!, rows[4]!, rows[5]!].map((r) => c.waitFor(r.id, { timeout: '20s' })),
+      );
+      expect(ran.map((r) => r.status)).toEqual(['done', 'done', 'done']);
+      const held = await Promise.all([rows[1]!, rows[2]!, rows[3]!].map((r) => c.get(r.id)));
+      expect(held.map((h) => h?.status)).toEqual(['runnable', 'runnable', 'runnable']);
+      // A handful of picks, not a loop over the same left-out rows.
+      expect(picks.events.filter((p) => p.queue === 'rates').length).toBeLessThan(30);
+    } finally {
+      picks.stop();
+    }
+  });
+
+  it('keeps the limit across a retry, clears it on next, and next sets a new one with its weight', async () => {
+    await logGrants();
+    await join({
+      machines: all,
+      queues: { rates: { concurrency: 4 } },
+      rateLimits: {
+        once: { allowed: 100, period: '1s' },
+        pair: { allowed: 100, period: '1s' },
+      },
+    });
+    const c = client();
+    const { id } = await c.insert(limited, { state: {}, rateLimit: 'once' });
+    const result = await c.waitFor(id, { timeout: '20s' });
+    expect(result.status).toBe('done');
+    // `first` ran twice (attempt 0 threw), each time taking a token; `free` took none; `heavy` took 2.
+    const sum = (log: Grant[]) => log.reduce((n, g) => n + g.granted, 0);
+    expect(sum(await grants('once'))).toBe(2);
+    const pair = await grants('pair');
+    expect(sum(pair)).toBe(2);
+    expect(pair.every((g) => g.partition === 'p1')).toBe(true);
+    const after = await c.get(id);
+    expect(after).toMatchObject({ rateLimit: null, weight: 1 });
+  });
+
+  it('an unknown limit stalls only its rows, reported; declaring it lets them run', async () => {
+    const unknown = collect<{ name: string; ids: string[]; queue: string }>('gen_durable:rate_limit:unknown');
+    try {
+      const first = await join({ machines: all, queues: { rates: { concurrency: 4 } } });
+      const c = client();
+      const { id: stalled } = await c.insert(paced, { args: { n: 1 }, rateLimit: 'nobody' });
+      await eventually(
+        () => Promise.resolve(unknown.events.some((e) => e.ids.includes(stalled)) ? true : undefined),
+        'the unknown limit reported',
+      );
+      expect(unknown.events[0]).toMatchObject({ name: 'nobody', queue: 'rates' });
+      // Other rows of the queue run meanwhile.
+      const others = await c.insertAll(
+        Array.from({ length: 5 }, (_, n) => ({ machine: paced, args: { n } })),
+      );
+      const ran = await Promise.all(others.map((r) => c.waitFor(r.id, { timeout: '20s' })));
+      expect(ran.map((r) => r.status)).toEqual(others.map(() => 'done'));
+      expect(await c.get(stalled)).toMatchObject({ status: 'runnable', attempt: 0 });
+      // A node declaring the limit joins: the row runs (once its deferral is over).
+      await first.stop();
+      await join({
+        machines: all,
+        queues: { rates: { concurrency: 4 } },
+        rateLimits: { nobody: { allowed: 5, period: '1s' } },
+        pollInterval: '500ms',
+      });
+      expect((await c.waitFor(stalled, { timeout: '30s' })).status).toBe('done');
+    } finally {
+      unknown.stop();
+    }
+  });
+
+  it('refuses bad limits, weights and rate-limit declarations naming the field, writing nothing', async () => {
+    const c = client();
+    const cases: Array<[object, string]> = [
+      [{ rateLimit: 'paced', weight: 0 }, 'weight'],
+      [{ rateLimit: 'paced', weight: 1.5 }, 'weight'],
+      [{ weight: 2 }, 'weight'],
+      [{ rateLimit: '' }, 'rateLimit'],
+      [{ rateLimit: ['tenant', ''] }, 'rateLimit'],
+      [{ rateLimit: ['tenant'] }, 'rateLimit'],
+      [{ rateLimit: 7 }, 'rateLimit'],
+    ];
+    for (const [options, path] of cases) {
+      const error = await c.insert(paced, { args: { n: -999 }, ...options }).catch((e: unknown) => e);
+      expect(error, JSON.stringify(options)).toBeInstanceOf(ValidationError);
+      expect((error as ValidationError).path.startsWith(path), JSON.stringify(options)).toBe(true);
+    }
+    const batch = await c
+      .insertAll([
+        { machine: paced, args: { n: -999 }, rateLimit: 'paced' },
+        { machine: paced, args: { n: -999 }, rateLimit: 'paced', weight: -1 },
+      ])
+      .catch((e: unknown) => e);
+    expect((batch as ValidationError).path).toBe('items[1].weight');
+    const joins: Array<[object, string]> = [
+      [{ x: { allowed: 5, period: 'soon' } }, 'rateLimits.x.period'],
+      [{ x: { allowed: 0, period: '1s' } }, 'rateLimits.x.allowed'],
+      [{ x: { allowed: 5, period: '1s', burst: 0 } }, 'rateLimits.x.burst'],
+      [{ x: { allowed: 5, period: '1s', rate: 3 } }, 'rateLimits.x'],
+      [{ x: { allowed: 5 } }, 'rateLimits.x.period'],
+      [{ 'bad name': { allowed: 5, period: '1s' } }, 'rateLimits.bad name'],
+    ];
+    for (const [rateLimits, path] of joins) {
+      const error = await Cluster.join({
+        connectionString: db.url,
+        schema: db.schema,
+        rateLimits,
+      } as never).catch((e: unknown) => e);
+      expect(error, path).toBeInstanceOf(ValidationError);
+      expect((error as ValidationError).path, path).toBe(path);
+    }
+    const { rows } = await db.pool.query(
+      `SELECT (SELECT count(*) FROM ${T()} WHERE state->>'n' = '-999')::int AS instances,
+              (SELECT count(*) FROM "${db.schema}".gen_durable_rate_configs WHERE name IN ('x', 'bad name'))::int AS configs`,
+    );
+    expect(rows[0]).toEqual({ instances: 0, configs: 0 });
+  });
+});
