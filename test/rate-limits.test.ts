@@ -195,10 +195,10 @@ describe('rate limits', () => {
         { machine: paced, args: { n: 6 } },
       ]);
       const ran = await Promise.all(
-        [rows[0]!, rows[4]!, rows[5]!].map((r) => c.waitFor(r.id, { timeout: '20s' })),
+        [rows[0], rows[4], rows[5]].map((r) => c.waitFor(r.id, { timeout: '20s' })),
       );
       expect(ran.map((r) => r.status)).toEqual(['done', 'done', 'done']);
-      const held = await Promise.all([rows[1]!, rows[2]!, rows[3]!].map((r) => c.get(r.id)));
+      const held = await Promise.all([rows[1], rows[2], rows[3]].map((r) => c.get(r.id)));
       expect(held.map((h) => h?.status)).toEqual(['runnable', 'runnable', 'runnable']);
       // A handful of picks, not a loop over the same left-out rows.
       expect(picks.events.filter((p) => p.queue === 'rates').length).toBeLessThan(30);
