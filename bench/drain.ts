@@ -31,9 +31,11 @@ const { Cluster, createClient, migrate } = (await import(compiled)) as typeof im
 
 const USAGE = `usage: npm run bench -- [--jobs N] [--concurrency C] [--threads T] [--chunk N]
                         [--pgbench-seconds S] [--pgbench-clients 1,4,8] [--pgbench-threads J]
-                        [--skip-pgbench] [--plain] [--analyze] [--timeout S]
+                        [--skip-pgbench] [--plain] [--analyze] [--rate-limited] [--timeout S]
   --plain    join with connectionString instead of an instrumented pg.Pool (no statement timings)
-  --analyze  ANALYZE the engine table after inserting, before the drain`;
+  --analyze  ANALYZE the engine table after inserting, before the drain
+  --rate-limited  every job names one rate limit, declared far above the drain's rate (the
+             admission's cost: every pick runs the guarded claim and debits the bucket)`;
 
 const { values: flags } = parseArgs({
   options: {
@@ -47,6 +49,7 @@ const { values: flags } = parseArgs({
     'skip-pgbench': { type: 'boolean', default: false },
     plain: { type: 'boolean', default: false },
     analyze: { type: 'boolean', default: false },
+    'rate-limited': { type: 'boolean', default: false },
     timeout: { type: 'string', default: '300' },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -78,6 +81,7 @@ const params = {
   skipPgbench: flags['skip-pgbench'],
   plain: flags.plain,
   analyze: flags.analyze,
+  rateLimited: flags['rate-limited'],
   timeoutMs: positiveInt('timeout', flags.timeout) * 1000,
 };
 
@@ -159,6 +163,8 @@ interface EngineReport {
 }
 
 const POOL_SIZE = 10;
+/** The rate limit every job names with --rate-limited. */
+const BENCH_LIMIT = 'bench';
 const LOOP_DELAY_RESOLUTION_MS = 10;
 
 async function runEngine(): Promise<EngineReport> {
@@ -178,7 +184,13 @@ async function runEngine(): Promise<EngineReport> {
   const insertStart = performance.now();
   for (let from = 0; from < jobs; from += chunk) {
     const n = Math.min(chunk, jobs - from);
-    await observer.insertAll(Array.from({ length: n }, (_, k) => ({ machine: noop, args: { i: from + k } })));
+    await observer.insertAll(
+      Array.from({ length: n }, (_, k) => ({
+        machine: noop,
+        args: { i: from + k },
+        ...(params.rateLimited ? { rateLimit: BENCH_LIMIT } : {}),
+      })),
+    );
   }
   const insertMs = performance.now() - insertStart;
   if (params.analyze) {
@@ -257,6 +269,9 @@ async function runEngine(): Promise<EngineReport> {
     schema,
     machines: [noop],
     queues: { [BENCH_QUEUE]: { concurrency, threads } },
+    ...(params.rateLimited
+      ? { rateLimits: { [BENCH_LIMIT]: { allowed: 100_000_000, period: '1s', burst: 100_000_000 } } }
+      : {}),
   });
   const joinMs = performance.now() - joinStart;
   let stopped = false;
@@ -368,7 +383,8 @@ async function main(): Promise<void> {
       'engine',
       `jobs=${params.jobs} concurrency=${params.concurrency} threads=${params.threads} ` +
         `insert chunk=${params.chunk}, one node, pool ${POOL_SIZE}` +
-        (params.plain ? ' (connectionString)' : ' (instrumented pg.Pool)'),
+        (params.plain ? ' (connectionString)' : ' (instrumented pg.Pool)') +
+        (params.rateLimited ? `, every job rate-limited (${BENCH_LIMIT})` : ''),
     ],
     [
       'pgbench',

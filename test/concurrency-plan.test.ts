@@ -1,7 +1,8 @@
 /**
- * The pick's concurrency-key guard probes `gen_durable_concurrency_active` per keyed
- * candidate: its cost follows the batch, never the number of steps executing. And bad
- * options are refused naming their path.
+ * The guarded pick's plan: its concurrency-key guard probes `gen_durable_concurrency_active`
+ * per keyed candidate (its cost follows the batch, never the number of steps executing), and
+ * its rate part is never executed for a batch that names no limit. And bad options are
+ * refused naming their path.
  */
 import { describe, expect, it } from 'vitest';
 import { Cluster, ValidationError, createClient } from '../index.js';
@@ -33,7 +34,7 @@ describe('the concurrency guard of the pick', () => {
       const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
       const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
         `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
-        ['plan', 20, 'explain', 30_000, null, [], []],
+        ['plan', 20, 'explain', 30_000, null, [], [], 5_000],
       );
       await client.query('ROLLBACK');
       const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
@@ -43,11 +44,69 @@ describe('the concurrency guard of the pick', () => {
       // Rows read through it: at most one per probe (the busy key's row), nowhere near 5,000.
       const read = probes.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
       expect(read).toBeLessThanOrEqual(100);
-      const update = all.find((n) => n['Node Type'] === 'ModifyTable');
-      expect(update?.['Actual Rows']).toBe(20); // 20 free keys admitted, the busy ones skipped
+      // The claim's update (the other one on the table puts off rows of unknown limits: none).
+      const updates = all.filter(
+        (n) => n['Node Type'] === 'ModifyTable' && n['Relation Name'] === 'gen_durable',
+      );
+      expect(updates.map((n) => n['Actual Rows']).sort()).toEqual([0, 20]); // 20 free keys admitted, the busy ones skipped
     } finally {
       client.release();
     }
+  });
+
+  it('never executes the rate part for candidates that name no limit (and does for ones that do)', async () => {
+    await db.pool.query(
+      `INSERT INTO "${db.schema}".gen_durable_rate_configs (name, allowed, period_ms, burst) VALUES ('r', 100, 1000, 100)`,
+    );
+    await db.pool.query(
+      `INSERT INTO "${db.schema}".gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted)
+       SELECT 'r', 'p' || g, 1, now(), 1 FROM generate_series(1, 50) g`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${T()} (fsm, step, state, queue, rate_limit, rate_partition)
+       SELECT 'm', 's', '{}', q, CASE WHEN q = 'rated' THEN 'r' END, CASE WHEN q = 'rated' THEN 'p' || g END
+       FROM generate_series(1, 40) g, (VALUES ('unlimited'), ('rated')) v(q)`,
+    );
+    await db.pool.query(`ANALYZE ${T()}`);
+    const plan = async (queue: string) => {
+      const client = await db.pool.connect();
+      try {
+        await client.query('BEGIN');
+        const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
+        const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+          `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
+          [queue, 20, 'explain', 30_000, null, [], [], 5_000],
+        );
+        await client.query('ROLLBACK');
+        return nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+      } finally {
+        client.release();
+      }
+    };
+    const rateTables = ['gen_durable_rate_configs', 'gen_durable_rate_buckets'];
+    const reads = (all: PlanNode[]) =>
+      all.filter((n) => rateTables.includes(n['Relation Name'] ?? '') && n['Node Type'] !== 'ModifyTable');
+    const upsert = (all: PlanNode[]) =>
+      all.find((n) => n['Node Type'] === 'ModifyTable' && n['Relation Name'] === 'gen_durable_rate_buckets');
+
+    const unlimited = await plan('unlimited');
+    // The statement has its reads of the rate tables (the probe, the admission): none ran.
+    expect(reads(unlimited).length).toBeGreaterThan(0);
+    expect(reads(unlimited).map((n) => n['Actual Loops'])).toEqual(reads(unlimited).map(() => 0));
+    expect(upsert(unlimited)?.['Actual Rows']).toBe(0);
+    const updates = unlimited.filter(
+      (n) => n['Node Type'] === 'ModifyTable' && n['Relation Name'] === 'gen_durable',
+    );
+    expect(updates.map((n) => n['Actual Rows']).sort()).toEqual([0, 20]); // claimed; none put off
+
+    // The same statement for rows that name a limit reads and writes the buckets.
+    const rated = await plan('rated');
+    expect(reads(rated).some((n) => (n['Actual Loops'] ?? 0) > 0)).toBe(true);
+    const { rows: after } = await db.pool.query(
+      `SELECT count(*)::int AS n FROM "${db.schema}".gen_durable_rate_buckets`,
+    );
+    expect(after[0]).toEqual({ n: 50 }); // rolled back
+    expect(upsert(rated)?.['Actual Rows']).toBeGreaterThan(0);
   });
 
   it('refuses bad keys and gates naming their path', async () => {

@@ -33,8 +33,8 @@ export const RATE_PROBE = (x: string) => `CASE WHEN ${x}.rate_limit IS NULL THEN
  * The admission CTEs over `candidates` (columns `id, rate_limit, rate_partition, weight,
  * p, eligible_at`: rows that passed every other check, in urgency order `p, eligible_at,
  * id`):
- * - `rated`: the candidates naming a declared limit, with their bucket's running total of
- *   weight in urgency order (`cum`);
+ * - `limited`/`rated`: the candidates naming a declared limit, with its config and their
+ *   bucket's running total of weight in urgency order (`cum`);
  * - `debited`: one upsert per bucket, in `(name, partition)` order (the one order every
  *   pick locks buckets in), that locks the bucket's latest version, refills it up to the
  *   moment it holds the lock (`clock_timestamp()`, so a pick that waited for another's grant
@@ -56,19 +56,27 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
     `(SELECT COALESCE(max(x), 0)::int FROM unnest(w.cums) AS x WHERE x <= ${avail})`;
   const need = (avail: string) =>
     `COALESCE((SELECT min(x) FROM unnest(w.cums) AS x WHERE x > ${avail}) - ${grant(avail)}, 1)`;
-  return `rated AS (
-       SELECT k.id, k.rate_limit AS name, COALESCE(k.rate_partition, '') AS part,
-              sum(k.weight) OVER (PARTITION BY k.rate_limit, k.rate_partition
-                                  ORDER BY k.p, k.eligible_at, k.id) AS cum
+  // The config is looked up by a scalar subquery per row naming a limit, not joined: a join
+  // would be planned as a hash join that reads the configs whatever the candidates.
+  return `limited AS (
+       SELECT k.id, k.rate_limit, k.rate_partition, k.weight, k.p, k.eligible_at,
+              (SELECT rc FROM :schema.gen_durable_rate_configs rc WHERE rc.name = k.rate_limit) AS cfg
        FROM ${candidates} k
        WHERE k.rate_limit IS NOT NULL
-         AND EXISTS (SELECT 1 FROM :schema.gen_durable_rate_configs rc WHERE rc.name = k.rate_limit)
+     ),
+     rated AS (
+       SELECT k.id, k.rate_limit AS name, COALESCE(k.rate_partition, '') AS part,
+              (k.cfg).allowed, (k.cfg).period_ms, (k.cfg).burst,
+              sum(k.weight) OVER (PARTITION BY k.rate_limit, k.rate_partition
+                                  ORDER BY k.p, k.eligible_at, k.id) AS cum
+       FROM limited k
+       WHERE k.cfg IS NOT NULL
      ),
      wants AS (
        SELECT r.name, r.part, array_agg(r.cum ORDER BY r.cum) AS cums,
-              rc.allowed, rc.period_ms, rc.burst
-       FROM rated r JOIN :schema.gen_durable_rate_configs rc ON rc.name = r.name
-       GROUP BY r.name, r.part, rc.allowed, rc.period_ms, rc.burst
+              min(r.allowed) AS allowed, min(r.period_ms) AS period_ms, min(r.burst) AS burst
+       FROM rated r
+       GROUP BY r.name, r.part
      ),
      debited AS (
        INSERT INTO :schema.gen_durable_rate_buckets AS b (name, partition, tokens, refreshed_at, granted, need)
@@ -90,9 +98,7 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
        WHERE r.cum > d.granted
      ),
      unknown_limit AS (
-       SELECT k.id, k.rate_limit AS name FROM ${candidates} k
-       WHERE k.rate_limit IS NOT NULL
-         AND NOT EXISTS (SELECT 1 FROM :schema.gen_durable_rate_configs rc WHERE rc.name = k.rate_limit)
+       SELECT k.id, k.rate_limit AS name FROM limited k WHERE k.cfg IS NULL
      ),
      deferred AS (
        UPDATE :schema.gen_durable AS t SET eligible_at = now() + ${deferUnknown} * interval '1 millisecond'
