@@ -248,7 +248,6 @@ export class GenDurableNode {
     try {
       if (this.#config.migrate) await migrate({ pool: this.#db, schema: this.#config.schema });
       await this.#register();
-      await declareRateLimits(this.#db, this.#config.schema, this.#config.rateLimits);
       // Claims still held under this id belong to an earlier process that died with it.
       this.#afterReap(await reapNodeClaims(this.#db, this.#config.schema, this.#registry, this.id));
       this.#listener.add({
@@ -301,14 +300,18 @@ export class GenDurableNode {
     this.#sender.settled(rows.filter((r) => r.status === 'failed').map((r) => r.id));
   }
 
-  #register(): Promise<void> {
-    return registerNode(this.#db, this.#config.schema, {
+  /** Registers the node, then its rate limits (on every registration: a pruned node's limits may be gone). */
+  async #register(): Promise<void> {
+    const { schema, rateLimits } = this.#config;
+    await registerNode(this.#db, schema, {
       id: this.id,
       host: hostname(),
       pid: process.pid,
       queues: this.queues,
       machines: this.#servable,
+      rateLimits: Object.keys(rateLimits),
     });
+    await declareRateLimits(this.#db, schema, rateLimits);
   }
 
   #dispatch(queue: string, pool: QueuePool, rows: ClaimedRow[]): void {

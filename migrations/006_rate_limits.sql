@@ -12,6 +12,10 @@
 
 ALTER TABLE :schema.gen_durable ADD COLUMN rate_partition text;
 
+-- The limits each node declares: a limit stays declared while a registered node declares it
+-- (the leader's housekeeping removes the others, with their buckets).
+ALTER TABLE :schema.gen_durable_nodes ADD COLUMN rate_limits text[] NOT NULL DEFAULT '{}';
+
 CREATE TABLE :schema.gen_durable_rate_configs (
   name        text PRIMARY KEY,
   allowed     integer NOT NULL CHECK (allowed >= 1),

@@ -10,6 +10,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { describe, expect, it } from 'vitest';
 import { BucketHousekeeper } from '../cluster/bucket-housekeeping.js';
 import { Cluster, ValidationError } from '../index.js';
+import { claimBatch } from '../runtime/sql/claim.js';
 import { limited, paced, all } from './fixtures/rate-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
@@ -110,7 +111,6 @@ describe('rate limits', () => {
     const throttled = collect<{ name: string; wanted: number; granted: number }>(
       'gen_durable:rate_limit:throttled',
     );
-    const picks = collect<{ at: number }>('gen_durable:pick', () => ({ at: Date.now() }));
     await join({
       machines: all,
       queues: { rates: { concurrency: 10 } },
@@ -126,35 +126,38 @@ describe('rate limits', () => {
       { machine: paced, args: { n: 2 }, rateLimit: ['tenant', 'a'] },
       { machine: paced, args: { n: 3 }, rateLimit: ['tenant', 'b'] },
       { machine: paced, args: { n: 4 }, rateLimit: ['tenant', 'b'] },
-      // 4 + 4 fit in 10; the third 4 does not, and the 1 behind it waits behind it.
+      // 4 + 4 fit in 10; the third 4 does not.
       { machine: paced, args: { n: 5 }, rateLimit: 'heavy', weight: 4 },
-      { machine: paced, args: { n: 6 }, rateLimit: 'heavy', weight: 4, delay: '20ms' },
-      { machine: paced, args: { n: 7 }, rateLimit: 'heavy', weight: 4, delay: '40ms' },
-      { machine: paced, args: { n: 8 }, rateLimit: 'heavy', weight: 1, delay: '60ms' },
+      { machine: paced, args: { n: 6 }, rateLimit: 'heavy', weight: 4 },
+      { machine: paced, args: { n: 7 }, rateLimit: 'heavy', weight: 4 },
     ]);
-    const ids = rows.map((r) => r.id);
-    const done = [ids[0]!, ids[2]!, ids[4]!, ids[5]!];
+    const done = [rows[0].id, rows[2].id, rows[4].id, rows[5].id];
     // Polled with reads, not waitFor: waitFor marks its row watched (an update), and a pick
     // skips rows another transaction holds, so it could take the row behind it first.
     await eventually(async () => {
       const states = await Promise.all(done.map((id) => c.get(id)));
       return states.every((st) => st?.status === 'done') ? true : undefined;
     }, 'the rows that fit');
-    // A pick of the queue after the last row fell due (the stager wakes the queue for it).
-    const lastDue = (await c.get(ids[7]!))!.eligibleAt.getTime();
-    await eventually(
-      () => Promise.resolve(picks.events.some((p) => p.at > lastDue + 20) ? true : undefined),
-      'a pick after the last row fell due',
-    );
-    picks.stop();
-    throttled.stop();
-    // Once the last of them is due, a pick has looked at all of them (a wake-up per insert).
+    // The pick that left the head out recorded what it needs; a lighter row behind it (the
+    // bucket holds 2) must not overtake it: a pick of our own (besides the node's, woken by
+    // the insert) claims nothing.
     await eventually(async () => {
-      const { rows: buckets } = await db.pool.query(
-        `SELECT 1 FROM "${db.schema}".gen_durable_rate_buckets WHERE name IN ('heavy', 'tenant')`,
+      const { rows: b } = await db.pool.query(
+        `SELECT 1 FROM "${db.schema}".gen_durable_rate_buckets WHERE name = 'heavy' AND need = 4`,
       );
-      return buckets.length === 3 ? true : undefined;
-    }, 'the three buckets');
+      return b.length === 1 ? true : undefined;
+    }, 'the head left out');
+    const light = await c.insert(paced, { args: { n: 8 }, rateLimit: 'heavy', weight: 1 });
+    const own = await claimBatch(db.pool, db.schema, {
+      queue: 'rates',
+      limit: 10,
+      nodeId: 'test-picker',
+      leaseMs: 30_000,
+      guarded: true,
+    });
+    expect(own).toEqual([]);
+    throttled.stop();
+    const ids = [...rows.map((r) => r.id), light.id];
     const snapshot = await Promise.all(ids.map((id) => c.get(id)));
     expect(snapshot.map((s) => s?.status)).toEqual([
       'done',
@@ -269,7 +272,7 @@ describe('rate limits', () => {
     }
   });
 
-  it('the leader prunes buckets that are full again and buckets of undeclared limits, and keeps the others', async () => {
+  it('the leader removes limits no node declares, prunes buckets that are full again or of removed limits, and keeps the others', async () => {
     const s = `"${db.schema}"`;
     await db.pool.query(`DELETE FROM ${s}.gen_durable_rate_buckets`);
     await db.pool.query(
@@ -291,9 +294,32 @@ describe('rate limits', () => {
         throw e;
       },
     });
-    expect(await housekeeper.runOnce()).toBe(3);
-    const { rows } = await db.pool.query(`SELECT name, partition FROM ${s}.gen_durable_rate_buckets`);
-    expect(rows).toEqual([{ name: 'kept', partition: 'spent' }]);
+    // Limits: one a registered node declares, one nobody has declared for two minutes (its
+    // spent bucket goes with it), one nobody declares but declared a moment ago (kept).
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_nodes (id, host, pid, queues, rate_limits) VALUES ('declarer', 'h', 1, '{}', '{declared}')`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_configs (name, allowed, period_ms, burst, updated_at) VALUES
+         ('declared', 1, 1000, 1, now() - interval '2 minutes'), ('stale', 1, 1000, 1, now() - interval '2 minutes')`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted) VALUES
+         ('declared', '', 0, now(), 1), ('stale', '', 0, now(), 1)`,
+    );
+    expect(await housekeeper.runOnce()).toBe(4);
+    const { rows } = await db.pool.query(
+      `SELECT name, partition FROM ${s}.gen_durable_rate_buckets ORDER BY name, partition`,
+    );
+    expect(rows).toEqual([
+      { name: 'declared', partition: '' },
+      { name: 'kept', partition: 'spent' },
+    ]);
+    const { rows: configs } = await db.pool.query(
+      `SELECT name FROM ${s}.gen_durable_rate_configs WHERE name IN ('declared', 'stale', 'kept') ORDER BY name`,
+    );
+    expect(configs.map((c: { name: string }) => c.name)).toEqual(['declared', 'kept']);
+    await db.pool.query(`DELETE FROM ${s}.gen_durable_nodes WHERE id = 'declarer'`);
   });
 
   it('refuses bad limits, weights and rate-limit declarations naming the field, writing nothing', async () => {

@@ -11,17 +11,26 @@ export async function registerNode(
     queues: readonly string[];
     /** `name@version` of the machines it can run; null when it may run any (a resolve hook). */
     machines?: readonly string[] | null;
+    /** The rate limits it declares (`rateLimits`). */
+    rateLimits?: readonly string[];
   },
 ): Promise<void> {
   const stmt = statement(
     schema,
     'register_node',
-    `INSERT INTO :schema.gen_durable_nodes (id, host, pid, queues, machines, serves_any)
-     VALUES ($1, $2, $3, $4, COALESCE($5::text[], '{}'), $5::text[] IS NULL)
+    `INSERT INTO :schema.gen_durable_nodes (id, host, pid, queues, machines, serves_any, rate_limits)
+     VALUES ($1, $2, $3, $4, COALESCE($5::text[], '{}'), $5::text[] IS NULL, $6)
      ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), queues = EXCLUDED.queues,
-       machines = EXCLUDED.machines, serves_any = EXCLUDED.serves_any`,
+       machines = EXCLUDED.machines, serves_any = EXCLUDED.serves_any, rate_limits = EXCLUDED.rate_limits`,
   );
-  await run(db, stmt, [node.id, node.host, node.pid, node.queues, node.machines ?? []]);
+  await run(db, stmt, [
+    node.id,
+    node.host,
+    node.pid,
+    node.queues,
+    node.machines ?? [],
+    node.rateLimits ?? [],
+  ]);
 }
 
 export async function deregisterNode(db: Queryable, schema: string, nodeId: string): Promise<void> {

@@ -148,7 +148,11 @@ export interface RateLimitConfig {
   readonly burst: number;
 }
 
-/** Declares limits (a joining node's `rateLimits`): inserted, or updated to these settings. */
+/**
+ * Declares limits (a registering node's `rateLimits`): inserted, or updated to these
+ * settings; `updated_at` is touched either way, so that the housekeeping does not remove a
+ * limit declared a moment ago by a node it did not see yet (`pruneUndeclaredLimits`).
+ */
 export async function declareRateLimits(
   db: Queryable,
   schema: string,
@@ -162,8 +166,7 @@ export async function declareRateLimits(
     `INSERT INTO :schema.gen_durable_rate_configs AS c (name, allowed, period_ms, burst)
      SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[]) ORDER BY 1
      ON CONFLICT (name) DO UPDATE SET allowed = EXCLUDED.allowed, period_ms = EXCLUDED.period_ms,
-       burst = EXCLUDED.burst, updated_at = now()
-     WHERE (c.allowed, c.period_ms, c.burst) IS DISTINCT FROM (EXCLUDED.allowed, EXCLUDED.period_ms, EXCLUDED.burst)`,
+       burst = EXCLUDED.burst, updated_at = now()`,
   );
   const configs = names.map((n) => limits[n]!);
   await run(db, stmt, [
@@ -209,6 +212,27 @@ export async function rateWaitIn(
   );
   const row = (await run<{ ms: number | null }>(db, stmt, [queue, machines]))[0];
   return row?.ms ?? null;
+}
+
+/** How long a limit no registered node declares is kept, from its latest declaration. */
+const UNDECLARED_GRACE_MS = 60_000;
+
+/**
+ * Removes limits no registered node declares any more (for a minute since their latest
+ * declaration), so that their buckets go too (`pruneBuckets`) and their rows are reported as
+ * unknown. A node that was declared dead and pruned declares its limits again when it
+ * registers again.
+ */
+export async function pruneUndeclaredLimits(db: Queryable, schema: string): Promise<string[]> {
+  const stmt = statement(
+    schema,
+    'prune_limits',
+    `DELETE FROM :schema.gen_durable_rate_configs c
+     WHERE c.updated_at < now() - $1 * interval '1 millisecond'
+       AND NOT EXISTS (SELECT 1 FROM :schema.gen_durable_nodes n WHERE c.name = ANY (n.rate_limits))
+     RETURNING c.name`,
+  );
+  return (await run<{ name: string }>(db, stmt, [UNDECLARED_GRACE_MS])).map((r) => r.name);
 }
 
 /**
