@@ -13,57 +13,15 @@ import { Cluster, ValidationError } from '../index.js';
 import { claimBatch } from '../runtime/sql/claim.js';
 import { limited, paced, all } from './fixtures/rate-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
+import { type Grant, grantsOf, logGrants as logGrantsIn, worstExcess } from './support/grants.js';
 import { useNodes } from './support/node.js';
 
 const db = useTestSchema('rates');
 const { join, client } = useNodes(db);
 const T = (): string => `"${db.schema}".gen_durable`;
 
-interface Grant {
-  name: string;
-  partition: string;
-  at: Date;
-  granted: number;
-}
-
-/** Records every grant a bucket makes (its time and size), as the buckets themselves see it. */
-async function logGrants(): Promise<void> {
-  const s = `"${db.schema}"`;
-  await db.pool.query(`
-    CREATE TABLE IF NOT EXISTS ${s}.grants (name text, partition text, at timestamptz, granted int);
-    CREATE OR REPLACE FUNCTION ${s}.log_grant() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      INSERT INTO ${s}.grants VALUES (NEW.name, NEW.partition, NEW.refreshed_at, NEW.granted);
-      RETURN NEW;
-    END $$;
-    CREATE OR REPLACE TRIGGER log_grant AFTER INSERT OR UPDATE ON ${s}.gen_durable_rate_buckets
-      FOR EACH ROW EXECUTE FUNCTION ${s}.log_grant();`);
-}
-
-async function grants(name: string): Promise<Grant[]> {
-  const { rows } = await db.pool.query<Grant>(
-    `SELECT * FROM "${db.schema}".grants WHERE name = $1 AND granted > 0 ORDER BY at`,
-    [name],
-  );
-  return rows;
-}
-
-/**
- * The most any window [t_i, t_j] between two grants took beyond what a bucket of `burst`
- * refilling `allowed` per `periodMs` allows: <= 0 when the bound held everywhere.
- */
-function worstExcess(log: readonly Grant[], allowed: number, periodMs: number, burst: number): number {
-  let worst = Number.NEGATIVE_INFINITY;
-  for (let i = 0; i < log.length; i++) {
-    let taken = 0;
-    for (let j = i; j < log.length; j++) {
-      taken += log[j]!.granted;
-      const elapsed = log[j]!.at.getTime() - log[i]!.at.getTime();
-      worst = Math.max(worst, taken - (burst + (allowed * elapsed) / periodMs));
-    }
-  }
-  return worst;
-}
+const logGrants = (): Promise<void> => logGrantsIn(db.pool, db.schema);
+const grants = (name: string): Promise<Grant[]> => grantsOf(db.pool, db.schema, name);
 
 /** Collects the events of a channel until `stop()` (with `extra` merged into each). */
 function collect<E>(name: string, extra: () => object = () => ({})): { events: E[]; stop: () => void } {
