@@ -101,6 +101,21 @@ export class Claimer {
     for (const u of report.unknown ?? []) names.set(u.name, [...(names.get(u.name) ?? []), u.id]);
     for (const [name, ids] of names) publish(telemetry.rateLimitUnknown, () => ({ node, queue, name, ids }));
     let wait: number | null = null;
+    for (const o of report.oversized ?? []) {
+      const { name, partition, id, weight, burst } = o;
+      publish(telemetry.rateLimitThrottled, () => ({
+        node,
+        queue,
+        name,
+        partition,
+        wanted: weight,
+        granted: 0,
+        waitMs: null,
+        reason: 'oversized',
+        burst,
+        ids: [id],
+      }));
+    }
     for (const t of report.throttled ?? []) {
       publish(telemetry.rateLimitThrottled, () => ({ node, queue, ...t }));
       wait = Math.min(wait ?? t.waitMs, t.waitMs);

@@ -174,6 +174,34 @@ describe('rate limits', () => {
     }
   });
 
+  it('a step heavier than its burst is put off and reported, and does not block its bucket', async () => {
+    const throttled = collect<{ name: string; reason?: string; ids?: string[]; wanted: number }>(
+      'gen_durable:rate_limit:throttled',
+    );
+    try {
+      await join({
+        machines: all,
+        queues: { rates: { concurrency: 10 } },
+        rateLimits: { small: { allowed: 1, period: '1h', burst: 5 } },
+      });
+      const c = client();
+      const [heavy, ...light] = await c.insertAll([
+        { machine: paced, args: { n: 1 }, rateLimit: 'small', weight: 10 },
+        ...Array.from({ length: 5 }, (_, n) => ({ machine: paced, args: { n }, rateLimit: 'small' })),
+      ]);
+      const ran = await Promise.all(light.map((r) => c.waitFor(r.id, { timeout: '20s' })));
+      expect(ran.map((r) => r.status)).toEqual(light.map(() => 'done'));
+      expect(await c.get(heavy!.id)).toMatchObject({ status: 'runnable', attempt: 0 });
+      expect(
+        throttled.events.some(
+          (e) => e.reason === 'oversized' && e.ids?.includes(heavy!.id) && e.wanted === 10,
+        ),
+      ).toBe(true);
+    } finally {
+      throttled.stop();
+    }
+  });
+
   it('keeps the limit across a retry, clears it on next, and next sets a new one with its weight', async () => {
     await logGrants();
     await join({
@@ -253,7 +281,7 @@ describe('rate limits', () => {
       },
     });
     // Limits: one a registered node declares, one nobody has declared for two minutes (its
-    // spent bucket goes with it), one nobody declares but declared a moment ago (kept).
+    // bucket, full again, goes with it), one nobody declares but declared a moment ago (kept).
     await db.pool.query(
       `INSERT INTO ${s}.gen_durable_nodes (id, host, pid, queues, rate_limits) VALUES ('declarer', 'h', 1, '{}', '{declared}')`,
     );
@@ -263,7 +291,17 @@ describe('rate limits', () => {
     );
     await db.pool.query(
       `INSERT INTO ${s}.gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted) VALUES
-         ('declared', '', 0, now(), 1), ('stale', '', 0, now(), 1)`,
+         ('declared', '', 0, now(), 1), ('stale', '', 0, now() - interval '2 minutes', 1)`,
+    );
+    // A limit nobody declares whose bucket still owes tokens stays, with its bucket: declared
+    // again, it carries on from what it granted.
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_configs (name, allowed, period_ms, burst, updated_at)
+       VALUES ('owed', 1, 3600000, 10, now() - interval '2 minutes')`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted)
+       VALUES ('owed', '', 0, now(), 10)`,
     );
     expect(await housekeeper.runOnce()).toBe(4);
     const { rows } = await db.pool.query(
@@ -272,11 +310,12 @@ describe('rate limits', () => {
     expect(rows).toEqual([
       { name: 'declared', partition: '' },
       { name: 'kept', partition: 'spent' },
+      { name: 'owed', partition: '' },
     ]);
     const { rows: configs } = await db.pool.query(
-      `SELECT name FROM ${s}.gen_durable_rate_configs WHERE name IN ('declared', 'stale', 'kept') ORDER BY name`,
+      `SELECT name FROM ${s}.gen_durable_rate_configs WHERE name IN ('declared', 'stale', 'kept', 'owed') ORDER BY name`,
     );
-    expect(configs.map((c: { name: string }) => c.name)).toEqual(['declared', 'kept']);
+    expect(configs.map((c: { name: string }) => c.name)).toEqual(['declared', 'kept', 'owed']);
     await db.pool.query(`DELETE FROM ${s}.gen_durable_nodes WHERE id = 'declarer'`);
   });
 

@@ -46,8 +46,10 @@ export const RATE_PROBE = (x: string) => `CASE WHEN ${x}.rate_limit IS NULL THEN
  *   snapshot);
  * - `rate_admitted`: the rated candidates inside their bucket's grant; the others stay
  *   runnable where they are (`left_out`);
- * - `unknown_limit`: candidates naming a limit no node declared, put off by `deferUnknown`
- *   ms (`deferred`) so that they do not fill every batch.
+ * - `unknown_limit`: candidates naming a limit no node declared, and `oversized`: ones
+ *   heavier than their bucket's burst (it can never hold their weight: keeping them in the
+ *   prefix would block the bucket for good); both are put off by `deferUnknown` ms
+ *   (`deferred`) so that they do not fill every batch, and reported.
  * Every scan of the rate tables here is driven by `rated` or by rows naming a limit: with
  * none among the candidates, none of them runs.
  */
@@ -70,7 +72,7 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
               sum(k.weight) OVER (PARTITION BY k.rate_limit, k.rate_partition
                                   ORDER BY k.p, k.eligible_at, k.id) AS cum
        FROM limited k
-       WHERE k.cfg IS NOT NULL
+       WHERE k.cfg IS NOT NULL AND k.weight <= (k.cfg).burst
      ),
      wants AS (
        SELECT r.name, r.part, array_agg(r.cum ORDER BY r.cum) AS cums,
@@ -100,9 +102,13 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
      unknown_limit AS (
        SELECT k.id, k.rate_limit AS name FROM limited k WHERE k.cfg IS NULL
      ),
+     oversized AS (
+       SELECT k.id, k.rate_limit AS name, k.rate_partition AS partition, k.weight, (k.cfg).burst
+       FROM limited k WHERE k.cfg IS NOT NULL AND k.weight > (k.cfg).burst
+     ),
      deferred AS (
        UPDATE :schema.gen_durable AS t SET eligible_at = now() + ${deferUnknown} * interval '1 millisecond'
-       FROM unknown_limit u WHERE t.id = u.id
+       FROM (SELECT id FROM unknown_limit UNION ALL SELECT id FROM oversized) u WHERE t.id = u.id
        RETURNING t.id
      )`;
 }
@@ -110,8 +116,9 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
 /**
  * What the pick reports of its admission, as JSON (null when nothing to report): buckets that
  * granted less than their candidates wanted (`throttled`, with the ms until the first one
- * left out fits), the limits nobody declared (`unknown`, with the ids), and how many
- * candidates were left out or put off (`passed`).
+ * left out fits), the limits nobody declared (`unknown`, with the ids), rows heavier than
+ * their bucket's burst (`oversized`), and how many candidates were left out or put off
+ * (`passed`).
  */
 export const RATE_REPORT = `json_build_object(
        'throttled', (SELECT json_agg(json_build_object(
@@ -122,6 +129,8 @@ export const RATE_REPORT = `json_build_object(
          FROM debited d JOIN wants w ON w.name = d.name AND w.part = d.partition
          WHERE w.cums[cardinality(w.cums)] > d.granted),
        'unknown', (SELECT json_agg(json_build_object('name', u.name, 'id', u.id::text)) FROM unknown_limit u),
+       'oversized', (SELECT json_agg(json_build_object('name', o.name, 'partition', o.partition, 'id', o.id::text,
+                                                       'weight', o.weight, 'burst', o.burst)) FROM oversized o),
        'passed', (SELECT count(*) FROM left_out) + (SELECT count(*) FROM deferred))`;
 
 /** A bucket that granted less than its candidates wanted. */
@@ -138,6 +147,14 @@ export interface Throttle {
 export interface RateReport {
   readonly throttled: Throttle[] | null;
   readonly unknown: Array<{ name: string; id: string }> | null;
+  /** Rows heavier than their bucket's burst: they can never run. */
+  readonly oversized: Array<{
+    name: string;
+    partition: string | null;
+    id: string;
+    weight: number;
+    burst: number;
+  }> | null;
   /** Candidates not claimed: left out by their bucket, or put off (an unknown limit). */
   readonly passed: number;
 }
@@ -218,10 +235,12 @@ export async function rateWaitIn(
 const UNDECLARED_GRACE_MS = 60_000;
 
 /**
- * Removes limits no registered node declares any more (for a minute since their latest
- * declaration), so that their buckets go too (`pruneBuckets`) and their rows are reported as
- * unknown. A node that was declared dead and pruned declares its limits again when it
- * registers again.
+ * Removes limits no registered node declares any more (and none has for a minute since the
+ * latest declaration), once every bucket of theirs is full again: a bucket still owing tokens
+ * keeps its limit, so that a limit declared again (a restart of the nodes that declare it)
+ * carries on from what it had granted rather than from full buckets. Their buckets go next
+ * (`pruneBuckets`), their rows are reported as unknown. A node that was declared dead and
+ * pruned declares its limits again when it registers again.
  */
 export async function pruneUndeclaredLimits(db: Queryable, schema: string): Promise<string[]> {
   const stmt = statement(
@@ -230,6 +249,8 @@ export async function pruneUndeclaredLimits(db: Queryable, schema: string): Prom
     `DELETE FROM :schema.gen_durable_rate_configs c
      WHERE c.updated_at < now() - $1 * interval '1 millisecond'
        AND NOT EXISTS (SELECT 1 FROM :schema.gen_durable_nodes n WHERE c.name = ANY (n.rate_limits))
+       AND NOT EXISTS (SELECT 1 FROM :schema.gen_durable_rate_buckets b
+                       WHERE b.name = c.name AND ${available('c', 'b')} < c.burst)
      RETURNING c.name`,
   );
   return (await run<{ name: string }>(db, stmt, [UNDECLARED_GRACE_MS])).map((r) => r.name);
