@@ -191,10 +191,10 @@ describe('rate limits', () => {
       ]);
       const ran = await Promise.all(light.map((r) => c.waitFor(r.id, { timeout: '20s' })));
       expect(ran.map((r) => r.status)).toEqual(light.map(() => 'done'));
-      expect(await c.get(heavy!.id)).toMatchObject({ status: 'runnable', attempt: 0 });
+      expect(await c.get(heavy.id)).toMatchObject({ status: 'runnable', attempt: 0 });
       expect(
         throttled.events.some(
-          (e) => e.reason === 'oversized' && e.ids?.includes(heavy!.id) && e.wanted === 10,
+          (e) => e.reason === 'oversized' && e.ids?.includes(heavy.id) && e.wanted === 10,
         ),
       ).toBe(true);
     } finally {
