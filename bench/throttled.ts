@@ -1,10 +1,14 @@
 /**
- * `npm run bench:throttled`: what one pick costs when a rate limit holds rows back. For
- * each backlog size it fills a fresh schema with that many due rows of one spent bucket (1
- * token an hour, none left) followed by 100 unlimited rows in the same queue, and times
- * the guarded pick of 50 rows (`EXPLAIN ANALYZE`, rolled back, so every run sees the same
- * table): execution and planning time, buffers touched, rows it claimed. A pick whose cost
- * followed the batch would print the same line for every backlog.
+ * `npm run bench:throttled`: what picks cost when a rate limit holds rows back. For each
+ * backlog size it fills a fresh schema with that many due rows of one spent bucket (1 token
+ * an hour, none left) followed by 100 free rows in the same queue, then:
+ * - times one guarded pick of 50 rows (`EXPLAIN ANALYZE`, rolled back: the backlog still to
+ *   be booked): execution and planning time, buffers touched;
+ * - picks for real, as a feeder does, until the 100 free rows are claimed: how many picks
+ *   that took (the throttled rows are booked into their bucket's line on the way, 50 a
+ *   pick, each once) and the median time of a pick;
+ * - times one more pick, rolled back, now that the backlog is booked.
+ * A pick whose cost followed the batch prints the same times for every backlog.
  *
  * Flags: --backlogs 0,1000,10000,100000 --runs 7 --limit 50
  */
@@ -12,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { migrate } from '../migrations/migrate.js';
-import { CLAIM_GUARDED_SQL, UNKNOWN_LIMIT_DEFER_MS } from '../runtime/sql/claim.js';
+import { CLAIM_GUARDED_SQL, UNKNOWN_LIMIT_DEFER_MS, claimGuarded } from '../runtime/sql/claim.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -34,21 +38,46 @@ interface Plan {
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const cell = (v: number | string, width: number): string =>
+  (typeof v === 'number' ? v.toFixed(2) : v).padStart(width);
+
+/** One guarded pick, rolled back, `runs` times: median execution and planning ms, buffers. */
+async function onePick(client: pg.PoolClient, schema: string): Promise<[number, number, number]> {
+  const plans: Plan[] = [];
+  for (let i = 0; i < runs; i++) {
+    await client.query('BEGIN');
+    const { rows } = await client.query<{ 'QUERY PLAN': Plan[] }>(
+      `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${CLAIM_GUARDED_SQL.replaceAll(':schema', `"${schema}"`)}`,
+      ['q', limit, 'bench', 30_000, null, [], [], UNKNOWN_LIMIT_DEFER_MS],
+    );
+    await client.query('ROLLBACK');
+    plans.push(rows[0]!['QUERY PLAN'][0]!);
+  }
+  return [
+    median(plans.map((p) => p['Execution Time'])),
+    median(plans.map((p) => p['Planning Time'])),
+    median(plans.map((p) => (p.Plan['Shared Hit Blocks'] ?? 0) + (p.Plan['Shared Read Blocks'] ?? 0))),
+  ];
+}
 
 const pool = new pg.Pool({ connectionString: url, max: 2 });
-console.log(`guarded pick of ${limit} rows; ${runs} runs each; medians`);
-console.log('backlog (throttled rows ahead)   exec ms   plan ms   buffers   claimed');
+console.log(`guarded picks of ${limit} rows; one-pick figures are medians of ${runs} rolled-back runs`);
+console.log(
+  'throttled rows ahead | first pick: exec ms  plan ms  buffers | picks to the free rows  median ms | booked: exec ms  buffers',
+);
 try {
   for (const backlog of backlogs) {
     const schema = `bench_throttled_${randomBytes(4).toString('hex')}`;
     await migrate({ pool, schema });
+    const s = `"${schema}"`;
+    const client = await pool.connect();
     try {
-      const s = `"${schema}"`;
       await pool.query(
         `INSERT INTO ${s}.gen_durable_rate_configs (name, allowed, period_ms, burst) VALUES ('spent', 1, 3600000, 1)`,
       );
       await pool.query(
-        `INSERT INTO ${s}.gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted) VALUES ('spent', '', 0, now(), 1)`,
+        `INSERT INTO ${s}.gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted)
+         VALUES ('spent', '', 0, now(), 1)`,
       );
       await pool.query(
         `INSERT INTO ${s}.gen_durable (fsm, step, state, queue, rate_limit, eligible_at)
@@ -60,39 +89,30 @@ try {
          SELECT 'm', 's', '{}', 'q', now() - interval '1 minute' FROM generate_series(1, 100)`,
       );
       await pool.query(`ANALYZE ${s}.gen_durable`);
-      const text = CLAIM_GUARDED_SQL.replaceAll(':schema', s);
-      const exec: number[] = [];
-      const plan: number[] = [];
-      const buffers: number[] = [];
-      let claimed = 0;
-      const client = await pool.connect();
-      try {
-        for (let i = 0; i < runs; i++) {
-          await client.query('BEGIN');
-          const { rows } = await client.query<{ 'QUERY PLAN': Plan[] }>(
-            `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${text}`,
-            ['q', limit, 'bench', 30_000, null, [], [], UNKNOWN_LIMIT_DEFER_MS],
-          );
-          const p = rows[0]!['QUERY PLAN'][0]!;
-          const { rows: c } = await client.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM ${s}.gen_durable WHERE status = 'executing'`,
-          );
-          await client.query('ROLLBACK');
-          exec.push(p['Execution Time']);
-          plan.push(p['Planning Time']);
-          buffers.push((p.Plan['Shared Hit Blocks'] ?? 0) + (p.Plan['Shared Read Blocks'] ?? 0));
-          claimed = c[0]!.n;
-        }
-      } finally {
-        client.release();
+      const [exec, plan, buffers] = await onePick(client, schema);
+      let picks = 0;
+      let free = 0;
+      const times: number[] = [];
+      while (free < 100 && picks < backlog / limit + 100) {
+        const t0 = performance.now();
+        const { rows } = await claimGuarded(client, schema, {
+          queue: 'q',
+          limit,
+          nodeId: 'bench',
+          leaseMs: 30_000,
+        });
+        times.push(performance.now() - t0);
+        picks++;
+        free += rows.length;
       }
+      const [bookedExec, , bookedBuffers] = await onePick(client, schema);
       console.log(
-        `${String(backlog).padStart(30)}   ${median(exec).toFixed(2).padStart(7)}   ${median(plan)
-          .toFixed(2)
-          .padStart(7)}   ${String(median(buffers)).padStart(7)}   ${String(claimed).padStart(7)}`,
+        `${String(backlog).padStart(20)} | ${cell(exec, 19)}  ${cell(plan, 7)}  ${cell(String(buffers), 7)} | ` +
+          `${cell(String(picks), 22)}  ${cell(median(times), 9)} | ${cell(bookedExec, 15)}  ${cell(String(bookedBuffers), 7)}`,
       );
     } finally {
-      await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+      client.release();
+      await pool.query(`DROP SCHEMA ${s} CASCADE`);
     }
   }
 } finally {

@@ -140,7 +140,8 @@ export class GenDurableNode {
         concurrency: q.concurrency,
         batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
         pollIntervalMs: config.pollInterval,
-        claim: (limit) => this.#claimer.claim(queue, limit),
+        // Rows a pick booked into a rate limit's line fall due later: the stager hears of them.
+        claim: (limit) => this.#claimer.claim(queue, limit).then((c) => this.#dueLater(queue, c)),
         dispatch: (rows) => this.#dispatch(queue, pool, rows),
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
@@ -437,6 +438,11 @@ export class GenDurableNode {
       if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
     }
     for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
+  }
+
+  #dueLater<C extends { wakeInMs: number | null }>(queue: string, claimed: C): C {
+    if (claimed.wakeInMs !== null) this.#sender.wake(queue, claimed.wakeInMs);
+    return claimed;
   }
 
   /** Work became runnable in `queue`: wake this node's feeder directly, and other nodes by notification. */

@@ -8,9 +8,12 @@
 -- A bucket stores what it held when it last granted (`tokens`, at `refreshed_at`); it holds
 -- min(burst, tokens + elapsed × allowed / period) now. A bucket that does not exist counts
 -- as full: the first grant creates it, already debited. The leader prunes buckets that are
--- full again (forgetting them loses nothing) and buckets of limits no longer declared.
+-- full again with no line ahead (forgetting them loses nothing) and buckets of limits no
+-- longer declared.
 
-ALTER TABLE :schema.gen_durable ADD COLUMN rate_partition text;
+ALTER TABLE :schema.gen_durable ADD COLUMN rate_partition text,
+  -- Booked into its bucket's line (put off until its turn); cleared when claimed.
+  ADD COLUMN rate_booked boolean NOT NULL DEFAULT false;
 
 -- The limits each node declares: a limit stays declared while a registered node declares it
 -- (the leader's housekeeping removes the others, with their buckets).
@@ -32,9 +35,12 @@ CREATE TABLE :schema.gen_durable_rate_buckets (
   refreshed_at  timestamptz NOT NULL,
   -- Tokens taken by the latest grant (what the pick that wrote the bucket admitted).
   granted       integer NOT NULL,
-  -- What the bucket must hold before a pick looks at its rows again: the weight of the head
-  -- its latest grant left out (so a lighter row behind it cannot overtake it), else 1.
-  need          integer NOT NULL DEFAULT 1,
+  -- The bucket's line: rows it could not take are booked into it, each put off until the
+  -- bucket will have refilled for it and every row before it; `booked_until` is the end of
+  -- the line. While it is ahead, only booked rows are granted (`line`: the latest grant
+  -- found it so), so nothing overtakes a row in the line.
+  line          boolean NOT NULL DEFAULT false,
+  booked_until  timestamptz,
   PRIMARY KEY (name, partition)
 );
 

@@ -4,13 +4,13 @@
  * otherwise a queue switches when the plain claim meets such a row and is refused); a pick
  * refused because another node admitted a step of the same key at the same moment is
  * retried; the inboxes and children of the batch's actor rows are loaded with one more
- * statement. A guarded pick says when the rows its rate limits held back can run.
+ * statement. A guarded pick says when the rows it booked or put off fall due.
  */
 import { isConcurrencyConflict, needsGuardedClaim } from './sql/errors.js';
 import type { Queryable } from './sql/db.js';
 import { type ClaimedRow, claimBatch, claimGuarded, loadActorState } from './sql/claim.js';
 import { releaseClaims } from './sql/loop.js';
-import { type RateReport, rateWaitIn } from './sql/rates.js';
+import type { RateReport } from './sql/rates.js';
 import { publish, telemetry } from './telemetry.js';
 
 /** Tries of a pick refused by `gen_durable_concurrency_active` before it is an error. */
@@ -31,7 +31,7 @@ export interface Claimed {
   readonly rows: ClaimedRow[];
   /** The pick found as many rows as it asked for (claimed or put off): more may be due. */
   readonly full: boolean;
-  /** Rows held back by a rate limit can be taken in this many ms: pick again then. */
+  /** Rows the pick booked into a rate limit's line (or put off) fall due in this many ms: pick again then. */
   readonly wakeInMs: number | null;
 }
 
@@ -71,14 +71,9 @@ export class Claimer {
           machines,
           gates,
         });
-        const throttledIn = this.#report(queue, report);
-        // Candidates left out by their bucket took places in the batch: more may be due.
-        if (rows.length + (report?.passed ?? 0) >= limit) return { rows, full: true, wakeInMs: throttledIn };
-        // The pick met fewer rows than it asked for; those it skipped (their bucket held less
-        // than it needs) may be waiting for tokens.
-        const skippedIn = await rateWaitIn(db, schema, queue, machines);
-        const waits = [throttledIn, skippedIn].filter((w): w is number => w !== null);
-        return { rows, full: false, wakeInMs: waits.length === 0 ? null : Math.min(...waits) };
+        this.#report(queue, report);
+        // Rows booked into a line or put off took places in the batch: more may be due.
+        return { rows, full: rows.length + (report?.passed ?? 0) >= limit, wakeInMs: report?.nextMs ?? null };
       } catch (error) {
         if ((needsGuardedClaim(error) || isConcurrencyConflict(error)) && !guarded) {
           // The queue has rows with concurrency keys or rate limits: from now on its picks honour them.
@@ -93,14 +88,13 @@ export class Claimer {
     }
   }
 
-  /** Publishes the pick's rate report; returns the soonest wait of a throttled bucket. */
-  #report(queue: string, report: RateReport | null): number | null {
-    if (report === null) return null;
+  /** Publishes the pick's rate report. */
+  #report(queue: string, report: RateReport | null): void {
+    if (report === null) return;
     const node = this.#o.nodeId;
     const names = new Map<string, string[]>();
     for (const u of report.unknown ?? []) names.set(u.name, [...(names.get(u.name) ?? []), u.id]);
     for (const [name, ids] of names) publish(telemetry.rateLimitUnknown, () => ({ node, queue, name, ids }));
-    let wait: number | null = null;
     for (const o of report.oversized ?? []) {
       const { name, partition, id, weight, burst } = o;
       publish(telemetry.rateLimitThrottled, () => ({
@@ -116,11 +110,8 @@ export class Claimer {
         ids: [id],
       }));
     }
-    for (const t of report.throttled ?? []) {
+    for (const t of report.throttled ?? [])
       publish(telemetry.rateLimitThrottled, () => ({ node, queue, ...t }));
-      wait = Math.min(wait ?? t.waitMs, t.waitMs);
-    }
-    return wait;
   }
 
   /** One statement for the batch's actor rows; should it fail, the claims are released (uncharged). */

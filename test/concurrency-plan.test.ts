@@ -109,6 +109,43 @@ describe('the concurrency guard of the pick', () => {
     expect(upsert(rated)?.['Actual Rows']).toBeGreaterThan(0);
   });
 
+  it('reads as many throttled rows as its batch, never the backlog: the rows a bucket cannot take are booked out of the way', async () => {
+    const s = `"${db.schema}"`;
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_configs (name, allowed, period_ms, burst) VALUES ('spent', 1, 3600000, 1)`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted) VALUES ('spent', '', 0, now(), 1)`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${T()} (fsm, step, state, queue, rate_limit, eligible_at)
+       SELECT 'm', 's', '{}', 'backlog', 'spent', now() - interval '1 hour' FROM generate_series(1, 3000)`,
+    );
+    await db.pool.query(`ANALYZE ${T()}`);
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
+      const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+        `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
+        ['backlog', 20, 'explain', 30_000, null, [], [], 5_000],
+      );
+      const { rows: booked } = await client.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM ${T()} WHERE queue = 'backlog' AND rate_booked AND eligible_at > now()`,
+      );
+      await client.query('ROLLBACK');
+      const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+      // Rows read from the table by the pick's scans: about the batch, nowhere near 3,000.
+      const read = all
+        .filter((n) => n['Relation Name'] === 'gen_durable' && /Scan/.test(n['Node Type']))
+        .reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
+      expect(read).toBeLessThanOrEqual(100);
+      expect(booked[0]).toEqual({ n: 20 }); // the batch, booked into the line
+    } finally {
+      client.release();
+    }
+  });
+
   it('refuses bad keys and gates naming their path', async () => {
     const client = createClient({ connectionString: db.url, schema: db.schema });
     try {

@@ -96,15 +96,15 @@ describe('rate limits', () => {
       const states = await Promise.all(done.map((id) => c.get(id)));
       return states.every((st) => st?.status === 'done') ? true : undefined;
     }, 'the rows that fit');
-    // The pick that left the head out recorded what it needs; a lighter row behind it (the
-    // bucket holds 2) must not overtake it: a pick of our own (besides the node's, woken by
-    // the insert) claims nothing.
+    // The pick that left the head out booked it into the bucket's line; a lighter row that
+    // comes later (the bucket holds 2) must not overtake it: a pick of our own (besides the
+    // node's, woken by the insert) claims nothing and books it behind.
     await eventually(async () => {
       const { rows: b } = await db.pool.query(
-        `SELECT 1 FROM "${db.schema}".gen_durable_rate_buckets WHERE name = 'heavy' AND need = 4`,
+        `SELECT 1 FROM "${db.schema}".gen_durable_rate_buckets WHERE name = 'heavy' AND booked_until > now()`,
       );
       return b.length === 1 ? true : undefined;
-    }, 'the head left out');
+    }, 'the head booked into the line');
     const light = await c.insert(paced, { args: { n: 8 }, rateLimit: 'heavy', weight: 1 });
     const own = await claimBatch(db.pool, db.schema, {
       queue: 'rates',
@@ -130,14 +130,26 @@ describe('rate limits', () => {
     expect(snapshot.map((s) => s?.attempt)).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
     expect(snapshot[1]?.rateLimit).toEqual(['tenant', 'a']);
     expect(snapshot[7]).toMatchObject({ rateLimit: 'heavy', weight: 1 });
+    // Booked: the head until its 4 tokens (2 to go at 1 an hour), the light row after it.
+    const { rows: booked } = await db.pool.query<{ id: string; rate_booked: boolean; wait_min: number }>(
+      `SELECT id::text AS id, rate_booked, round(extract(epoch FROM eligible_at - now()) / 60)::int AS wait_min
+       FROM ${T()} WHERE id = ANY ($1::bigint[]) ORDER BY id`,
+      [[rows[1].id, rows[3].id, rows[6].id, light.id]],
+    );
+    expect(booked.map((b) => [b.rate_booked, b.wait_min])).toEqual([
+      [true, 60], // tenant a's second row: 1 token an hour
+      [true, 60],
+      [true, 120], // heavy's head: 2 more tokens
+      [true, 180], // the light row, behind it: 1 more
+    ]);
     const { rows: buckets } = await db.pool.query<{ name: string; partition: string; tokens: number }>(
-      `SELECT name, partition, round(tokens::numeric, 2)::float8 AS tokens, need
+      `SELECT name, partition, round(tokens::numeric, 2)::float8 AS tokens, line, booked_until > now() AS ahead
        FROM "${db.schema}".gen_durable_rate_buckets WHERE name IN ('heavy', 'tenant') ORDER BY 1, 2`,
     );
     expect(buckets).toEqual([
-      { name: 'heavy', partition: '', tokens: 2, need: 4 },
-      { name: 'tenant', partition: 'a', tokens: 0, need: 1 },
-      { name: 'tenant', partition: 'b', tokens: 0, need: 1 },
+      { name: 'heavy', partition: '', tokens: 2, line: true, ahead: true },
+      { name: 'tenant', partition: 'a', tokens: 0, line: false, ahead: true },
+      { name: 'tenant', partition: 'b', tokens: 0, line: false, ahead: true },
     ]);
     // The head was left out by a pick (it wanted more than the bucket held) and reported.
     expect(throttled.events.some((e) => e.name === 'heavy' && e.wanted > e.granted)).toBe(true);

@@ -4,7 +4,7 @@
  * queue's next due time.
  */
 import { type Queryable, run, statement } from './db.js';
-import { RATE_PROBE, type RateReport, rateCtes, RATE_REPORT } from './rates.js';
+import { type RateReport, rateCtes, RATE_REPORT } from './rates.js';
 export interface ClaimedRow {
   id: string;
   claim: string;
@@ -117,15 +117,14 @@ const KEY_LIMIT = (key: string) =>
  * The guarded claim: the claim of queues whose rows may carry concurrency keys or rate
  * limits (see `claimBatch`), in one statement:
  * - `picked`: the candidates, in urgency order. A key already running K steps is skipped
- *   (one probe of `gen_durable_concurrency_active`), as is a row whose bucket holds less
- *   than it needs (`RATE_PROBE`, one look-up of the bucket); each probe runs only for rows
- *   with a key or a limit.
+ *   (one probe of `gen_durable_concurrency_active`, only for rows with a key).
  * - `ranked`/`keyed_ok`: the r-th row of a key in this batch takes the r-th free slot of the
  *   key, if there is one; the others stay runnable (their key frees when a step of it ends).
  *   Only keyed rows are ranked (sorted): a batch without keys sorts nothing.
  * - the rate admission (`rateCtes`) over the rows the keys admitted: tokens are only spent
  *   on rows that are claimed (if the index refuses the claim, the statement and its debits
- *   roll back together); rows naming a limit nobody declared are put off by `$8` ms
+ *   roll back together); rows a bucket cannot take now are booked into its line (put off
+ *   until their turn), rows naming a limit nobody declared are put off by `$8` ms
  *   (reported each time).
  * Every row returned carries the admission report (`RATE_REPORT`, as `rate_report`); when
  * nothing was claimed, one row of nulls carries it.
@@ -136,7 +135,7 @@ const KEY_LIMIT = (key: string) =>
 export const CLAIM_GUARDED_SQL = `${PRIORITY_WALK},
      picked AS (
        SELECT c.*, prio.p FROM prio CROSS JOIN LATERAL (
-         SELECT x.id, x.concurrency_key, x.eligible_at, x.rate_limit, x.rate_partition, x.weight,
+         SELECT x.id, x.concurrency_key, x.eligible_at, x.rate_limit, x.rate_partition, x.weight, x.rate_booked,
                 CASE WHEN x.concurrency_key IS NULL THEN NULL ELSE ${KEY_LIMIT('x.concurrency_key')} END AS k
          FROM :schema.gen_durable x
          WHERE x.queue = $1 AND x.status = 'runnable' AND x.priority = prio.p AND x.eligible_at <= now()
@@ -145,7 +144,6 @@ export const CLAIM_GUARDED_SQL = `${PRIORITY_WALK},
                     ELSE (SELECT count(*) FROM :schema.gen_durable e
                           WHERE e.concurrency_key = x.concurrency_key AND e.status = 'executing')
                          < ${KEY_LIMIT('x.concurrency_key')} END
-           AND ${RATE_PROBE('x')}
          ORDER BY x.eligible_at, x.id
          LIMIT $2
          FOR NO KEY UPDATE SKIP LOCKED
@@ -176,13 +174,13 @@ export const CLAIM_GUARDED_SQL = `${PRIORITY_WALK},
      claimed AS (
        UPDATE :schema.gen_durable AS t
        SET status = 'executing', locked_by = $3, claim = t.claim + 1, concurrency_slot = admitted.slot,
-           lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
+           rate_booked = false, lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
        FROM admitted WHERE t.id = admitted.id
        RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
                  t.attempt, t.max_attempts, t.correlation_key, t.concurrency_key, ${CLAIM_EXTRAS}
      ),
      report AS (
-       SELECT CASE WHEN EXISTS (SELECT 1 FROM rated) OR EXISTS (SELECT 1 FROM deferred)
+       SELECT CASE WHEN EXISTS (SELECT 1 FROM rated) OR EXISTS (SELECT 1 FROM put_off)
                    THEN ${RATE_REPORT} END AS rate_report
      )
      SELECT claimed.*, report.rate_report FROM report LEFT JOIN claimed ON true`;

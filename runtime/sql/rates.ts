@@ -15,89 +15,112 @@ export function available(c: string, b: string, at = 'now()'): string {
 }
 
 /**
- * The pick's per-candidate look at the bucket of candidate `x`, from the statement's
- * snapshot without a lock: false when the bucket holds less than it `need`s now (the row is
- * skipped, so the rows of a throttled bucket do not fill the batch), null when the limit is
- * unknown (the row is taken, reported and put off), true otherwise. A bucket needs 1 token,
- * or, while a head that did not fit blocks it, that head's weight: so a lighter row behind
- * the head never overtakes it in a later pick. Evaluated only for rows that name a limit.
- */
-export const RATE_PROBE = (x: string) => `CASE WHEN ${x}.rate_limit IS NULL THEN true
-       ELSE (SELECT ${available('rc', 'rb')} >= COALESCE(rb.need, 1)
-             FROM :schema.gen_durable_rate_configs rc
-             LEFT JOIN :schema.gen_durable_rate_buckets rb
-               ON rb.name = rc.name AND rb.partition = COALESCE(${x}.rate_partition, '')
-             WHERE rc.name = ${x}.rate_limit) IS NOT false END`;
-
-/**
  * The admission CTEs over `candidates` (columns `id, rate_limit, rate_partition, weight,
- * p, eligible_at`: rows that passed every other check, in urgency order `p, eligible_at,
- * id`):
- * - `limited`/`rated`: the candidates naming a declared limit, with its config and their
- *   bucket's running total of weight in urgency order (`cum`);
+ * rate_booked, p, eligible_at`: rows that passed every other check, in urgency order `p,
+ * eligible_at, id`).
+ *
+ * A bucket keeps a line: the rows it could not take are booked into it, each put off
+ * (`eligible_at`) until the bucket will have refilled for it and every row booked before it,
+ * so throttled rows leave the due range (a pick never reads past them: its cost follows the
+ * batch) and come back in the order they were booked. While the line is not over
+ * (`booked_until` ahead), only booked rows may be granted, so a row that comes later
+ * (another queue, another node, a lighter one) never overtakes it. A booked row still pays
+ * when it is claimed: tokens are only ever taken at the claim, so the bound holds however
+ * late rows are claimed (after an outage, at most `burst` at once).
+ *
+ * - `limited`/`rated`: the candidates naming a declared limit, with its config, their
+ *   bucket's running total of weight in urgency order (`cum`), and that of its booked rows
+ *   (`cum_booked`);
  * - `debited`: one upsert per bucket, in `(name, partition)` order (the one order every
  *   pick locks buckets in), that locks the bucket's latest version, refills it up to the
  *   moment it holds the lock (`clock_timestamp()`, so a pick that waited for another's grant
- *   of the bucket never refills from before that grant), takes the longest prefix of its
- *   candidates whose weight fits, and stores what is left, what was granted and what the
- *   first row left out needs (its weight; 1 when none was left out). A bucket that does not
- *   exist is created with `burst` minus the grant. Another pick's grant of the same bucket
- *   is waited for and then seen (the upsert reads the row it conflicts with, whatever the
- *   snapshot);
- * - `rate_admitted`: the rated candidates inside their bucket's grant; the others stay
- *   runnable where they are (`left_out`);
+ *   of the bucket never refills from before that grant), and grants the longest prefix
+ *   whose weight fits: of the booked rows while the line is not over (`line`), else of all.
+ *   It moves the end of the line past the rows it books. A bucket that does not exist is
+ *   created with `burst` minus the grant. Another pick's grant of the same bucket is waited
+ *   for and then seen (the upsert reads the row it conflicts with, whatever the snapshot);
+ * - `rate_admitted`: the rows granted; `to_book`: the others, each with its place in the
+ *   line (`slot`);
  * - `unknown_limit`: candidates naming a limit no node declared, and `oversized`: ones
- *   heavier than their bucket's burst (it can never hold their weight: keeping them in the
- *   prefix would block the bucket for good); both are put off by `deferUnknown` ms
- *   (`deferred`) so that they do not fill every batch, and reported.
- * Every scan of the rate tables here is driven by `rated` or by rows naming a limit: with
- * none among the candidates, none of them runs.
+ *   heavier than their bucket's burst (it can never hold their weight: in the line they
+ *   would block the bucket for good); both are put off by `deferUnknown` ms and reported;
+ * - `put_off`: the update that books and puts off rows.
+ * Every scan of the rate tables here is driven by rows naming a limit: with none among the
+ * candidates, none of them runs.
  */
 export function rateCtes(candidates: string, deferUnknown: string): string {
-  const grant = (avail: string) =>
-    `(SELECT COALESCE(max(x), 0)::int FROM unnest(w.cums) AS x WHERE x <= ${avail})`;
-  const need = (avail: string) =>
-    `COALESCE((SELECT min(x) FROM unnest(w.cums) AS x WHERE x > ${avail}) - ${grant(avail)}, 1)`;
+  // Per bucket (`w` of `wants`, `avail` tokens, `line`): the weight granted.
+  const grant = (avail: string, line: string) => `CASE WHEN ${line}
+         THEN (SELECT COALESCE(max(x), 0)::int FROM unnest(w.booked_cums) AS x WHERE x <= ${avail})
+         ELSE (SELECT COALESCE(max(x), 0)::int FROM unnest(w.cums) AS x WHERE x <= ${avail}) END`;
+  // Ms to refill `tokens` of bucket `w`'s limit.
+  const ms = (tokens: string) => `(${tokens}) * w.period_ms / w.allowed * interval '1 millisecond'`;
+  // The end of the line once the rows not granted are booked: after the current end when
+  // the line is not over, else from when the bucket will have refilled past what is left.
+  const lineEnd = (at: string, left: string, granted: string, line: string, end: string) =>
+    `CASE WHEN w.total > ${granted}
+          THEN CASE WHEN ${line} THEN ${end} ELSE ${at} - ${ms(left)} END + ${ms(`w.total - ${granted}`)}
+          WHEN ${line} THEN ${end} END`;
   // The config is looked up by a scalar subquery per row naming a limit, not joined: a join
   // would be planned as a hash join that reads the configs whatever the candidates.
   return `limited AS (
-       SELECT k.id, k.rate_limit, k.rate_partition, k.weight, k.p, k.eligible_at,
+       SELECT k.id, k.rate_limit, k.rate_partition, k.weight, k.rate_booked, k.p, k.eligible_at,
               (SELECT rc FROM :schema.gen_durable_rate_configs rc WHERE rc.name = k.rate_limit) AS cfg
        FROM ${candidates} k
        WHERE k.rate_limit IS NOT NULL
      ),
      rated AS (
-       SELECT k.id, k.rate_limit AS name, COALESCE(k.rate_partition, '') AS part,
+       SELECT k.id, k.rate_limit AS name, COALESCE(k.rate_partition, '') AS part, k.weight,
+              k.rate_booked AS booked, k.p, k.eligible_at,
               (k.cfg).allowed, (k.cfg).period_ms, (k.cfg).burst,
-              sum(k.weight) OVER (PARTITION BY k.rate_limit, k.rate_partition
-                                  ORDER BY k.p, k.eligible_at, k.id) AS cum
+              sum(k.weight) OVER w AS cum,
+              sum(CASE WHEN k.rate_booked THEN k.weight ELSE 0 END) OVER w AS cum_booked
        FROM limited k
        WHERE k.cfg IS NOT NULL AND k.weight <= (k.cfg).burst
+       WINDOW w AS (PARTITION BY k.rate_limit, k.rate_partition ORDER BY k.p, k.eligible_at, k.id)
      ),
      wants AS (
        SELECT r.name, r.part, array_agg(r.cum ORDER BY r.cum) AS cums,
+              array_agg(r.cum_booked ORDER BY r.cum) FILTER (WHERE r.booked) AS booked_cums,
+              sum(r.weight) AS total,
               min(r.allowed) AS allowed, min(r.period_ms) AS period_ms, min(r.burst) AS burst
        FROM rated r
        GROUP BY r.name, r.part
      ),
      debited AS (
-       INSERT INTO :schema.gen_durable_rate_buckets AS b (name, partition, tokens, refreshed_at, granted, need)
-       SELECT w.name, w.part, w.burst - ${grant('w.burst')}, clock_timestamp(), ${grant('w.burst')}, ${need('w.burst')}
-       FROM wants w ORDER BY w.name, w.part
-       ON CONFLICT (name, partition) DO UPDATE SET (tokens, refreshed_at, granted, need) = (
-         SELECT a.avail - ${grant('a.avail')}, c.at, ${grant('a.avail')}, ${need('a.avail')}
-         FROM wants w CROSS JOIN LATERAL (SELECT clock_timestamp() AS at) c
+       INSERT INTO :schema.gen_durable_rate_buckets AS b
+         (name, partition, tokens, refreshed_at, granted, line, booked_until)
+       SELECT w.name, w.part, w.burst - g.granted, g.at, g.granted, false,
+              ${lineEnd('g.at', 'w.burst - g.granted', 'g.granted', 'false', 'NULL::timestamptz')}
+       FROM wants w
+       CROSS JOIN LATERAL (SELECT clock_timestamp() AS at, ${grant('w.burst', 'false')} AS granted) g
+       ORDER BY w.name, w.part
+       ON CONFLICT (name, partition) DO UPDATE SET (tokens, refreshed_at, granted, line, booked_until) = (
+         SELECT a.avail - g.granted, c.at, g.granted, c.line,
+                ${lineEnd('c.at', 'a.avail - g.granted', 'g.granted', 'c.line', 'b.booked_until')}
+         FROM wants w
+         CROSS JOIN LATERAL (SELECT clock_timestamp() AS at) c0
+         CROSS JOIN LATERAL (SELECT c0.at, COALESCE(b.booked_until > c0.at, false) AS line) c
          CROSS JOIN LATERAL (SELECT ${available('w', 'b', 'c.at')} AS avail) a
+         CROSS JOIN LATERAL (SELECT ${grant('a.avail', 'c.line')} AS granted) g
          WHERE w.name = b.name AND w.part = b.partition)
-       RETURNING b.name, b.partition, b.tokens, b.granted
+       RETURNING b.name, b.partition, b.tokens, b.granted, b.line, b.booked_until
+     ),
+     granted_or_not AS (
+       SELECT r.*, d.booked_until, w.total - d.granted AS to_book, w.period_ms AS w_period, w.allowed AS w_allowed,
+              CASE WHEN d.line THEN r.booked AND r.cum_booked <= d.granted ELSE r.cum <= d.granted END AS ok
+       FROM rated r JOIN debited d ON d.name = r.name AND d.partition = r.part
+       JOIN wants w ON w.name = r.name AND w.part = r.part
      ),
      rate_admitted AS (
-       SELECT r.id FROM rated r JOIN debited d ON d.name = r.name AND d.partition = r.part
-       WHERE r.cum <= d.granted
+       SELECT id FROM granted_or_not WHERE ok
      ),
-     left_out AS (
-       SELECT r.id FROM rated r JOIN debited d ON d.name = r.name AND d.partition = r.part
-       WHERE r.cum > d.granted
+     to_book AS (
+       SELECT o.id, o.name, o.part,
+              o.booked_until - (o.to_book - sum(o.weight) OVER (PARTITION BY o.name, o.part
+                                                                ORDER BY o.p, o.eligible_at, o.id))
+                               * o.w_period / o.w_allowed * interval '1 millisecond' AS slot
+       FROM granted_or_not o WHERE NOT o.ok
      ),
      unknown_limit AS (
        SELECT k.id, k.rate_limit AS name FROM limited k WHERE k.cfg IS NULL
@@ -106,32 +129,36 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
        SELECT k.id, k.rate_limit AS name, k.rate_partition AS partition, k.weight, (k.cfg).burst
        FROM limited k WHERE k.cfg IS NOT NULL AND k.weight > (k.cfg).burst
      ),
-     deferred AS (
-       UPDATE :schema.gen_durable AS t SET eligible_at = now() + ${deferUnknown} * interval '1 millisecond'
-       FROM (SELECT id FROM unknown_limit UNION ALL SELECT id FROM oversized) u WHERE t.id = u.id
-       RETURNING t.id
+     put_off AS (
+       UPDATE :schema.gen_durable AS t SET eligible_at = o.at, rate_booked = t.rate_booked OR o.book
+       FROM (SELECT id, slot AS at, true AS book FROM to_book
+             UNION ALL
+             SELECT id, now() + ${deferUnknown} * interval '1 millisecond', false
+             FROM (SELECT id FROM unknown_limit UNION ALL SELECT id FROM oversized) u) o
+       WHERE t.id = o.id
+       RETURNING t.id, o.at
      )`;
 }
 
 /**
  * What the pick reports of its admission, as JSON (null when nothing to report): buckets that
- * granted less than their candidates wanted (`throttled`, with the ms until the first one
- * left out fits), the limits nobody declared (`unknown`, with the ids), rows heavier than
- * their bucket's burst (`oversized`), and how many candidates were left out or put off
- * (`passed`).
+ * granted less than their candidates wanted (`throttled`, with the ms until the first row
+ * it booked falls due), the limits nobody declared (`unknown`, with the ids), rows heavier
+ * than their bucket's burst (`oversized`), how many candidates were booked or put off
+ * (`passed`) and the ms until the first of them falls due (`nextMs`).
  */
 export const RATE_REPORT = `json_build_object(
        'throttled', (SELECT json_agg(json_build_object(
-           'name', d.name, 'partition', NULLIF(d.partition, ''), 'wanted', w.cums[cardinality(w.cums)],
-           'granted', d.granted,
-           'waitMs', ceil(((SELECT min(x) FROM unnest(w.cums) AS x WHERE x > d.granted) - d.granted - d.tokens)
-                          * w.period_ms / w.allowed)))
+           'name', d.name, 'partition', NULLIF(d.partition, ''), 'wanted', w.total, 'granted', d.granted,
+           'waitMs', (SELECT GREATEST(1, ceil(extract(epoch FROM min(tb.slot) - now()) * 1000))
+                      FROM to_book tb WHERE tb.name = d.name AND tb.part = d.partition)))
          FROM debited d JOIN wants w ON w.name = d.name AND w.part = d.partition
-         WHERE w.cums[cardinality(w.cums)] > d.granted),
+         WHERE w.total > d.granted),
        'unknown', (SELECT json_agg(json_build_object('name', u.name, 'id', u.id::text)) FROM unknown_limit u),
        'oversized', (SELECT json_agg(json_build_object('name', o.name, 'partition', o.partition, 'id', o.id::text,
                                                        'weight', o.weight, 'burst', o.burst)) FROM oversized o),
-       'passed', (SELECT count(*) FROM left_out) + (SELECT count(*) FROM deferred))`;
+       'passed', (SELECT count(*) FROM put_off),
+       'nextMs', (SELECT GREATEST(1, ceil(extract(epoch FROM min(at) - now()) * 1000)) FROM put_off))`;
 
 /** A bucket that granted less than its candidates wanted. */
 export interface Throttle {
@@ -140,7 +167,7 @@ export interface Throttle {
   /** Tokens the candidates of the pick wanted. */
   readonly wanted: number;
   readonly granted: number;
-  /** Until the first candidate left out fits. */
+  /** Until the first row the pick booked falls due. */
   readonly waitMs: number;
 }
 
@@ -155,8 +182,10 @@ export interface RateReport {
     weight: number;
     burst: number;
   }> | null;
-  /** Candidates not claimed: left out by their bucket, or put off (an unknown limit). */
+  /** Candidates not claimed: booked into their bucket's line, or put off. */
   readonly passed: number;
+  /** Ms until the first of them falls due (null when none). */
+  readonly nextMs: number | null;
 }
 
 export interface RateLimitConfig {
@@ -194,43 +223,6 @@ export async function declareRateLimits(
   ]);
 }
 
-/** How many first due rows of a queue `rateWaitIn` looks at. */
-const HEAD_SAMPLE = 200;
-
-/**
- * Ms until a throttled row among the first due rows of `queue` can be taken (null when none
- * of them is throttled): the feeder's wake-up for rows its pick skipped because their bucket
- * held less than it needs (`RATE_PROBE`), which a pick cannot report. Reads at most the
- * first 200 due rows (the ones a pick meets first), one bucket look-up each of those naming
- * a limit; unprepared, as the pick. Always a wait, never "now": a row whose bucket could take
- * it was held back by something else (a key, another picker) and does not count.
- */
-export async function rateWaitIn(
-  db: Queryable,
-  schema: string,
-  queue: string,
-  machines: readonly string[] | null = null,
-): Promise<number | null> {
-  const stmt = statement(
-    schema,
-    'rate_wait',
-    `SELECT ceil(min((GREATEST(h.weight, COALESCE(rb.need, 1)) - ${available('rc', 'rb')})
-                     * rc.period_ms / rc.allowed))::float8 AS ms
-     FROM (SELECT rate_limit, rate_partition, weight FROM :schema.gen_durable
-           WHERE queue = $1 AND status = 'runnable' AND eligible_at <= now()
-             AND ($2::text[] IS NULL OR fsm || '@' || version = ANY ($2::text[]))
-           ORDER BY priority, eligible_at, id LIMIT ${HEAD_SAMPLE}) h
-     JOIN :schema.gen_durable_rate_configs rc ON rc.name = h.rate_limit
-     LEFT JOIN :schema.gen_durable_rate_buckets rb
-       ON rb.name = h.rate_limit AND rb.partition = COALESCE(h.rate_partition, '')
-     WHERE h.rate_limit IS NOT NULL AND COALESCE(rb.need, 1) <= rc.burst
-       AND ${available('rc', 'rb')} < COALESCE(rb.need, 1)`,
-    { prepared: false },
-  );
-  const row = (await run<{ ms: number | null }>(db, stmt, [queue, machines]))[0];
-  return row?.ms ?? null;
-}
-
 /** How long a limit no registered node declares is kept, from its latest declaration. */
 const UNDECLARED_GRACE_MS = 60_000;
 
@@ -250,7 +242,7 @@ export async function pruneUndeclaredLimits(db: Queryable, schema: string): Prom
      WHERE c.updated_at < now() - $1 * interval '1 millisecond'
        AND NOT EXISTS (SELECT 1 FROM :schema.gen_durable_nodes n WHERE c.name = ANY (n.rate_limits))
        AND NOT EXISTS (SELECT 1 FROM :schema.gen_durable_rate_buckets b
-                       WHERE b.name = c.name AND ${available('c', 'b')} < c.burst)
+                       WHERE b.name = c.name AND (${available('c', 'b')} < c.burst OR b.booked_until > now()))
      RETURNING c.name`,
   );
   return (await run<{ name: string }>(db, stmt, [UNDECLARED_GRACE_MS])).map((r) => r.name);
@@ -269,7 +261,8 @@ export async function pruneBuckets(db: Queryable, schema: string, limit: number)
     `WITH idle AS (
        SELECT b.name, b.partition FROM :schema.gen_durable_rate_buckets b
        LEFT JOIN :schema.gen_durable_rate_configs rc ON rc.name = b.name
-       WHERE rc.name IS NULL OR ${available('rc', 'b')} >= rc.burst
+       WHERE rc.name IS NULL
+          OR (${available('rc', 'b')} >= rc.burst AND (b.booked_until IS NULL OR b.booked_until <= now()))
        LIMIT $1
        FOR UPDATE OF b SKIP LOCKED
      )
