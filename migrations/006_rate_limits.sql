@@ -44,6 +44,12 @@ CREATE TABLE :schema.gen_durable_rate_buckets (
   PRIMARY KEY (name, partition)
 );
 
+-- The booked rows of a bucket, for the pick that finds its bucket full again and asks
+-- whether anyone is still in its line (they may all have been cancelled). Only booked rows
+-- are in it.
+CREATE INDEX gen_durable_rate_booked ON :schema.gen_durable (rate_limit, (COALESCE(rate_partition, '')))
+  WHERE rate_booked AND status = 'runnable';
+
 -- An executing row that names a limit was admitted by the rate-aware pick, which always sets
 -- its `concurrency_slot` (a keyed row's slot, -1 for an unkeyed one); the plain pick sets
 -- none, so it cannot claim a limited row and the node switches the queue to the other pick.

@@ -53,14 +53,18 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
   const grant = (avail: string, line: string) => `CASE WHEN ${line}
          THEN (SELECT COALESCE(max(x), 0)::int FROM unnest(w.booked_cums) AS x WHERE x <= ${avail})
          ELSE (SELECT COALESCE(max(x), 0)::int FROM unnest(w.cums) AS x WHERE x <= ${avail}) END`;
-  // Ms to refill `tokens` of bucket `w`'s limit.
-  const ms = (tokens: string) => `(${tokens}) * w.period_ms / w.allowed * interval '1 millisecond'`;
-  // The end of the line once the rows not granted are booked: after the current end when
-  // the line is not over, else from when the bucket will have refilled past what is left.
-  const lineEnd = (at: string, left: string, granted: string, line: string, end: string) =>
-    `CASE WHEN w.total > ${granted}
-          THEN CASE WHEN ${line} THEN ${end} ELSE ${at} - ${ms(left)} END + ${ms(`w.total - ${granted}`)}
-          WHEN ${line} THEN ${end} END`;
+  // The time bucket `w` takes to refill `tokens` (in floating point: whole milliseconds
+  // would make a long line run ahead of its bucket).
+  const refill = (tokens: string, period = 'w.period_ms', allowed = 'w.allowed') =>
+    `(${tokens})::float8 * ${period} / ${allowed} * interval '1 millisecond'`;
+  // The end of the line once the rows not granted are booked. Without a line: from when the
+  // bucket will have refilled past what is left. With one: its booked rows left out stay at
+  // its front (each due when the bucket will have refilled for it: a booked row never goes
+  // to the back), the unbooked ones join its end.
+  const lineEnd = (at: string, left: string, granted: string, line: string, end: string) => `CASE
+         WHEN NOT ${line} THEN CASE WHEN w.total > ${granted} THEN ${at} + ${refill(`w.total - ${granted} - (${left})`)} END
+         ELSE GREATEST(${end}, ${at} + ${refill(`w.booked_total - ${granted} - (${left})`)})
+              + ${refill('w.total - w.booked_total')} END`;
   // The config is looked up by a scalar subquery per row naming a limit, not joined: a join
   // would be planned as a hash join that reads the configs whatever the candidates.
   return `limited AS (
@@ -74,7 +78,8 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
               k.rate_booked AS booked, k.p, k.eligible_at,
               (k.cfg).allowed, (k.cfg).period_ms, (k.cfg).burst,
               sum(k.weight) OVER w AS cum,
-              sum(CASE WHEN k.rate_booked THEN k.weight ELSE 0 END) OVER w AS cum_booked
+              sum(CASE WHEN k.rate_booked THEN k.weight ELSE 0 END) OVER w AS cum_booked,
+              sum(CASE WHEN k.rate_booked THEN 0 ELSE k.weight END) OVER w AS cum_unbooked
        FROM limited k
        WHERE k.cfg IS NOT NULL AND k.weight <= (k.cfg).burst
        WINDOW w AS (PARTITION BY k.rate_limit, k.rate_partition ORDER BY k.p, k.eligible_at, k.id)
@@ -82,11 +87,14 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
      wants AS (
        SELECT r.name, r.part, array_agg(r.cum ORDER BY r.cum) AS cums,
               array_agg(r.cum_booked ORDER BY r.cum) FILTER (WHERE r.booked) AS booked_cums,
-              sum(r.weight) AS total,
+              sum(r.weight) AS total, COALESCE(sum(r.weight) FILTER (WHERE r.booked), 0) AS booked_total,
               min(r.allowed) AS allowed, min(r.period_ms) AS period_ms, min(r.burst) AS burst
        FROM rated r
        GROUP BY r.name, r.part
      ),
+     -- A line is over when its end has passed, and also when its bucket is full again with
+     -- no booked row left (they were cancelled, or ended): the tokens of the slots nobody
+     -- took pile up, and nothing waits in front of the rows that come now.
      debited AS (
        INSERT INTO :schema.gen_durable_rate_buckets AS b
          (name, partition, tokens, refreshed_at, granted, line, booked_until)
@@ -100,14 +108,20 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
                 ${lineEnd('c.at', 'a.avail - g.granted', 'g.granted', 'c.line', 'b.booked_until')}
          FROM wants w
          CROSS JOIN LATERAL (SELECT clock_timestamp() AS at) c0
-         CROSS JOIN LATERAL (SELECT c0.at, COALESCE(b.booked_until > c0.at, false) AS line) c
-         CROSS JOIN LATERAL (SELECT ${available('w', 'b', 'c.at')} AS avail) a
+         CROSS JOIN LATERAL (SELECT ${available('w', 'b', 'c0.at')} AS avail) a
+         CROSS JOIN LATERAL (
+           SELECT c0.at, COALESCE(b.booked_until > c0.at, false)
+                    AND (a.avail < w.burst OR EXISTS (
+                          SELECT 1 FROM :schema.gen_durable t
+                          WHERE t.rate_booked AND t.status = 'runnable' AND t.rate_limit = b.name
+                            AND COALESCE(t.rate_partition, '') = b.partition)) AS line) c
          CROSS JOIN LATERAL (SELECT ${grant('a.avail', 'c.line')} AS granted) g
          WHERE w.name = b.name AND w.part = b.partition)
-       RETURNING b.name, b.partition, b.tokens, b.granted, b.line, b.booked_until
+       RETURNING b.name, b.partition, b.tokens, b.granted, b.line, b.booked_until, b.refreshed_at
      ),
      granted_or_not AS (
-       SELECT r.*, d.booked_until, w.total - d.granted AS to_book, w.period_ms AS w_period, w.allowed AS w_allowed,
+       SELECT r.*, d.line, d.tokens AS left_, d.refreshed_at AS at, d.booked_until, d.granted,
+              w.total - w.booked_total AS unbooked_total,
               CASE WHEN d.line THEN r.booked AND r.cum_booked <= d.granted ELSE r.cum <= d.granted END AS ok
        FROM rated r JOIN debited d ON d.name = r.name AND d.partition = r.part
        JOIN wants w ON w.name = r.name AND w.part = r.part
@@ -115,11 +129,16 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
      rate_admitted AS (
        SELECT id FROM granted_or_not WHERE ok
      ),
+     -- Each row left out, and its slot: without a line, or booked already, when the bucket will
+     -- have refilled for it and the rows before it; else after the end of the line. A slot is
+     -- a millisecond late: timestamps hold microseconds, and a row due a hair before its
+     -- tokens would be left out again.
      to_book AS (
        SELECT o.id, o.name, o.part,
-              o.booked_until - (o.to_book - sum(o.weight) OVER (PARTITION BY o.name, o.part
-                                                                ORDER BY o.p, o.eligible_at, o.id))
-                               * o.w_period / o.w_allowed * interval '1 millisecond' AS slot
+              CASE WHEN NOT o.line THEN o.at + ${refill('o.cum - o.granted - o.left_', 'o.period_ms', 'o.allowed')}
+                   WHEN o.booked THEN o.at + ${refill('o.cum_booked - o.granted - o.left_', 'o.period_ms', 'o.allowed')}
+                   ELSE o.booked_until - ${refill('o.unbooked_total - o.cum_unbooked', 'o.period_ms', 'o.allowed')} END
+                + interval '1 millisecond' AS slot
        FROM granted_or_not o WHERE NOT o.ok
      ),
      unknown_limit AS (
@@ -158,7 +177,8 @@ export const RATE_REPORT = `json_build_object(
        'oversized', (SELECT json_agg(json_build_object('name', o.name, 'partition', o.partition, 'id', o.id::text,
                                                        'weight', o.weight, 'burst', o.burst)) FROM oversized o),
        'passed', (SELECT count(*) FROM put_off),
-       'nextMs', (SELECT GREATEST(1, ceil(extract(epoch FROM min(at) - now()) * 1000)) FROM put_off))`;
+       'nextMs', (SELECT CASE WHEN count(*) > 0 THEN GREATEST(1, ceil(extract(epoch FROM min(at) - now()) * 1000)) END
+                  FROM put_off))`;
 
 /** A bucket that granted less than its candidates wanted. */
 export interface Throttle {
