@@ -4,6 +4,7 @@
  * its rate part is never executed for a batch that names no limit. And bad options are
  * refused naming their path.
  */
+import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { Cluster, ValidationError, createClient } from '../index.js';
 import { statement } from '../runtime/sql/db.js';
@@ -14,6 +15,31 @@ import { type PlanNode, planNodes as nodes } from './support/plan.js';
 
 const db = useTestSchema('keyplan');
 const T = (): string => `"${db.schema}".gen_durable`;
+
+/**
+ * `EXPLAIN (ANALYZE)` of the guarded pick of `limit` rows of `queue`, rolled back (so the
+ * table is as it was); `inside` reads what the pick wrote before the rollback.
+ */
+async function explainGuarded<R = undefined>(
+  queue: string,
+  limit: number,
+  inside?: (client: pg.PoolClient) => Promise<R>,
+): Promise<{ plan: PlanNode[]; seen: R | undefined }> {
+  const client = await db.pool.connect();
+  try {
+    await client.query('BEGIN');
+    const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
+    const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+      `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
+      [queue, limit, 'explain', 30_000, null, [], [], 5_000],
+    );
+    const seen = inside ? await inside(client) : undefined;
+    return { plan: nodes(rows[0]!['QUERY PLAN'][0]!.Plan), seen };
+  } finally {
+    await client.query('ROLLBACK');
+    client.release();
+  }
+}
 
 describe('the concurrency guard of the pick', () => {
   it('probes the active-key index once per keyed candidate among 5,000 executing keyed rows', async () => {
@@ -28,30 +54,18 @@ describe('the concurrency guard of the pick', () => {
        SELECT 'm', 's', '{}', 'plan', 'k:' || (CASE WHEN g % 2 = 0 THEN g ELSE 100000 + g END) FROM generate_series(1, 100) g`,
     );
     await db.pool.query(`ANALYZE ${T()}`);
-    const client = await db.pool.connect();
-    try {
-      await client.query('BEGIN');
-      const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
-      const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-        `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
-        ['plan', 20, 'explain', 30_000, null, [], [], 5_000],
-      );
-      await client.query('ROLLBACK');
-      const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-      expect(all.filter((n) => n['Node Type'] === 'Seq Scan')).toEqual([]);
-      const probes = all.filter((n) => n['Index Name'] === 'gen_durable_concurrency_active');
-      expect(probes.length).toBeGreaterThan(0);
-      // Rows read through it: at most one per probe (the busy key's row), nowhere near 5,000.
-      const read = probes.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
-      expect(read).toBeLessThanOrEqual(100);
-      // The claim's update (the other one on the table puts off rows of unknown limits: none).
-      const updates = all.filter(
-        (n) => n['Node Type'] === 'ModifyTable' && n['Relation Name'] === 'gen_durable',
-      );
-      expect(updates.map((n) => n['Actual Rows']).sort()).toEqual([0, 20]); // 20 free keys admitted, the busy ones skipped
-    } finally {
-      client.release();
-    }
+    const { plan: all } = await explainGuarded('plan', 20);
+    expect(all.filter((n) => n['Node Type'] === 'Seq Scan')).toEqual([]);
+    const probes = all.filter((n) => n['Index Name'] === 'gen_durable_concurrency_active');
+    expect(probes.length).toBeGreaterThan(0);
+    // Rows read through it: at most one per probe (the busy key's row), nowhere near 5,000.
+    const read = probes.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
+    expect(read).toBeLessThanOrEqual(100);
+    // The claim's update (the other one on the table puts off rows of unknown limits: none).
+    const updates = all.filter(
+      (n) => n['Node Type'] === 'ModifyTable' && n['Relation Name'] === 'gen_durable',
+    );
+    expect(updates.map((n) => n['Actual Rows']).sort()).toEqual([0, 20]); // 20 free keys admitted, the busy ones skipped
   });
 
   it('never executes the rate part for candidates that name no limit (and does for ones that do)', async () => {
@@ -68,21 +82,7 @@ describe('the concurrency guard of the pick', () => {
        FROM generate_series(1, 40) g, (VALUES ('unlimited'), ('rated')) v(q)`,
     );
     await db.pool.query(`ANALYZE ${T()}`);
-    const plan = async (queue: string) => {
-      const client = await db.pool.connect();
-      try {
-        await client.query('BEGIN');
-        const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
-        const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-          `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
-          [queue, 20, 'explain', 30_000, null, [], [], 5_000],
-        );
-        await client.query('ROLLBACK');
-        return nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-      } finally {
-        client.release();
-      }
-    };
+    const plan = async (queue: string) => (await explainGuarded(queue, 20)).plan;
     const rateTables = ['gen_durable_rate_configs', 'gen_durable_rate_buckets'];
     const reads = (all: PlanNode[]) =>
       all.filter((n) => rateTables.includes(n['Relation Name'] ?? '') && n['Node Type'] !== 'ModifyTable');
@@ -122,28 +122,19 @@ describe('the concurrency guard of the pick', () => {
        SELECT 'm', 's', '{}', 'backlog', 'spent', now() - interval '1 hour' FROM generate_series(1, 3000)`,
     );
     await db.pool.query(`ANALYZE ${T()}`);
-    const client = await db.pool.connect();
-    try {
-      await client.query('BEGIN');
-      const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
-      const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-        `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
-        ['backlog', 20, 'explain', 30_000, null, [], [], 5_000],
-      );
-      const { rows: booked } = await client.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM ${T()} WHERE queue = 'backlog' AND rate_booked AND eligible_at > now()`,
-      );
-      await client.query('ROLLBACK');
-      const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-      // Rows read from the table by the pick's scans: about the batch, nowhere near 3,000.
-      const read = all
-        .filter((n) => n['Relation Name'] === 'gen_durable' && /Scan/.test(n['Node Type']))
-        .reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
-      expect(read).toBeLessThanOrEqual(100);
-      expect(booked[0]).toEqual({ n: 20 }); // the batch, booked into the line
-    } finally {
-      client.release();
-    }
+    const { plan: all, seen: booked } = await explainGuarded('backlog', 20, (client) =>
+      client
+        .query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM ${T()} WHERE queue = 'backlog' AND rate_booked AND eligible_at > now()`,
+        )
+        .then((r) => r.rows),
+    );
+    // Rows read from the table by the pick's scans: about the batch, nowhere near 3,000.
+    const read = all
+      .filter((n) => n['Relation Name'] === 'gen_durable' && /Scan/.test(n['Node Type']))
+      .reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
+    expect(read).toBeLessThanOrEqual(100);
+    expect(booked?.[0]).toEqual({ n: 20 }); // the batch, booked into the line
   });
 
   it('refuses bad keys and gates naming their path', async () => {

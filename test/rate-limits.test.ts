@@ -23,6 +23,10 @@ const T = (): string => `"${db.schema}".gen_durable`;
 const logGrants = (): Promise<void> => logGrantsIn(db.pool, db.schema);
 const grants = (name: string): Promise<Grant[]> => grantsOf(db.pool, db.schema, name);
 
+/** A pick of the test's own (besides any node's): up to 10 rows of `queue`, guarded. */
+const pickFor = (queue: string) =>
+  claimBatch(db.pool, db.schema, { queue, limit: 10, nodeId: 'test-picker', leaseMs: 30_000, guarded: true });
+
 /** Collects the events of a channel until `stop()` (with `extra` merged into each). */
 function collect<E>(name: string, extra: () => object = () => ({})): { events: E[]; stop: () => void } {
   const events: E[] = [];
@@ -122,13 +126,7 @@ describe('rate limits', () => {
               ('m', 's', '{}', 'front', 'front', true, now() + interval '1 second')
        RETURNING id::text AS id`,
     );
-    const claimed = await claimBatch(db.pool, db.schema, {
-      queue: 'front',
-      limit: 10,
-      nodeId: 'test-picker',
-      leaseMs: 30_000,
-      guarded: true,
-    });
+    const claimed = await pickFor('front');
     expect(claimed).toEqual([]);
     const { rows: after } = await db.pool.query<{ rate_booked: boolean; ms: number }>(
       `SELECT rate_booked, (extract(epoch FROM eligible_at - now()) * 1000)::float8 AS ms
@@ -156,13 +154,7 @@ describe('rate limits', () => {
       `INSERT INTO ${T()} (fsm, step, state, queue, rate_limit) VALUES ('m', 's', '{}', 'vanished', 'vanished')
        RETURNING id::text AS id`,
     );
-    const claimed = await claimBatch(db.pool, db.schema, {
-      queue: 'vanished',
-      limit: 10,
-      nodeId: 'test-picker',
-      leaseMs: 30_000,
-      guarded: true,
-    });
+    const claimed = await pickFor('vanished');
     expect(claimed.map((r) => r.id)).toEqual([rows[0]!.id]);
   });
 
@@ -207,13 +199,7 @@ describe('rate limits', () => {
       return b.length === 1 ? true : undefined;
     }, 'the head booked into the line');
     const light = await c.insert(paced, { args: { n: 8 }, rateLimit: 'heavy', weight: 1 });
-    const own = await claimBatch(db.pool, db.schema, {
-      queue: 'rates',
-      limit: 10,
-      nodeId: 'test-picker',
-      leaseMs: 30_000,
-      guarded: true,
-    });
+    const own = await pickFor('rates');
     expect(own).toEqual([]);
     throttled.stop();
     const ids = [...rows.map((r) => r.id), light.id];
