@@ -140,6 +140,28 @@ describe('rate limits', () => {
     expect(after[0]!.ms).toBeLessThan(after[1]!.ms);
   });
 
+  it('the last row of a line, due as the line ends, keeps its turn over a row that came meanwhile', async () => {
+    const s = `"${db.schema}"`;
+    // A bucket refilling 1 token a second (burst 2) whose line ended a moment ago: its last
+    // booked row is due now; an unbooked row, due a hair earlier, came while it waited.
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_configs (name, allowed, period_ms, burst) VALUES ('tail', 1, 1000, 2)`,
+    );
+    await db.pool.query(
+      `INSERT INTO ${s}.gen_durable_rate_buckets (name, partition, tokens, refreshed_at, granted, line, booked_until)
+       VALUES ('tail', '', 0, clock_timestamp() - interval '1001 milliseconds', 1, true,
+               clock_timestamp() - interval '1 millisecond')`,
+    );
+    const { rows } = await db.pool.query<{ id: string }>(
+      `INSERT INTO ${T()} (fsm, step, state, queue, rate_limit, rate_booked, eligible_at)
+       VALUES ('m', 's', '{}', 'tail', 'tail', false, now() - interval '2 milliseconds'),
+              ('m', 's', '{}', 'tail', 'tail', true, now() - interval '1 millisecond')
+       RETURNING id::text AS id`,
+    );
+    const claimed = await pickFor('tail');
+    expect(claimed.map((r) => r.id)).toEqual([rows[1]!.id]);
+  });
+
   it('a line whose booked rows are all gone (cancelled) is over once its bucket is full again', async () => {
     const s = `"${db.schema}"`;
     await db.pool.query(

@@ -92,9 +92,13 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
        FROM rated r
        GROUP BY r.name, r.part
      ),
-     -- A line is over when its end has passed, and also when its bucket is full again with
-     -- no booked row left (they were cancelled, or ended): the tokens of the slots nobody
-     -- took pile up, and nothing waits in front of the rows that come now.
+     -- A line is on while its end is ahead and its bucket not full, or while booked rows are
+     -- still there, until a second past its end (its last row falls due at the end, and is
+     -- picked a moment later: it must not lose its turn to a row that came meanwhile). It is
+     -- over once its bucket is full again with no booked row left (they were cancelled, or
+     -- ended: the tokens of the slots nobody took pile up, and nothing waits in front of the
+     -- rows that come now), and a second past its end whatever is left (booked rows nobody
+     -- claims, a queue no node runs, must not hold the bucket up for good).
      debited AS (
        INSERT INTO :schema.gen_durable_rate_buckets AS b
          (name, partition, tokens, refreshed_at, granted, line, booked_until)
@@ -110,8 +114,8 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
          CROSS JOIN LATERAL (SELECT clock_timestamp() AS at) c0
          CROSS JOIN LATERAL (SELECT ${available('w', 'b', 'c0.at')} AS avail) a
          CROSS JOIN LATERAL (
-           SELECT c0.at, COALESCE(b.booked_until > c0.at, false)
-                    AND (a.avail < w.burst OR EXISTS (
+           SELECT c0.at, COALESCE(b.booked_until > c0.at - interval '1 second', false)
+                    AND ((b.booked_until > c0.at AND a.avail < w.burst) OR EXISTS (
                           SELECT 1 FROM :schema.gen_durable t
                           WHERE t.rate_booked AND t.status = 'runnable' AND t.rate_limit = b.name
                             AND COALESCE(t.rate_partition, '') = b.partition)) AS line) c
