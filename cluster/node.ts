@@ -28,6 +28,7 @@ import type { ClaimedRow } from '../runtime/sql/claim.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
 import { declareRateLimits } from '../runtime/sql/rates.js';
 import { Claimer } from '../runtime/claimer.js';
+import { warnUnservedQueues } from './unserved-queues.js';
 import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
@@ -140,8 +141,12 @@ export class GenDurableNode {
         concurrency: q.concurrency,
         batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
         pollIntervalMs: config.pollInterval,
-        // Rows a pick booked into a rate limit's line fall due later: the stager hears of them.
-        claim: (limit) => this.#claimer.claim(queue, limit).then((c) => this.#dueLater(queue, c)),
+        claim: async (limit) => {
+          const claimed = await this.#claimer.claim(queue, limit);
+          // Rows the pick booked into a rate limit's line or put off: work due later.
+          if (claimed.wakeInMs !== null) this.#wakeQueue(queue, claimed.wakeInMs);
+          return claimed;
+        },
         dispatch: (rows) => this.#dispatch(queue, pool, rows),
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
@@ -267,7 +272,7 @@ export class GenDurableNode {
       this.#heartbeat.start();
       this.#elector.start();
       for (const { feeder } of this.#queues.values()) feeder.start();
-      this.#warnUnservedQueues();
+      warnUnservedQueues(this.id, this.queues, this.#registry.definitions);
       publish(telemetry.nodeJoined, () => ({ node: this.id, queues: this.queues }));
     } catch (error) {
       await this.#shutdown(0);
@@ -278,22 +283,6 @@ export class GenDurableNode {
         { cause: error },
       );
     }
-  }
-
-  /** Registered machines whose default queue this node does not run wait for another node. */
-  #warnUnservedQueues(): void {
-    const unserved = this.#registry.definitions.filter((def) => !this.#queues.has(def.queue));
-    if (unserved.length === 0) return;
-    const listed = unserved
-      .slice(0, 10)
-      .map((def) => `machine ${def.name} (version ${def.version}) on queue "${def.queue}"`)
-      .join(', ');
-    const more = unserved.length > 10 ? ` and ${unserved.length - 10} more` : '';
-    process.emitWarning(
-      `node ${this.id} runs the queues ${this.queues.join(', ')}, but is given ${listed}${more}: ` +
-        'their instances wait for a node that runs those queues',
-      { code: 'GEN_DURABLE_QUEUE_NOT_RUN' },
-    );
   }
 
   #afterReap(rows: readonly ReapedRow[]): void {
@@ -438,11 +427,6 @@ export class GenDurableNode {
       if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
     }
     for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
-  }
-
-  #dueLater<C extends { wakeInMs: number | null }>(queue: string, claimed: C): C {
-    if (claimed.wakeInMs !== null) this.#sender.wake(queue, claimed.wakeInMs);
-    return claimed;
   }
 
   /** Work became runnable in `queue`: wake this node's feeder directly, and other nodes by notification. */

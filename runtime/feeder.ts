@@ -8,9 +8,9 @@
  * - backlogged: the last claim filled its batch, so more work is probably waiting; every
  *   completion (slots freed by a commit) claims again at once.
  * A claim that meets fewer rows than it asked for means the queue has no more due work now:
- * idle. Rows a claim left out (throttled by a rate limit) count as met, and the claim says
- * when throttled rows can be taken, which arms the local due timer for then. Rows held back
- * by a busy concurrency key are woken by the end of that key's step.
+ * idle. Rows a claim put off (throttled by a rate limit) count as met; when they fall due is
+ * the node's to tell (`wakeIn`, as for any work due later). Rows held back by a busy
+ * concurrency key are woken by the end of that key's step.
  *
  * Timed wake-ups: delayed work is woken by the leader's stager (a notification when it falls
  * due). The feeder keeps one local timer only for due times this node learnt by itself (its
@@ -27,10 +27,9 @@ export interface FeederOptions {
   readonly pollIntervalMs: number;
   /**
    * Claims up to `limit` rows. `full`: the claim met as many rows as it asked for (some may
-   * have been left out by a rate limit), so more may be due; `wakeInMs`: rows held back by a
-   * rate limit can be taken then.
+   * have been put off by a rate limit), so more may be due.
    */
-  readonly claim: (limit: number) => Promise<{ rows: ClaimedRow[]; full: boolean; wakeInMs: number | null }>;
+  readonly claim: (limit: number) => Promise<{ rows: ClaimedRow[]; full: boolean }>;
   readonly dispatch: (rows: ClaimedRow[]) => void;
   readonly onError: (error: unknown) => void;
 }
@@ -113,9 +112,7 @@ export class Feeder implements Service {
       let rows: ClaimedRow[];
       let full: boolean;
       try {
-        const claimed = await this.#o.claim(limit);
-        ({ rows, full } = claimed);
-        if (claimed.wakeInMs !== null) this.wakeIn(claimed.wakeInMs);
+        ({ rows, full } = await this.#o.claim(limit));
       } catch (error) {
         this.#o.onError(error);
         clearTimeout(this.#retryTimer);

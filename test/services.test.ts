@@ -66,7 +66,6 @@ function feederOver(available: number, concurrency: number) {
       return Promise.resolve({
         rows: Array.from({ length: n }, (_, i) => row(i)),
         full: n === limit,
-        wakeInMs: null,
       });
     },
     dispatch: (rows) => {
