@@ -1,8 +1,9 @@
 /**
  * Bucket housekeeping (a leader service): removes rate limits no registered node declares
  * any more, and prunes token buckets that are full again and buckets of removed limits, so
- * that buckets per partition (one per tenant, say) do not pile up. A bucket that does not exist counts as full, so pruning a
- * full one changes no grant. A full batch prunes again at once.
+ * that buckets per partition (one per tenant, say) do not pile up. A bucket that does not
+ * exist counts as full, so pruning a full one changes no grant. A full batch prunes again
+ * at once.
  */
 import type { Queryable } from '../runtime/sql/db.js';
 import { pruneBuckets, pruneUndeclaredLimits } from '../runtime/sql/rates.js';

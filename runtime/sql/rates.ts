@@ -163,6 +163,9 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
      )`;
 }
 
+/** Whole ms from now until `at` (SQL), at least 1. */
+const msUntil = (at: string) => `GREATEST(1, ceil(extract(epoch FROM ${at} - now()) * 1000))`;
+
 /**
  * What the pick reports of its admission, as JSON (null when nothing to report): buckets that
  * granted less than their candidates wanted (`throttled`, with the ms until the first row
@@ -173,16 +176,14 @@ export function rateCtes(candidates: string, deferUnknown: string): string {
 export const RATE_REPORT = `json_build_object(
        'throttled', (SELECT json_agg(json_build_object(
            'name', d.name, 'partition', NULLIF(d.partition, ''), 'wanted', w.total, 'granted', d.granted,
-           'waitMs', (SELECT GREATEST(1, ceil(extract(epoch FROM min(tb.slot) - now()) * 1000))
-                      FROM to_book tb WHERE tb.name = d.name AND tb.part = d.partition)))
+           'waitMs', (SELECT ${msUntil('min(tb.slot)')} FROM to_book tb WHERE tb.name = d.name AND tb.part = d.partition)))
          FROM debited d JOIN wants w ON w.name = d.name AND w.part = d.partition
          WHERE w.total > d.granted),
        'unknown', (SELECT json_agg(json_build_object('name', u.name, 'id', u.id::text)) FROM unknown_limit u),
        'oversized', (SELECT json_agg(json_build_object('name', o.name, 'partition', o.partition, 'id', o.id::text,
                                                        'weight', o.weight, 'burst', o.burst)) FROM oversized o),
        'passed', (SELECT count(*) FROM put_off),
-       'nextMs', (SELECT CASE WHEN count(*) > 0 THEN GREATEST(1, ceil(extract(epoch FROM min(at) - now()) * 1000)) END
-                  FROM put_off))`;
+       'nextMs', (SELECT CASE WHEN count(*) > 0 THEN ${msUntil('min(at)')} END FROM put_off))`;
 
 /** A bucket that granted less than its candidates wanted. */
 export interface Throttle {
@@ -291,8 +292,8 @@ export async function pruneBuckets(db: Queryable, schema: string, limit: number)
        FOR UPDATE OF b SKIP LOCKED
      )
      DELETE FROM :schema.gen_durable_rate_buckets b USING idle
-     WHERE b.name = idle.name AND b.partition = idle.partition`,
+     WHERE b.name = idle.name AND b.partition = idle.partition
+     RETURNING 1`,
   );
-  const result = await db.query({ text: stmt.text, values: [limit] });
-  return result.rowCount ?? 0;
+  return (await run(db, stmt, [limit])).length;
 }
