@@ -4,9 +4,10 @@
  * periodic services: the heartbeat on every node; the elector, which campaigns for
  * leadership and, while this node leads, runs the leader services (the reaper, GC).
  *
- * A step's path: feeder claims rows → pool runs them on a worker thread → results gather in
- * the flusher → one commit → slots freed (the feeder claims again), local and remote queues
- * woken, settled instances announced.
+ * A step's path: feeder claims rows (ahead of free slots, see `Feeder`) → pool runs them on
+ * a worker thread → the result reaches this thread: its slot is free (the next buffered row
+ * starts, the feeder claims again) → results gather in the flusher → one commit → local and
+ * remote queues woken, settled instances announced.
  */
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
@@ -52,6 +53,9 @@ export interface StopOptions {
   /** How long in-flight steps may take to finish and commit before their rows are released. */
   readonly timeout?: number | string;
 }
+
+/** How long a row claimed ahead may wait for a slot before it is given back. */
+const BUFFER_WAIT_MS = 1_000;
 
 const stopOptionsSchema = z.object({ timeout: durationSchema.default(30_000) }).strict();
 
@@ -136,18 +140,27 @@ export class GenDurableNode {
         ...(q.memoryLimitMb ? { memoryLimitMb: q.memoryLimitMb } : {}),
         onError: (e) => this.#reportError(`threads ${queue}`, e),
       });
+      const batchSize = q.batchSize ?? Math.min(q.concurrency, 500);
       const feeder = new Feeder({
         queue,
         concurrency: q.concurrency,
-        batchSize: q.batchSize ?? Math.min(q.concurrency, 500),
+        batchSize,
         pollIntervalMs: config.pollInterval,
+        claimAhead: q.claimAhead ?? Math.min(q.concurrency, 500),
+        maxUncommitted: Math.max(2 * q.concurrency, batchSize),
+        bufferWaitMs: BUFFER_WAIT_MS,
         claim: async (limit) => {
           const claimed = await this.#claimer.claim(queue, limit);
+          // Under lease from now on, buffered or running: the heartbeat extends it.
+          for (const row of claimed.rows) this.#claims.set(row.id, row.claim);
           // Rows the pick booked into a rate limit's line or put off: work due later.
           if (claimed.wakeInMs !== null) this.#wakeQueue(queue, claimed.wakeInMs);
           return claimed;
         },
         dispatch: (rows) => this.#dispatch(queue, pool, rows),
+        giveBack: (rows) => {
+          for (const row of rows) this.#commitResult(queue, row, { id: row.id, kind: 'release' });
+        },
         onError: (e) => this.#reportError(`pick ${queue}`, e),
       });
       this.#queues.set(queue, { feeder, pool });
@@ -309,7 +322,6 @@ export class GenDurableNode {
     const started = performance.now();
     const requests: StepRequest[] = rows.map((row) => {
       claimed.set(row.id, row);
-      this.#claims.set(row.id, row.claim);
       return {
         id: row.id,
         machine: row.fsm,
@@ -351,15 +363,8 @@ export class GenDurableNode {
   }
 
   #onResult(queue: string, row: ClaimedRow, result: StepResult, started: number): void {
-    this.#flusher.push({
-      id: result.id,
-      claim: row.claim,
-      queue,
-      parentId: row.parent_id,
-      hadInbox: (row.inbox ?? null) !== null,
-      concurrencyKey: row.concurrency_key,
-      result,
-    });
+    this.#commitResult(queue, row, result);
+    this.#queues.get(queue)?.feeder.stepsFinished(1);
     const event = () => ({
       node: this.id,
       queue,
@@ -373,6 +378,19 @@ export class GenDurableNode {
     });
     publish(telemetry.stepStop, event);
     if (result.error !== undefined) publish(telemetry.stepException, event);
+  }
+
+  /** Hands a claimed row's result to the flusher. */
+  #commitResult(queue: string, row: ClaimedRow, result: StepResult): void {
+    this.#flusher.push({
+      id: result.id,
+      claim: row.claim,
+      queue,
+      parentId: row.parent_id,
+      hadInbox: (row.inbox ?? null) !== null,
+      concurrencyKey: row.concurrency_key,
+      result,
+    });
   }
 
   #afterFlush(entries: readonly FlushEntry[], committed: CommitResult): void {
@@ -426,7 +444,7 @@ export class GenDurableNode {
       freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
       if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
     }
-    for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.completed(n);
+    for (const [queue, n] of freed) this.#queues.get(queue)?.feeder.committed(n);
   }
 
   /** Work became runnable in `queue`: wake this node's feeder directly, and other nodes by notification. */

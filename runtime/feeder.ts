@@ -1,12 +1,25 @@
 /**
- * The feeder of one queue on one node: claims work only for free slots (backpressure) and
- * hands it to the executor.
+ * The feeder of one queue on one node: claims work for its slots (backpressure) and hands
+ * it to the executor, as a pipeline whose stages overlap:
+ *
+ *   claim ──▶ buffer ──▶ running (≤ concurrency) ──▶ committing (≤ maxUncommitted) ──▶ done
+ *
+ * - A slot is a step of user code running: it frees when the step's result reaches the main
+ *   thread, not when that result is committed, so commits never hold steps back; results
+ *   waiting for their commit are bounded on their own (`maxUncommitted`): past it, claims
+ *   pause until commits catch up.
+ * - Claim ahead: rows claimed beyond the free slots wait in a local buffer, under lease,
+ *   and start the moment a slot frees, so a step does not wait for a pick's round trip.
+ *   The buffer holds at most what this queue finished during the last pick's round trip
+ *   (capped by `claimAhead`): short steps keep a batch ready, long steps claim (almost)
+ *   nothing ahead, so rows other nodes could run are not held here. A buffered row that
+ *   waits longer than `bufferWaitMs` is given back uncharged, as is the whole buffer on stop.
  *
  * Modes:
  * - idle: nothing known to be waiting; no queries. Leaves idle on a wake-up (a notification,
  *   a local due timer, a listener reconnect, the slow safety poll).
  * - backlogged: the last claim filled its batch, so more work is probably waiting; every
- *   completion (slots freed by a commit) claims again at once.
+ *   freed slot (and every commit, if claims paused for it) claims again at once.
  * A claim that meets fewer rows than it asked for means the queue has no more due work now:
  * idle. Rows a claim put off (throttled by a rate limit) count as met; when they fall due is
  * the node's to tell (`wakeIn`, as for any work due later). Rows held back by a busy
@@ -22,43 +35,76 @@ import type { Service } from './service.js';
 
 export interface FeederOptions {
   readonly queue: string;
+  /** Steps of user code running at once, at most. */
   readonly concurrency: number;
   readonly batchSize: number;
   readonly pollIntervalMs: number;
+  /** Rows claimed beyond the free slots, at most (0: none). */
+  readonly claimAhead: number;
+  /** Results waiting for their commit, at most, before claims pause. */
+  readonly maxUncommitted: number;
+  /** How long a claimed row may wait in the buffer for a slot before it is given back. */
+  readonly bufferWaitMs: number;
   /**
    * Claims up to `limit` rows. `full`: the claim met as many rows as it asked for (some may
    * have been put off by a rate limit), so more may be due.
    */
   readonly claim: (limit: number) => Promise<{ rows: ClaimedRow[]; full: boolean }>;
+  /** Runs the rows (each reports back with `stepsFinished`). */
   readonly dispatch: (rows: ClaimedRow[]) => void;
+  /** Claimed rows that will not run here: release them uncharged (each counts as a result to commit). */
+  readonly giveBack: (rows: ClaimedRow[]) => void;
   readonly onError: (error: unknown) => void;
+}
+
+interface Buffered {
+  readonly row: ClaimedRow;
+  readonly at: number;
 }
 
 export class Feeder implements Service {
   readonly queue: string;
   readonly #o: FeederOptions;
-  #inFlight = 0;
+  #buffer: Buffered[] = [];
+  #running = 0;
+  #committing = 0;
+  /** Rows the buffer may hold: what finished during the last pick (≤ `claimAhead`). */
+  #ahead = 0;
+  #finished = 0;
   #wanted = false;
   #backlog = false;
   #picking: Promise<void> | undefined;
-  #running = false;
+  #dispatchQueued = false;
+  #started = false;
   #poll: NodeJS.Timeout | undefined;
   #dueTimer: NodeJS.Timeout | undefined;
   #dueAt = Number.POSITIVE_INFINITY;
   #retryTimer: NodeJS.Timeout | undefined;
+  #expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(options: FeederOptions) {
     this.#o = options;
     this.queue = options.queue;
   }
 
+  /** Rows claimed here and not yet committed: buffered, running, or waiting for their commit. */
   get inFlight(): number {
-    return this.#inFlight;
+    return this.#buffer.length + this.#running + this.#committing;
+  }
+
+  /** Steps of user code running now. */
+  get running(): number {
+    return this.#running;
+  }
+
+  /** Claimed rows waiting for a slot. */
+  get buffered(): number {
+    return this.#buffer.length;
   }
 
   start(): void {
-    if (this.#running) return;
-    this.#running = true;
+    if (this.#started) return;
+    this.#started = true;
     this.#poll = setInterval(() => this.wake(), this.#o.pollIntervalMs);
     this.#poll.unref();
     this.wake();
@@ -75,7 +121,7 @@ export class Feeder implements Service {
    * kept; later ones are the stager's to wake.
    */
   wakeIn(delayMs: number): void {
-    if (!this.#running) return;
+    if (!this.#started) return;
     if (delayMs <= 0) return this.wake();
     const ms = Math.min(delayMs, MAX_TIMER_MS - 5);
     const at = Date.now() + ms;
@@ -89,16 +135,42 @@ export class Feeder implements Service {
     this.#dueTimer.unref();
   }
 
-  /** `n` claimed steps were committed (or given back): their slots are free. */
-  completed(n: number): void {
-    this.#inFlight -= n;
+  /**
+   * `n` dispatched steps reported their results (to be committed): their slots are free.
+   * Buffered rows start once the results that arrived together are all counted.
+   */
+  stepsFinished(n: number): void {
+    this.#running -= n;
+    this.#committing += n;
+    this.#finished += n;
+    if (this.#backlog) this.#wanted = true;
+    if (!this.#dispatchQueued) {
+      this.#dispatchQueued = true;
+      queueMicrotask(() => {
+        this.#dispatchQueued = false;
+        this.#startBuffered();
+        this.#pump();
+      });
+    }
+  }
+
+  /** `n` results were committed (or given up): they no longer count against `maxUncommitted`. */
+  committed(n: number): void {
+    this.#committing -= n;
     if (this.#backlog) this.#wanted = true;
     this.#pump();
   }
 
+  /** How many rows the next claim may ask for. */
+  #room(): number {
+    if (this.#committing >= this.#o.maxUncommitted) return 0;
+    const slots = this.#o.concurrency + this.#ahead - this.#running - this.#buffer.length;
+    return Math.min(slots, this.#o.batchSize);
+  }
+
   #pump(): void {
-    if (!this.#running || this.#picking || !this.#wanted) return;
-    if (this.#inFlight >= this.#o.concurrency) return;
+    if (!this.#started || this.#picking || !this.#wanted) return;
+    if (this.#room() <= 0) return;
     this.#picking = this.#loop().finally(() => {
       this.#picking = undefined;
       this.#pump();
@@ -106,9 +178,10 @@ export class Feeder implements Service {
   }
 
   async #loop(): Promise<void> {
-    while (this.#running && this.#wanted && this.#inFlight < this.#o.concurrency) {
+    while (this.#started && this.#wanted && this.#room() > 0) {
       this.#wanted = false;
-      const limit = Math.min(this.#o.concurrency - this.#inFlight, this.#o.batchSize);
+      const limit = this.#room();
+      this.#finished = 0;
       let rows: ClaimedRow[];
       let full: boolean;
       try {
@@ -120,21 +193,61 @@ export class Feeder implements Service {
         this.#retryTimer.unref();
         return;
       }
+      // What finished while this pick was out is what the next one should find ready.
+      this.#ahead = Math.min(this.#o.claimAhead, this.#finished);
       this.#backlog = full;
       if (this.#backlog) this.#wanted = true;
       if (rows.length === 0) continue;
-      this.#inFlight += rows.length;
-      this.#o.dispatch(rows);
+      if (!this.#started) return this.#giveBack(rows);
+      const at = Date.now();
+      for (const row of rows) this.#buffer.push({ row, at });
+      this.#startBuffered();
     }
   }
 
-  /** Stops claiming; steps already dispatched carry on. */
+  /** Starts buffered rows in the free slots; arms the expiry of those left waiting. */
+  #startBuffered(): void {
+    const n = Math.min(this.#o.concurrency - this.#running, this.#buffer.length);
+    if (n > 0) {
+      const rows = this.#buffer.splice(0, n).map((b) => b.row);
+      this.#running += n;
+      this.#o.dispatch(rows);
+    }
+    if (this.#buffer.length > 0 && !this.#expiryTimer) {
+      const wait = this.#buffer[0]!.at + this.#o.bufferWaitMs - Date.now();
+      this.#expiryTimer = setTimeout(() => this.#expire(), Math.max(1, wait));
+      this.#expiryTimer.unref();
+    }
+  }
+
+  /** Gives back the buffered rows that waited too long for a slot. */
+  #expire(): void {
+    this.#expiryTimer = undefined;
+    const cutoff = Date.now() - this.#o.bufferWaitMs;
+    let k = 0;
+    while (k < this.#buffer.length && this.#buffer[k]!.at <= cutoff) k++;
+    if (k > 0) this.#giveBack(this.#buffer.splice(0, k).map((b) => b.row));
+    // The slots stay busy with long steps: hold nothing ahead until a pick sees them finish.
+    this.#ahead = 0;
+    this.#startBuffered();
+  }
+
+  #giveBack(rows: ClaimedRow[]): void {
+    if (rows.length === 0) return;
+    this.#committing += rows.length;
+    this.#o.giveBack(rows);
+  }
+
+  /** Stops claiming and gives back the buffered rows; steps already dispatched carry on. */
   async stop(): Promise<void> {
-    this.#running = false;
+    this.#started = false;
     clearInterval(this.#poll);
     clearTimeout(this.#dueTimer);
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
     this.#dueAt = Number.POSITIVE_INFINITY;
+    this.#giveBack(this.#buffer.splice(0).map((b) => b.row));
     await this.#picking;
   }
 }

@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MAX_TIMER_MS } from '../runtime/duration.js';
-import { Feeder } from '../runtime/feeder.js';
+import { Feeder, type FeederOptions } from '../runtime/feeder.js';
 import { PeriodicService } from '../runtime/service.js';
 import type { ClaimedRow } from '../runtime/sql/claim.js';
 
@@ -51,31 +51,44 @@ function row(id: number): ClaimedRow {
   };
 }
 
-/** A feeder over a fake backlog of `available` rows. */
-function feederOver(available: number, concurrency: number) {
-  const state = { available, requested: [] as number[], dispatched: 0 };
+/** A feeder over a fake backlog of `available` rows (no claim ahead unless asked). */
+function feederOver(available: number, concurrency: number, extra: Partial<FeederOptions> = {}) {
+  const state = { available, requested: [] as number[], dispatched: 0, givenBack: [] as string[] };
+  let next = 0;
   const feeder = new Feeder({
     queue: 'q',
     concurrency,
     batchSize: 100,
     pollIntervalMs: MAX_TIMER_MS,
+    claimAhead: 0,
+    maxUncommitted: 1_000,
+    bufferWaitMs: 60_000,
     claim: (limit) => {
       state.requested.push(limit);
       const n = Math.min(limit, state.available);
       state.available -= n;
       return Promise.resolve({
-        rows: Array.from({ length: n }, (_, i) => row(i)),
+        rows: Array.from({ length: n }, () => row(next++)),
         full: n === limit,
       });
     },
     dispatch: (rows) => {
       state.dispatched += rows.length;
     },
+    giveBack: (rows) => {
+      state.givenBack.push(...rows.map((r) => r.id));
+    },
     onError: (error) => {
       throw error;
     },
+    ...extra,
   });
-  return { feeder, state };
+  /** `n` steps report their results and those are committed. */
+  const finish = (n: number): void => {
+    feeder.stepsFinished(n);
+    feeder.committed(n);
+  };
+  return { feeder, state, finish };
 }
 
 // Fake timers where a test asserts that something does not happen: advancing the clock runs
@@ -186,17 +199,18 @@ describe('PeriodicService', () => {
 
 describe('Feeder', () => {
   it('claims only free slots, and again on completions only while backlogged', async () => {
-    const { feeder, state } = feederOver(7, 3);
+    const { feeder, state, finish } = feederOver(7, 3);
     feeder.start();
     await until(() => state.dispatched === 3);
     expect(state.requested).toEqual([3]); // full: backlogged, but no free slot
-    feeder.completed(2);
+    finish(2);
     await until(() => state.dispatched === 5);
-    feeder.completed(3);
+    finish(3);
     await until(() => state.dispatched === 7);
     // The last claim asked for 3 and got 2: the queue is drained, so completions claim nothing.
     expect(state.requested).toEqual([3, 2, 3]);
-    feeder.completed(2);
+    finish(2);
+    await new Promise((resolve) => setImmediate(resolve));
     expect(feeder.inFlight).toBe(0);
     // A wake-up claims again, once: had the completion claimed too, its request would show here.
     state.available = 1;
@@ -204,6 +218,129 @@ describe('Feeder', () => {
     await until(() => state.dispatched === 8);
     await Promise.all([feeder.stop(), feeder.stop()]);
     expect(state.requested).toEqual([3, 2, 3, 3]);
+  });
+
+  it('frees a slot when its result arrives, and pauses claims while too many results wait for their commit', async () => {
+    const { feeder, state } = feederOver(100, 2, { maxUncommitted: 3 });
+    feeder.start();
+    await until(() => state.dispatched === 2);
+    // Results in, nothing committed yet: the slots are free, the next steps start.
+    feeder.stepsFinished(2);
+    await until(() => state.dispatched === 4);
+    expect(feeder.inFlight).toBe(4); // 2 running + 2 waiting for their commit
+    // 4 results would wait for commits, past the bound of 3: no claim until commits land.
+    feeder.stepsFinished(2);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect({ requested: state.requested, running: feeder.running }).toEqual({
+      requested: [2, 2],
+      running: 0,
+    });
+    feeder.committed(2);
+    await until(() => state.dispatched === 6);
+    expect(state.requested).toEqual([2, 2, 2]);
+    await feeder.stop();
+  });
+
+  it('claims ahead what finished during its last pick, and starts it from the buffer without a claim', async () => {
+    // Picks resolve when the test says, so steps can finish while one is out.
+    const picks: Array<() => void> = [];
+    const state = { requested: [] as number[], dispatched: 0, givenBack: [] as string[] };
+    let next = 0;
+    const feeder = new Feeder({
+      queue: 'q',
+      concurrency: 4,
+      batchSize: 100,
+      pollIntervalMs: MAX_TIMER_MS,
+      claimAhead: 10,
+      maxUncommitted: 1_000,
+      bufferWaitMs: 60_000,
+      claim: (limit) => {
+        state.requested.push(limit);
+        return new Promise((resolve) =>
+          picks.push(() => resolve({ rows: Array.from({ length: limit }, () => row(next++)), full: true })),
+        );
+      },
+      dispatch: (rows) => void (state.dispatched += rows.length),
+      giveBack: (rows) => void state.givenBack.push(...rows.map((r) => r.id)),
+      onError: (error) => {
+        throw error;
+      },
+    });
+    const answer = async (): Promise<void> => {
+      await until(() => picks.length > 0);
+      picks.shift()!();
+      await new Promise((resolve) => setImmediate(resolve));
+    };
+    feeder.start();
+    await answer(); // 4 running
+    feeder.stepsFinished(2);
+    await until(() => state.requested.length === 2); // a pick for the 2 free slots is out...
+    feeder.stepsFinished(2); // ...while 2 more steps finish
+    await answer();
+    // That pick saw 2 steps finish while it was out: 2 rows may wait ahead, so the next pick
+    // asks for the 2 free slots and the 2 ahead.
+    await answer();
+    expect(state.requested).toEqual([4, 2, 4]);
+    expect({ running: feeder.running, buffered: feeder.buffered, dispatched: state.dispatched }).toEqual({
+      running: 4,
+      buffered: 2,
+      dispatched: 8,
+    });
+    // A slot frees: a buffered row starts at once, with no claim in between.
+    feeder.stepsFinished(1);
+    await until(() => state.dispatched === 9);
+    expect(feeder.buffered).toBe(1);
+    // Stop gives the buffered row back (uncharged, committed as a release) and runs nothing more.
+    const stopped = feeder.stop();
+    picks.splice(0).forEach((p) => p());
+    await stopped;
+    expect(state.givenBack).toHaveLength(state.requested.length > 4 ? 1 + state.requested[4]! : 1);
+    expect(state.dispatched).toBe(9);
+  });
+
+  it('gives back a claimed row that waited past bufferWaitMs for a slot', async () => {
+    vi.useFakeTimers();
+    let calls = 0;
+    const state = { dispatched: 0, givenBack: [] as string[] };
+    const feeder = new Feeder({
+      queue: 'q',
+      concurrency: 2,
+      batchSize: 100,
+      pollIntervalMs: MAX_TIMER_MS,
+      claimAhead: 5,
+      maxUncommitted: 1_000,
+      bufferWaitMs: 1_000,
+      // The first pick fills both slots; one step finishes and a second pick goes out, while
+      // it is out the other step finishes, so 1 row may wait ahead: the third pick takes 2,
+      // one for the free slot and one for the buffer.
+      claim: (limit) => {
+        calls++;
+        const rows = Array.from({ length: limit }, (_, i) => row(calls * 10 + i));
+        if (calls === 2) feeder.stepsFinished(1);
+        return Promise.resolve({ rows, full: calls < 3 });
+      },
+      dispatch: (rows) => void (state.dispatched += rows.length),
+      giveBack: (rows) => void state.givenBack.push(...rows.map((r) => r.id)),
+      onError: (error) => {
+        throw error;
+      },
+    });
+    feeder.start();
+    await vi.advanceTimersByTimeAsync(0);
+    feeder.stepsFinished(1);
+    await vi.advanceTimersByTimeAsync(0);
+    expect({ calls, buffered: feeder.buffered }).toEqual({ calls: 3, buffered: 1 });
+    await vi.advanceTimersByTimeAsync(999);
+    expect(state.givenBack).toEqual([]);
+    await vi.advanceTimersByTimeAsync(2);
+    expect({ givenBack: state.givenBack, buffered: feeder.buffered }).toEqual({
+      givenBack: ['31'],
+      buffered: 0,
+    });
+    // Counted as a result to commit until its release is committed: 2 running, 2 results
+    // and the given-back row waiting for their commit.
+    expect({ running: feeder.running, inFlight: feeder.inFlight }).toEqual({ running: 2, inFlight: 5 });
+    await feeder.stop();
   });
 
   it('keeps one local due timer, for the earliest due time, and claims when it fires', async () => {
@@ -239,7 +376,8 @@ describe('Feeder', () => {
     feeder.wakeIn(500); // armed before stop: stop must disarm it
     await feeder.stop();
     feeder.wake();
-    feeder.completed(2);
+    feeder.stepsFinished(2);
+    feeder.committed(2);
     feeder.wakeIn(1);
     await vi.advanceTimersByTimeAsync(MAX_TIMER_MS);
     expect(state).toMatchObject({ requested: [2], dispatched: 2 });
