@@ -1,0 +1,30 @@
+/**
+ * One worker process of a drain: `child.ts <subject> <connectionString> <schema> <settings JSON>`.
+ * Starts the subject's worker, says `ready` over IPC, stops on `stop` and says `stopped`.
+ */
+import { SUBJECTS } from './index.js';
+import type { DrainSettings } from './subject.js';
+
+// Worker threads this process starts run plain JavaScript: none of tsx's hooks there.
+process.execArgv.length = 0;
+
+const [name, connectionString, schema, settings] = process.argv.slice(2);
+const subject = SUBJECTS[name ?? ''];
+if (!subject || !connectionString || !schema || !settings) {
+  process.stderr.write(`usage: child.ts <${Object.keys(SUBJECTS).join('|')}> <url> <schema> <settings>\n`);
+  process.exit(2);
+}
+const stop = await subject.work(connectionString, schema, JSON.parse(settings) as DrainSettings);
+process.send?.({ type: 'ready', rss: process.memoryUsage().rss });
+process.on('message', (m: { type?: string }) => {
+  if (m.type !== 'stop') return;
+  void stop().then(
+    () => {
+      process.send?.({ type: 'stopped', rss: process.memoryUsage().rss }, () => process.exit(0));
+    },
+    (error: unknown) => {
+      process.stderr.write(`${name}: stop failed: ${String(error)}\n`);
+      process.exit(1);
+    },
+  );
+});

@@ -1,0 +1,162 @@
+/**
+ * Workload 1: drain N no-op jobs, for each subject (gen-durable and its peers), at each
+ * concurrency, with one worker process and with several, on the same database in the same
+ * invocation. Each run: a fresh schema with the jobs inserted, a CHECKPOINT (so every run
+ * starts with the same full-page-image debt), the worker processes spawned, the table polled
+ * until no job is left; then WAL, CPU and rates are read and the schema dropped.
+ *
+ * Rates: `steady` is the jobs finished between 10% and 90% of the drain, over the time
+ * between (interpolated between polls): start-up and the tail are left out, so it compares
+ * the loops themselves. `wall` runs from spawning the processes until the last job is done,
+ * start-up (process, imports, connections) included. A run that is not done by the timeout
+ * stops there and is reported on the jobs it finished (steady from 10% to where it got).
+ */
+import { fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { CpuMeter, type CpuWindow } from '../cpu.js';
+import { Progress } from '../lib/progress.js';
+import { type WalWindow, walBetween, walLsn } from '../lib/wal.js';
+import type { Subject } from '../subjects/subject.js';
+
+export interface DrainParams {
+  readonly connectionString: string;
+  readonly jobs: number;
+  readonly concurrency: number;
+  readonly processes: number;
+  readonly walInspect: boolean;
+  readonly timeoutMs: number;
+}
+
+export interface DrainRun {
+  readonly subject: string;
+  readonly settings: Record<string, string | number | boolean>;
+  readonly jobs: number;
+  readonly concurrency: number;
+  readonly processes: number;
+  /** Jobs finished: all of them, unless the run ran out of time. */
+  readonly done: number;
+  readonly steadyRate: number;
+  readonly wallRate: number;
+  readonly wallMs: number;
+  readonly wal: WalWindow;
+  readonly cpu: CpuWindow;
+  /** Resident set of each worker process when it stopped, MiB. */
+  readonly rssMiB: number[];
+}
+
+const POLL_MS = 50;
+const child = new URL('../subjects/child.ts', import.meta.url).pathname;
+
+/** When `done` first reached `target`, interpolated between the polls around it. */
+function crossing(samples: ReadonlyArray<readonly [number, number]>, target: number): number {
+  for (let i = 1; i < samples.length; i++) {
+    const [t1, d1] = samples[i]!;
+    if (d1 < target) continue;
+    const [t0, d0] = samples[i - 1]!;
+    return d1 === d0 ? t1 : t0 + ((target - d0) / (d1 - d0)) * (t1 - t0);
+  }
+  return samples.at(-1)![0];
+}
+
+interface Worker {
+  readonly stop: () => Promise<number>;
+  readonly exited: Promise<void>;
+}
+
+function spawnWorker(subject: Subject, p: DrainParams, schema: string): Promise<Worker> {
+  const settings = JSON.stringify({ concurrency: p.concurrency, processes: p.processes });
+  const proc = fork(child, [subject.name, p.connectionString, schema, settings], {
+    execArgv: ['--import', 'tsx/esm'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  // Should the bench die first, its workers go with it.
+  const kill = (): void => void proc.kill('SIGKILL');
+  process.once('exit', kill);
+  const exited = new Promise<void>((resolve) =>
+    proc.once('exit', () => {
+      process.off('exit', kill);
+      resolve();
+    }),
+  );
+  return new Promise((resolve, reject) => {
+    proc.once('exit', (code) =>
+      reject(new Error(`${subject.name} worker exited (${code}) before it was ready`)),
+    );
+    proc.on('message', (m: { type: string; rss: number }) => {
+      if (m.type !== 'ready') return;
+      resolve({
+        exited,
+        stop: () =>
+          new Promise<number>((done) => {
+            proc.on('message', (s: { type: string; rss: number }) => {
+              if (s.type === 'stopped') done(s.rss / 2 ** 20);
+            });
+            proc.send({ type: 'stop' });
+            setTimeout(() => {
+              proc.kill('SIGKILL');
+              done(Number.NaN);
+            }, 30_000).unref();
+          }),
+      });
+    });
+  });
+}
+
+export async function drainOnce(subject: Subject, p: DrainParams): Promise<DrainRun> {
+  const schema = `bench_${subject.name.replace(/[^a-z]/g, '_')}_${randomBytes(3).toString('hex')}`;
+  const db = new pg.Pool({ connectionString: p.connectionString, max: 2 });
+  try {
+    await subject.prepare(db, schema, p.jobs);
+    await db.query('CHECKPOINT');
+    const lsn = await walLsn(db);
+    const meter = new CpuMeter();
+    const label = `${subject.name} ×${p.processes} c=${p.concurrency}`;
+    const progress = new Progress(label, p.jobs);
+    const started = performance.now();
+    const workers = await Promise.all(
+      Array.from({ length: p.processes }, () => spawnWorker(subject, p, schema)),
+    );
+    const samples: Array<readonly [number, number]> = [[started, 0]];
+    let left = p.jobs;
+    while (left > 0) {
+      // Out of time: the run is reported on what was done (marked incomplete), not dropped.
+      if (performance.now() - started > p.timeoutMs) break;
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      left = await subject.remaining(db, schema);
+      samples.push([performance.now(), p.jobs - left]);
+      progress.update(p.jobs - left);
+    }
+    progress.done();
+    const finished = samples.at(-1)![0];
+    const cpu = meter.stop();
+    const wal = await walBetween(db, lsn, p.walInspect);
+    const rssMiB = await Promise.all(workers.map((w) => w.stop()));
+    await Promise.all(workers.map((w) => w.exited));
+    const done = p.jobs - left;
+    const t10 = crossing(samples, 0.1 * p.jobs);
+    const to = Math.min(0.9 * p.jobs, done);
+    const t90 = crossing(samples, to);
+    return {
+      subject: subject.name,
+      settings: subject.settings(p),
+      jobs: p.jobs,
+      concurrency: p.concurrency,
+      processes: p.processes,
+      done,
+      steadyRate:
+        done >= 0.2 * p.jobs
+          ? (to - 0.1 * p.jobs) / ((t90 - t10) / 1000)
+          : done / ((finished - started) / 1000),
+      wallRate: done / ((finished - started) / 1000),
+      wallMs: finished - started,
+      wal,
+      cpu,
+      rssMiB,
+    };
+  } finally {
+    await db.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => undefined);
+    await db.end();
+  }
+}
