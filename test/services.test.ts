@@ -244,26 +244,15 @@ describe('Feeder', () => {
   it('claims ahead what finished during its last pick, and starts it from the buffer without a claim', async () => {
     // Picks resolve when the test says, so steps can finish while one is out.
     const picks: Array<() => void> = [];
-    const state = { requested: [] as number[], dispatched: 0, givenBack: [] as string[] };
+    const requested: number[] = [];
     let next = 0;
-    const feeder = new Feeder({
-      queue: 'q',
-      concurrency: 4,
-      batchSize: 100,
-      pollIntervalMs: MAX_TIMER_MS,
+    const { feeder, state: counts } = feederOver(0, 4, {
       claimAhead: 10,
-      maxUncommitted: 1_000,
-      bufferWaitMs: 60_000,
       claim: (limit) => {
-        state.requested.push(limit);
+        requested.push(limit);
         return new Promise((resolve) =>
           picks.push(() => resolve({ rows: Array.from({ length: limit }, () => row(next++)), full: true })),
         );
-      },
-      dispatch: (rows) => void (state.dispatched += rows.length),
-      giveBack: (rows) => void state.givenBack.push(...rows.map((r) => r.id)),
-      onError: (error) => {
-        throw error;
       },
     });
     const answer = async (): Promise<void> => {
@@ -274,41 +263,35 @@ describe('Feeder', () => {
     feeder.start();
     await answer(); // 4 running
     feeder.stepsFinished(2);
-    await until(() => state.requested.length === 2); // a pick for the 2 free slots is out...
+    await until(() => requested.length === 2); // a pick for the 2 free slots is out...
     feeder.stepsFinished(2); // ...while 2 more steps finish
     await answer();
     // That pick saw 2 steps finish while it was out: 2 rows may wait ahead, so the next pick
     // asks for the 2 free slots and the 2 ahead.
     await answer();
-    expect(state.requested).toEqual([4, 2, 4]);
-    expect({ running: feeder.running, buffered: feeder.buffered, dispatched: state.dispatched }).toEqual({
+    expect(requested).toEqual([4, 2, 4]);
+    expect({ running: feeder.running, buffered: feeder.buffered, dispatched: counts.dispatched }).toEqual({
       running: 4,
       buffered: 2,
       dispatched: 8,
     });
     // A slot frees: a buffered row starts at once, with no claim in between.
     feeder.stepsFinished(1);
-    await until(() => state.dispatched === 9);
+    await until(() => counts.dispatched === 9);
     expect(feeder.buffered).toBe(1);
     // Stop gives the buffered row back (uncharged, committed as a release) and runs nothing more.
     const stopped = feeder.stop();
     picks.splice(0).forEach((p) => p());
     await stopped;
-    expect(state.givenBack).toHaveLength(state.requested.length > 4 ? 1 + state.requested[4]! : 1);
-    expect(state.dispatched).toBe(9);
+    expect(counts.givenBack).toHaveLength(requested.length > 4 ? 1 + requested[4]! : 1);
+    expect(counts.dispatched).toBe(9);
   });
 
   it('gives back a claimed row that waited past bufferWaitMs for a slot', async () => {
     vi.useFakeTimers();
     let calls = 0;
-    const state = { dispatched: 0, givenBack: [] as string[] };
-    const feeder = new Feeder({
-      queue: 'q',
-      concurrency: 2,
-      batchSize: 100,
-      pollIntervalMs: MAX_TIMER_MS,
+    const { feeder, state } = feederOver(0, 2, {
       claimAhead: 5,
-      maxUncommitted: 1_000,
       bufferWaitMs: 1_000,
       // The first pick fills both slots; one step finishes and a second pick goes out, while
       // it is out the other step finishes, so 1 row may wait ahead: the third pick takes 2,
@@ -318,11 +301,6 @@ describe('Feeder', () => {
         const rows = Array.from({ length: limit }, (_, i) => row(calls * 10 + i));
         if (calls === 2) feeder.stepsFinished(1);
         return Promise.resolve({ rows, full: calls < 3 });
-      },
-      dispatch: (rows) => void (state.dispatched += rows.length),
-      giveBack: (rows) => void state.givenBack.push(...rows.map((r) => r.id)),
-      onError: (error) => {
-        throw error;
       },
     });
     feeder.start();
