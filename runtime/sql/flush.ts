@@ -181,7 +181,7 @@ function actorSet(shape: FlushShape): string {
  * with the batch, never with the node's rows in flight. `status` and `locked_by` are compared
  * with `IS NOT DISTINCT FROM`, which neither an index condition nor a partial index's
  * predicate can match: with statistics taken while nothing was executing, the planner
- * otherwise believes `gen_durable_claims` (partial on `status = 'executing'`) empty and
+ * otherwise believes `gen_durable_leases` (partial on `status = 'executing'`) empty and
  * scans all of the node's rows through it (measured: 5,000 in flight, 10 outcomes, 4,990
  * rows filtered, or 49,990 per-outcome, ~13-16 ms). `EXPLAIN`-tested. Not prepared, so it
  * is planned with the actual arrays: a generic plan guesses the arrays' sizes and was seen

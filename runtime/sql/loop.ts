@@ -28,7 +28,7 @@ export function appendError(error: string): string {
  * skipped, not waited for: the flush and the heartbeat lock the same rows and, waiting on
  * each other in different orders, deadlocked. A skipped row is about to be committed, or is
  * extended by the next beat (the lease is at least twice the heartbeat interval). Found by
- * primary key, never through `gen_durable_claims` (see `flushOutcomes` for the trap).
+ * primary key, never through `gen_durable_leases` (see `flushOutcomes` for the trap).
  *
  * `alive` is false when the node's row is gone (it was declared dead). `leaderPid` is the
  * backend holding the install's leader lock (`leaderKey`), or null when nobody leads: the
@@ -132,7 +132,7 @@ export async function findExpiredLeases(
  * their age, in later ones). A node that was only frozen registers again at its next
  * heartbeat.
  *
- * Plan: reads the executing rows (`gen_durable_claims` or a scan of them; bounded by the
+ * Plan: reads the executing rows (`gen_durable_leases` or a scan of them; bounded by the
  * cluster's concurrency, never by the table) with one primary-key probe of
  * `gen_durable_nodes` each; run once per reaper round.
  */

@@ -1,0 +1,11 @@
+-- gen-durable schema, version 7: one index over executing rows instead of two.
+--
+-- Every claim (`runnable -> executing`) wrote an entry in both `gen_durable_claims
+-- (locked_by)` and `gen_durable_leases (lease_expires_at)`, each partial on
+-- `status = 'executing'`. The by-node index served only statements that run once per node
+-- start, stop or reaper round (a node's claims at start, releasing them at stop, dead
+-- nodes' claims); the heartbeat and the flush find their rows by primary key. Those now read
+-- the executing rows through `gen_durable_leases`, as the dead-node sweep already did: a set
+-- bounded by the cluster's steps in flight, never by the table. One index insert less per
+-- step claimed.
+DROP INDEX :schema.gen_durable_claims;
