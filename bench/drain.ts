@@ -21,6 +21,8 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { CpuMeter, type CpuWindow } from './cpu.js';
+import { positiveInt } from './lib/args.js';
+import { num } from './lib/format.js';
 import { type StatementStats, instrumentPool } from './instrument.js';
 import { BENCH_QUEUE, noop } from './jobs.mjs';
 import { type PgbenchReport, UPDATE_SCRIPT, runPgbench } from './pgbench.js';
@@ -61,28 +63,21 @@ if (flags.help) {
   process.exit(0);
 }
 
-function positiveInt(name: string, raw: string): number {
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) {
-    console.error(`--${name} must be a positive integer, got "${raw}"\n${USAGE}`);
-    process.exit(2);
-  }
-  return n;
-}
-
 const params = {
-  jobs: positiveInt('jobs', flags.jobs),
-  concurrency: positiveInt('concurrency', flags.concurrency),
-  threads: positiveInt('threads', flags.threads),
-  chunk: positiveInt('chunk', flags.chunk),
-  pgbenchSeconds: positiveInt('pgbench-seconds', flags['pgbench-seconds']),
-  pgbenchClients: flags['pgbench-clients'].split(',').map((c) => positiveInt('pgbench-clients', c.trim())),
-  pgbenchThreads: positiveInt('pgbench-threads', flags['pgbench-threads']),
+  jobs: positiveInt('jobs', flags.jobs, USAGE),
+  concurrency: positiveInt('concurrency', flags.concurrency, USAGE),
+  threads: positiveInt('threads', flags.threads, USAGE),
+  chunk: positiveInt('chunk', flags.chunk, USAGE),
+  pgbenchSeconds: positiveInt('pgbench-seconds', flags['pgbench-seconds'], USAGE),
+  pgbenchClients: flags['pgbench-clients']
+    .split(',')
+    .map((c) => positiveInt('pgbench-clients', c.trim(), USAGE)),
+  pgbenchThreads: positiveInt('pgbench-threads', flags['pgbench-threads'], USAGE),
   skipPgbench: flags['skip-pgbench'],
   plain: flags.plain,
   analyze: flags.analyze,
   rateLimited: flags['rate-limited'],
-  timeoutMs: positiveInt('timeout', flags.timeout) * 1000,
+  timeoutMs: positiveInt('timeout', flags.timeout, USAGE) * 1000,
 };
 
 const connectionString = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -90,8 +85,6 @@ const PGBENCH = process.env.PGBENCH ?? '/usr/bin/pgbench';
 const schema = `bench_${randomBytes(4).toString('hex')}`;
 
 const log = (line: string): void => void process.stderr.write(`· ${line}\n`);
-const num = (n: number, digits = 0): string =>
-  n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const ms = (n: number): string => `${num(n, n < 100 ? 1 : 0)} ms`;
 /** Cores busy: the host, this process, postgres, and the rest (pgbench's client, anything else). */
 const cores = (c: CpuWindow): string =>

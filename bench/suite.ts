@@ -14,6 +14,7 @@
  */
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { positiveInt } from './lib/args.js';
 import { num, printTable, ratio } from './lib/format.js';
 import { record } from './lib/results.js';
 import { enableWalInspect } from './lib/wal.js';
@@ -48,11 +49,7 @@ function fail(message: string): never {
   console.error(`${message}\n${USAGE}`);
   process.exit(2);
 }
-function positive(name: string, raw: string): number {
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) fail(`--${name} must be a positive integer, got "${raw}"`);
-  return n;
-}
+const positive = (name: string, raw: string): number => positiveInt(name, raw, USAGE);
 const list = (name: string, raw: string): number[] => raw.split(',').map((v) => positive(name, v.trim()));
 
 const WORKLOADS = ['drain'];

@@ -140,13 +140,15 @@ export class GenDurableNode {
         ...(q.memoryLimitMb ? { memoryLimitMb: q.memoryLimitMb } : {}),
         onError: (e) => this.#reportError(`threads ${queue}`, e),
       });
-      const batchSize = q.batchSize ?? Math.min(q.concurrency, 500);
+      // Default batch and claim-ahead: the concurrency, up to 500 rows.
+      const upTo = Math.min(q.concurrency, 500);
+      const batchSize = q.batchSize ?? upTo;
       const feeder = new Feeder({
         queue,
         concurrency: q.concurrency,
         batchSize,
         pollIntervalMs: config.pollInterval,
-        claimAhead: q.claimAhead ?? Math.min(q.concurrency, 500),
+        claimAhead: q.claimAhead ?? upTo,
         maxUncommitted: Math.max(2 * q.concurrency, batchSize),
         bufferWaitMs: BUFFER_WAIT_MS,
         claim: async (limit) => {
