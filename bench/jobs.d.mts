@@ -1,5 +1,10 @@
 import type { z } from 'zod';
-import type { JobDefinition } from '../index.js';
+import type { JobDefinition, MachineDefinition } from '../index.js';
+
+type Chain = MachineDefinition<z.ZodObject<{ i: z.ZodNumber }>, 'a' | 'b' | 'c' | 'd' | 'e'>;
 
 export declare const BENCH_QUEUE: 'bench';
 export declare const noop: JobDefinition<z.ZodObject<{ i: z.ZodNumber }>>;
+export declare const CHAIN_STEPS: readonly string[];
+export declare const chain: Chain;
+export declare const chainAhead: Chain;

@@ -1,7 +1,7 @@
-// The bench's job, in plain JavaScript on the compiled package (dist/), as a production
-// deployment would run it: worker threads import it with no TypeScript loader involved.
+// The bench's machines, in plain JavaScript on the compiled package (dist/), as a production
+// deployment would run them: worker threads import them with no TypeScript loader involved.
 import { z } from 'zod';
-import { defineJob } from '../dist/index.js';
+import { defineJob, defineMachine, done, next } from '../dist/index.js';
 
 export const BENCH_QUEUE = 'bench';
 
@@ -13,3 +13,29 @@ export const noop = defineJob({
   args: z.object({ i: z.number().int() }),
   perform: () => null,
 });
+
+/** The steps of the 5-step machines, in order: each does nothing but move on. */
+export const CHAIN_STEPS = ['a', 'b', 'c', 'd', 'e'];
+
+function chainOf(name, inline) {
+  return defineMachine({
+    module: import.meta.url,
+    name,
+    queue: BENCH_QUEUE,
+    inline,
+    state: z.object({ i: z.number().int() }),
+    initial: 'a',
+    steps: {
+      a: (s) => next('b', s),
+      b: (s) => next('c', s),
+      c: (s) => next('d', s),
+      d: (s) => next('e', s),
+      e: () => done(),
+    },
+  });
+}
+
+/** Five no-op steps, each committed and picked again. */
+export const chain = chainOf('bench-chain', false);
+/** The same five steps run ahead: each committed, then the next started on the same claim. */
+export const chainAhead = chainOf('bench-chain-ahead', true);

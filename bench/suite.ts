@@ -5,10 +5,13 @@
  * workload on the same database in the same invocation. Run nothing else meanwhile: WAL and
  * CPU are counted for the whole server.
  *
- *   npm run bench -- [--workloads drain] [--jobs 20000] [--concurrency 16,64] [--processes 1,3]
- *                    [--subjects gen-durable,graphile-worker,pg-boss] [--pgbench-seconds 5]
- *                    [--skip-pgbench] [--timeout 60]
+ *   npm run bench -- [--workloads drain,steps] [--jobs 20000] [--instances 2000]
+ *                    [--concurrency 16,64] [--processes 1,3] [--steps-processes 1]
+ *                    [--subjects gen-durable,gen-durable+run-ahead,graphile-worker,pg-boss]
+ *                    [--pgbench-seconds 5] [--skip-pgbench] [--timeout 60]
  *
+ * Workloads: 1 `drain` (no-op jobs, jobs/s), 2 `steps` (instances of a 5-step machine,
+ * steps/s; gen-durable with and without run-ahead, peers chaining jobs).
  * --timeout bounds each run (seconds): a subject that has not drained by then is reported on
  * what it finished.
  */
@@ -20,18 +23,22 @@ import { record } from './lib/results.js';
 import { enableWalInspect } from './lib/wal.js';
 import { type PgbenchReport, runPgbench } from './pgbench.js';
 import { SUBJECTS } from './subjects/index.js';
-import { type DrainRun, drainOnce } from './workloads/drain.js';
+import type { Workload } from './subjects/subject.js';
+import { type BacklogRun, runBacklog } from './workloads/backlog.js';
 
-const USAGE = `usage: npm run bench -- [--workloads drain] [--jobs N] [--concurrency 16,64] [--processes 1,3]
+const USAGE = `usage: npm run bench -- [--workloads drain,steps] [--jobs N] [--instances N]
+                        [--concurrency 16,64] [--processes 1,3] [--steps-processes 1]
                         [--subjects ${Object.keys(SUBJECTS).join(',')}]
                         [--pgbench-seconds S] [--skip-pgbench] [--timeout S]`;
 
 const { values: flags } = parseArgs({
   options: {
-    workloads: { type: 'string', default: 'drain' },
+    workloads: { type: 'string', default: 'drain,steps' },
     jobs: { type: 'string', default: '20000' },
+    instances: { type: 'string', default: '2000' },
     concurrency: { type: 'string', default: '16,64' },
     processes: { type: 'string', default: '1,3' },
+    'steps-processes': { type: 'string', default: '1' },
     subjects: { type: 'string', default: Object.keys(SUBJECTS).join(',') },
     'pgbench-seconds': { type: 'string', default: '5' },
     'skip-pgbench': { type: 'boolean', default: false },
@@ -52,17 +59,19 @@ function fail(message: string): never {
 const positive = (name: string, raw: string): number => positiveInt(name, raw, USAGE);
 const list = (name: string, raw: string): number[] => raw.split(',').map((v) => positive(name, v.trim()));
 
-const WORKLOADS = ['drain'];
+const WORKLOADS: readonly Workload[] = ['drain', 'steps'];
 const workloads = flags.workloads.split(',').map((w) => w.trim());
 for (const w of workloads)
-  if (!WORKLOADS.includes(w)) fail(`--workloads: unknown "${w}" (have ${WORKLOADS.join(', ')})`);
+  if (!WORKLOADS.includes(w as Workload)) fail(`--workloads: unknown "${w}" (have ${WORKLOADS.join(', ')})`);
 const subjects = flags.subjects
   .split(',')
   .map((s) => SUBJECTS[s.trim()] ?? fail(`--subjects: unknown "${s}"`));
 const params = {
   jobs: positive('jobs', flags.jobs),
+  instances: positive('instances', flags.instances),
   concurrency: list('concurrency', flags.concurrency),
   processes: list('processes', flags.processes),
+  stepsProcesses: list('steps-processes', flags['steps-processes']),
   pgbenchSeconds: positive('pgbench-seconds', flags['pgbench-seconds']),
   timeoutMs: positive('timeout', flags.timeout) * 1000,
 };
@@ -97,50 +106,61 @@ if (!flags['skip-pgbench']) {
   await record('pgbench', { runs: baseline.runs.map(({ cpu: _cpu, ...r }) => r) });
 }
 
-if (workloads.includes('drain')) {
-  const runs: DrainRun[] = [];
-  for (const processes of params.processes) {
+for (const workload of WORKLOADS.filter((w) => workloads.includes(w))) {
+  const runs: BacklogRun[] = [];
+  const count = workload === 'drain' ? params.jobs : params.instances;
+  for (const processes of workload === 'drain' ? params.processes : params.stepsProcesses) {
     for (const concurrency of params.concurrency) {
-      for (const subject of subjects) {
-        const run = await drainOnce(subject, {
+      for (const subject of subjects.filter((s) => s.workloads.includes(workload))) {
+        const run = await runBacklog(subject, {
+          workload,
           connectionString,
-          jobs: params.jobs,
+          count,
           concurrency,
           processes,
           walInspect,
           timeoutMs: params.timeoutMs,
         });
         runs.push(run);
-        await record('drain', { ...run, cpu: { ...run.cpu } });
+        await record(workload, { ...run, cpu: { ...run.cpu } });
       }
     }
   }
-  printDrain(runs);
+  printBacklog(workload, runs);
 }
 
 await admin.end();
 
-function printDrain(runs: readonly DrainRun[]): void {
+/** The gen-durable subject the others are compared with: run-ahead's where it ran. */
+function referenceOf(runs: readonly BacklogRun[]): string {
+  return runs.some((r) => r.subject === 'gen-durable+run-ahead') ? 'gen-durable+run-ahead' : 'gen-durable';
+}
+
+function printBacklog(workload: Workload, runs: readonly BacklogRun[]): void {
+  const unit = workload === 'drain' ? 'job' : 'step';
   console.log(
-    `\nworkload 1: drain ${num(params.jobs)} no-op jobs (steady: 10%→90% of the drain; wall: spawn → last done)`,
+    workload === 'drain'
+      ? `\nworkload 1: drain ${num(params.jobs)} no-op jobs (steady: 10%→90% of the drain; wall: spawn → last done)`
+      : `\nworkload 2: ${num(params.instances)} instances of a 5-step machine, steps/s (peers chain jobs; steady: 10%→90%)`,
   );
-  const perJob = (n: number | undefined, r: DrainRun): string =>
+  const reference = referenceOf(runs);
+  const perJob = (n: number | undefined, r: BacklogRun): string =>
     n === undefined ? 'n/a' : num(n / r.done, 2);
   const tpsAt = (c: number): number | undefined =>
     baseline?.runs.find((b) => b.clients === Math.min(c, 64))?.tps;
   const rows = runs.map((r) => {
     const gd = runs.find(
-      (o) => o.subject === 'gen-durable' && o.concurrency === r.concurrency && o.processes === r.processes,
+      (o) => o.subject === reference && o.concurrency === r.concurrency && o.processes === r.processes,
     );
     return [
-      r.done < r.jobs
-        ? `${r.subject} (${num((100 * r.done) / r.jobs)}% in ${num(r.wallMs / 1000)} s)`
+      r.done < r.units
+        ? `${r.subject} (${num((100 * r.done) / r.units)}% in ${num(r.wallMs / 1000)} s)`
         : r.subject,
       String(r.processes),
       String(r.concurrency),
       num(r.steadyRate),
       num(r.wallRate),
-      r.subject === 'gen-durable' ? '' : ratio(gd?.steadyRate, r.steadyRate),
+      r.subject === reference ? '' : ratio(gd?.steadyRate, r.steadyRate),
       ratio(r.steadyRate, tpsAt(r.concurrency)),
       num(r.wal.bytes / r.done),
       num((r.wal.bytes - (r.wal.fpiBytes ?? 0)) / r.done),
@@ -158,19 +178,19 @@ function printDrain(runs: readonly DrainRun[]): void {
       'conc',
       'steady/s',
       'wall/s',
-      'gd ×',
+      `${reference === 'gen-durable' ? 'gd' : 'gd+ra'} ×`,
       '÷ pgbench',
-      'WAL B/job',
+      `WAL B/${unit}`,
       'w/o FPI',
-      'idx ins/job',
-      'upd/job',
-      'HOT/job',
+      `idx ins/${unit}`,
+      `upd/${unit}`,
+      `HOT/${unit}`,
       'host cores',
       'RSS MiB',
     ],
     rows,
   );
-  console.log("  gd ×: gen-durable steady rate ÷ this subject's, same concurrency and processes");
+  console.log(`  ${reference} steady rate ÷ this subject's, same concurrency and processes`);
   console.log('  settings:');
   const seen = new Set<string>();
   for (const r of runs) {

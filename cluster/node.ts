@@ -29,6 +29,7 @@ import type { ClaimedRow } from '../runtime/sql/claim.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
 import { declareRateLimits } from '../runtime/sql/rates.js';
 import { Claimer } from '../runtime/claimer.js';
+import { continuationOf } from '../runtime/run-ahead.js';
 import { warnUnservedQueues } from './unserved-queues.js';
 import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
@@ -365,8 +366,9 @@ export class GenDurableNode {
   }
 
   #onResult(queue: string, row: ClaimedRow, result: StepResult, started: number): void {
-    this.#commitResult(queue, row, result);
-    this.#queues.get(queue)?.feeder.stepsFinished(1);
+    const feeder = this.#queues.get(queue)?.feeder;
+    this.#commitResult(queue, row, result, feeder?.accepting ? continuationOf(row, result) : null);
+    feeder?.stepsFinished(1);
     const event = () => ({
       node: this.id,
       queue,
@@ -382,8 +384,13 @@ export class GenDurableNode {
     if (result.error !== undefined) publish(telemetry.stepException, event);
   }
 
-  /** Hands a claimed row's result to the flusher. */
-  #commitResult(queue: string, row: ClaimedRow, result: StepResult): void {
+  /** Hands a claimed row's result to the flusher (with the row its next step runs ahead on, if any). */
+  #commitResult(
+    queue: string,
+    row: ClaimedRow,
+    result: StepResult,
+    continuation: ClaimedRow | null = null,
+  ): void {
     this.#flusher.push({
       id: result.id,
       claim: row.claim,
@@ -392,11 +399,15 @@ export class GenDurableNode {
       hadInbox: (row.inbox ?? null) !== null,
       concurrencyKey: row.concurrency_key,
       result,
+      ...(continuation ? { continuation } : {}),
     });
   }
 
   #afterFlush(entries: readonly FlushEntry[], committed: CommitResult): void {
-    const { settled, stale, recheck, wakes, deadlines } = consequencesOf(entries, committed);
+    const { settled, stale, recheck, wakes, deadlines, continued, orphaned } = consequencesOf(
+      entries,
+      committed,
+    );
     for (const queue of recheck) this.#wakeLocal(queue, 0);
     for (const [queue, delayMs] of wakes) this.#wakeQueue(queue, delayMs);
     // A deadline is the stager's to fire (on the leader, told by the notification).
@@ -416,10 +427,52 @@ export class GenDurableNode {
       node: this.id,
       outcomes: entries.length,
       applied: committed.applied.size,
+      continued: continued.length,
     }));
     if (stale.length > 0) publish(telemetry.outcomeStale, () => ({ node: this.id, ids: stale }));
     this.#sender.settled(settled);
-    this.#finishClaims(entries);
+    for (const { queue, row } of orphaned) this.#queues.get(queue)?.feeder.giveBack([row]);
+    const loading = this.#runAhead(continued);
+    this.#finishClaims(entries, loading);
+  }
+
+  /**
+   * Starts the next steps of outcomes run ahead, on the claims this node still holds (the
+   * heartbeat extends them). Rows a signal was ever stored for load their inbox first; they
+   * count as uncommitted until then. Returns their ids.
+   */
+  #runAhead(continued: ReadonlyArray<{ queue: string; row: ClaimedRow }>): Set<string> {
+    const loading = new Set<string>();
+    const byQueue = new Map<string, { ready: ClaimedRow[]; actors: ClaimedRow[] }>();
+    for (const { queue, row } of continued) {
+      this.#claims.set(row.id, row.claim);
+      let q = byQueue.get(queue);
+      if (!q) byQueue.set(queue, (q = { ready: [], actors: [] }));
+      if (row.has_inbox) {
+        q.actors.push(row);
+        loading.add(row.id);
+      } else q.ready.push(row);
+    }
+    for (const [queue, { ready, actors }] of byQueue) {
+      const feeder = this.#queues.get(queue)?.feeder;
+      if (!feeder) continue;
+      feeder.resume(ready);
+      if (actors.length === 0) continue;
+      this.#claimer.withActorState(actors).then(
+        (rows) => {
+          feeder.committed(rows.length);
+          feeder.resume(rows);
+        },
+        (error: unknown) => {
+          // Released (uncharged) by `withActorState`: back to the queue for any node.
+          this.#reportError(`run-ahead ${queue}`, error);
+          for (const row of actors) if (this.#claims.get(row.id) === row.claim) this.#claims.delete(row.id);
+          feeder.committed(actors.length);
+          this.#wakeQueue(queue, 0);
+        },
+      );
+    }
+    return loading;
   }
 
   /**
@@ -440,9 +493,11 @@ export class GenDurableNode {
    * These claims are no longer in flight here (committed, stale or given up): the heartbeat
    * stops extending them and their slots are free, so the feeders may claim again.
    */
-  #finishClaims(entries: readonly FlushEntry[]): void {
+  #finishClaims(entries: readonly FlushEntry[], loading: ReadonlySet<string> = new Set()): void {
     const freed = new Map<string, number>();
     for (const entry of entries) {
+      // Run ahead and loading its inbox: counted once loaded (see `#runAhead`).
+      if (loading.has(entry.id)) continue;
       freed.set(entry.queue, (freed.get(entry.queue) ?? 0) + 1);
       if (this.#claims.get(entry.id) === entry.claim) this.#claims.delete(entry.id);
     }

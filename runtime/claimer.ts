@@ -51,7 +51,7 @@ export class Claimer {
     const picked = await this.#pick(queue, limit);
     const { rows } = picked;
     publish(telemetry.pick, () => ({ node: this.#o.nodeId, queue, requested: limit, claimed: rows.length }));
-    return { ...picked, rows: await this.#withActorState(rows) };
+    return { ...picked, rows: await this.withActorState(rows) };
   }
 
   async #pick(queue: string, limit: number): Promise<Claimed> {
@@ -114,8 +114,11 @@ export class Claimer {
       publish(telemetry.rateLimitThrottled, () => ({ node, queue, ...t }));
   }
 
-  /** One statement for the batch's actor rows; should it fail, the claims are released (uncharged). */
-  async #withActorState(rows: ClaimedRow[]): Promise<ClaimedRow[]> {
+  /**
+   * The inboxes and children of the actor rows among `rows` (claimed by this node), in one
+   * statement; should it fail, the claims of all of `rows` are released (uncharged).
+   */
+  async withActorState(rows: ClaimedRow[]): Promise<ClaimedRow[]> {
     const actors = rows.filter((r) => r.has_inbox || r.joined);
     if (actors.length === 0) return rows;
     const { db, schema, nodeId } = this.#o;

@@ -7,6 +7,7 @@
 import type { Committed } from './commit.js';
 import type { FlushEntry } from './flusher.js';
 import { assertNever } from './outcome.js';
+import type { ClaimedRow } from './sql/claim.js';
 
 export interface Consequences {
   /** Settled instances someone waits for (or may: stale terminal outcomes). */
@@ -19,11 +20,27 @@ export interface Consequences {
   readonly wakes: Array<readonly [queue: string, delayMs: number]>;
   /** Await deadlines set: work due in a queue then (the stager fires them). */
   readonly deadlines: Array<readonly [queue: string, delayMs: number]>;
+  /** Outcomes run ahead that applied: the rows their next steps start on, here (with `inbox` known). */
+  readonly continued: Array<{ readonly queue: string; readonly row: ClaimedRow }>;
+  /**
+   * Continuations of run-ahead outcomes that did not apply. Had the outcome committed after
+   * all (a retry after a lost reply), the row is still claimed here on the continuation's
+   * token: a release gives it back uncharged (and matches nothing otherwise).
+   */
+  readonly orphaned: Array<{ readonly queue: string; readonly row: ClaimedRow }>;
 }
 
 export function consequencesOf(entries: readonly FlushEntry[], committed: Committed): Consequences {
   const { applied } = committed;
-  const out: Consequences = { settled: [], stale: [], recheck: [], wakes: [], deadlines: [] };
+  const out: Consequences = {
+    settled: [],
+    stale: [],
+    recheck: [],
+    wakes: [],
+    deadlines: [],
+    continued: [],
+    orphaned: [],
+  };
   for (const entry of entries) {
     const r = entry.result;
     if (!applied.has(entry.id)) {
@@ -32,7 +49,14 @@ export function consequencesOf(entries: readonly FlushEntry[], committed: Commit
       // (they re-read the row: a notification too many costs one read).
       out.stale.push(entry.id);
       out.recheck.push(entry.queue);
+      if (entry.continuation) out.orphaned.push({ queue: entry.queue, row: entry.continuation });
       if (r.kind === 'done' || r.kind === 'stop') out.settled.push(entry.id);
+      continue;
+    }
+    if (entry.continuation && r.kind === 'next') {
+      // Still claimed here, its key's slot held: nothing for anyone else to pick.
+      const has_inbox = committed.withInbox.has(entry.id);
+      out.continued.push({ queue: entry.queue, row: { ...entry.continuation, has_inbox } });
       continue;
     }
     // A step of a concurrency key ended: rows of that key the picks skipped may run now.

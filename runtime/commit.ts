@@ -33,6 +33,8 @@ import type { SignalRequest } from './executor.js';
 export interface Committed {
   /** Outcomes that applied: id → whether the instance is watched. */
   readonly applied: ReadonlyMap<string, boolean>;
+  /** Of those, the rows a signal was ever stored for (a continuation loads their inbox). */
+  readonly withInbox: ReadonlySet<string>;
   /** Queues that got work by this commit: due now (0) or in this many ms. */
   readonly wakes: ReadonlyArray<readonly [queue: string, delayMs: number]>;
   /** Signals sent by effects of this commit, as delivered. */
@@ -77,18 +79,27 @@ export async function commitBatch(
   const commit = async (q: Queryable): Promise<Committed> => {
     const out = await flushOutcomes(q, schema, nodeId, rows, { shape, lockIds, consumed });
     const applied = new Map<string, boolean>();
+    const withInbox = new Set<string>();
     const wakes: Array<readonly [string, number]> = [];
     for (const r of out) {
-      if (r.kind === 'applied') applied.set(r.id, r.watched);
-      else if (r.queue !== null) wakes.push([r.queue, 0]);
+      if (r.kind === 'applied') {
+        applied.set(r.id, r.watched);
+        if (r.inbox) withInbox.add(r.id);
+      } else if (r.queue !== null) wakes.push([r.queue, 0]);
     }
-    if (!transactional) return { applied, wakes, signals: [] };
+    if (!transactional) return { applied, withInbox, wakes, signals: [] };
     const live = batch.filter((e) => applied.has(e.id));
     await insertEffects(q, schema, live, wakes);
     const signals = await sendEffects(q, schema, live, wakes);
+    // Stored after the outcomes, to rows of this batch (a step signalling itself, or another
+    // row of the batch): their continuations load them too.
+    for (const { delivered } of signals) {
+      const to = delivered.instance_id;
+      if (to !== null && applied.has(to)) withInbox.add(to);
+    }
     const parked = live.filter((e) => e.result.kind === 'await').map((e) => e.id);
     if (parked.length > 0) for (const r of await wakeParked(q, schema, parked)) wakes.push([r.queue, 0]);
-    return { applied, wakes, signals };
+    return { applied, withInbox, wakes, signals };
   };
   return transactional ? inTransaction(db, commit) : commit(db);
 }
@@ -174,7 +185,9 @@ function errorRecord(result: StepResult): string | null {
 }
 
 /** The one place a step result becomes the row it writes. */
-export function toOutcomeRow(entry: Pick<FlushEntry, 'id' | 'claim' | 'result'>): OutcomeRow {
+export function toOutcomeRow(
+  entry: Pick<FlushEntry, 'id' | 'claim' | 'result' | 'continuation'>,
+): OutcomeRow {
   const { id, claim, result } = entry;
   const base = {
     id,
@@ -190,7 +203,8 @@ export function toOutcomeRow(entry: Pick<FlushEntry, 'id' | 'claim' | 'result'>)
     case 'next':
       return {
         ...base,
-        status: 'runnable',
+        // Run ahead: the row stays claimed here, its next step starts once this commits.
+        status: entry.continuation ? 'executing' : 'runnable',
         step: result.step,
         state: result.state,
         attempt: ATTEMPT.reset,

@@ -60,6 +60,8 @@ export type StepResult = (
       readonly concurrencyKey?: string | null;
       /** The next step's rate limit: its name, partition (or null) and weight. */
       readonly rate?: { readonly limit: string; readonly partition: string | null; readonly weight: number };
+      /** Run-ahead asked for (the machine's `inline`, or the outcome's): see `continuationOf`. */
+      readonly inline?: boolean;
     }
   | { readonly kind: 'retry'; readonly state: string; readonly delayMs: number }
   | {

@@ -102,6 +102,11 @@ export class Feeder implements Service {
     return this.#buffer.length;
   }
 
+  /** Started and not stopping: rows handed to `resume` will run here. */
+  get accepting(): boolean {
+    return this.#started;
+  }
+
   start(): void {
     if (this.#started) return;
     this.#started = true;
@@ -161,6 +166,18 @@ export class Feeder implements Service {
     this.#pump();
   }
 
+  /**
+   * Rows claimed here whose next step runs ahead (committed `executing`, see `run-ahead.ts`):
+   * they start before the buffered rows, as slots free. Stopping, they are given back.
+   */
+  resume(rows: ClaimedRow[]): void {
+    if (rows.length === 0) return;
+    if (!this.#started) return this.#giveBack(rows);
+    const at = Date.now();
+    this.#buffer.unshift(...rows.map((row) => ({ row, at })));
+    this.#startBuffered();
+  }
+
   /** How many rows the next claim may ask for. */
   #room(): number {
     if (this.#committing >= this.#o.maxUncommitted) return 0;
@@ -214,7 +231,9 @@ export class Feeder implements Service {
       this.#o.dispatch(rows);
     }
     if (this.#buffer.length > 0 && !this.#expiryTimer) {
-      const wait = this.#buffer[0]!.at + this.#o.bufferWaitMs - Date.now();
+      // Continuations go in front of older rows: the oldest is not always first.
+      const oldest = this.#buffer.reduce((at, b) => Math.min(at, b.at), Number.POSITIVE_INFINITY);
+      const wait = oldest + this.#o.bufferWaitMs - Date.now();
       this.#expiryTimer = setTimeout(() => this.#expire(), Math.max(1, wait));
       this.#expiryTimer.unref();
     }
@@ -224,12 +243,19 @@ export class Feeder implements Service {
   #expire(): void {
     this.#expiryTimer = undefined;
     const cutoff = Date.now() - this.#o.bufferWaitMs;
-    let k = 0;
-    while (k < this.#buffer.length && this.#buffer[k]!.at <= cutoff) k++;
-    if (k > 0) this.#giveBack(this.#buffer.splice(0, k).map((b) => b.row));
+    const late = this.#buffer.filter((b) => b.at <= cutoff);
+    if (late.length > 0) {
+      this.#buffer = this.#buffer.filter((b) => b.at > cutoff);
+      this.#giveBack(late.map((b) => b.row));
+    }
     // The slots stay busy with long steps: hold nothing ahead until a pick sees them finish.
     this.#ahead = 0;
     this.#startBuffered();
+  }
+
+  /** Claimed rows that will not run here: given back uncharged (they count until committed). */
+  giveBack(rows: ClaimedRow[]): void {
+    this.#giveBack(rows);
   }
 
   #giveBack(rows: ClaimedRow[]): void {

@@ -15,6 +15,7 @@
  *   with a fixed reason. An outcome is only ever given up, never dropped silently.
  */
 import type { StepResult } from './executor.js';
+import type { ClaimedRow } from './sql/claim.js';
 import { type Committed as CommitResult, commitBatch } from './commit.js';
 import { compareIds } from './instance.js';
 import type { Queryable } from './sql/db.js';
@@ -43,6 +44,11 @@ export interface FlushEntry {
   /** The row's concurrency key when claimed: its end frees a slot of the key. */
   readonly concurrencyKey?: string | null;
   readonly result: StepResult;
+  /**
+   * A `next` run ahead (`continuationOf`): the row its next step runs on, started here once
+   * this outcome is committed (the row stays `executing`, on this claim token + 1).
+   */
+  readonly continuation?: ClaimedRow;
 }
 
 export interface FlusherOptions {
@@ -163,8 +169,10 @@ export class Flusher implements Service {
         abandon(entry, error);
         return [];
       }
+      // A stop runs nothing ahead.
+      const { continuation: _, ...plain } = entry;
       const stopped: FlushEntry = {
-        ...entry,
+        ...plain,
         result:
           reason === BARE_STOP
             ? { id: entry.id, kind: 'stop', reason }

@@ -6,7 +6,8 @@
  *
  * | kind  | row afterwards                                                              |
  * |-------|-----------------------------------------------------------------------------|
- * | next  | `runnable` at `step`, `attempt = 0`, eligible after `delay`                 |
+ * | next  | `runnable` at `step`, `attempt = 0`, eligible after `delay` (run-ahead: still |
+ * |       | `executing` here, its next step started on the same claim once committed)  |
  * | retry | `runnable` at the same step, `attempt + 1`, after `delay`                   |
  * | await | `awaiting_signal` at `step` until one of `names` arrives or the timeout     |
  * | spawn | `awaiting_children` at `step`, its children inserted, until they all end   |
@@ -38,6 +39,12 @@ export interface NextOptions {
   readonly rateLimit?: RateLimitRef;
   /** Tokens the next step takes (default 1; needs `rateLimit`). */
   readonly weight?: number;
+  /**
+   * Run the next step ahead on this node, on the claim already held, once this outcome is
+   * committed (run-ahead); overrides the machine's `inline`. A next with a delay or a rate
+   * limit, or the engine stopping, goes back to the queue instead.
+   */
+  readonly inline?: boolean;
 }
 
 export interface NextOutcome<K extends string = string, S = unknown> extends Branded {
@@ -48,6 +55,7 @@ export interface NextOutcome<K extends string = string, S = unknown> extends Bra
   readonly concurrencyKey?: string | null;
   readonly rateLimit?: RateLimitRef;
   readonly weight?: number;
+  readonly inline?: boolean;
 }
 
 export interface RetryOutcome<S = unknown> extends Branded {
@@ -112,6 +120,7 @@ export function next<const K extends string, S>(
     ...(opts.concurrencyKey === undefined ? {} : { concurrencyKey: opts.concurrencyKey }),
     ...(opts.rateLimit === undefined ? {} : { rateLimit: opts.rateLimit }),
     ...(opts.weight === undefined ? {} : { weight: opts.weight }),
+    ...(opts.inline === undefined ? {} : { inline: opts.inline }),
   };
 }
 

@@ -16,7 +16,7 @@ import { type Queryable, statement } from '../runtime/sql/db.js';
 import { isTransient } from '../runtime/sql/errors.js';
 import { claimBatch } from '../runtime/sql/claim.js';
 import { findExpiredLeases, heartbeat, releaseClaims } from '../runtime/sql/loop.js';
-import { FLUSH_OUTCOMES_SQL, flushOutcomeValues, flushOutcomes } from '../runtime/sql/flush.js';
+import { flushOutcomeValues, flushOutcomes, flushSql, shapeOf } from '../runtime/sql/flush.js';
 import { registerNode } from '../runtime/sql/nodes.js';
 import { toOutcomeRow } from '../runtime/commit.js';
 import { all, hugeError, plain } from './fixtures/loop-machines.js';
@@ -108,37 +108,50 @@ describe('the heartbeat and the flush', () => {
 });
 
 describe('the flush plan', () => {
-  it('is driven by primary key from the batch: 10 outcomes among 5,000 rows in flight touch ~10 rows', async () => {
-    await seed('plan', 5_000);
-    // Statistics taken while nothing executes: the planner trap the flush must not fall into.
-    await db.pool.query(`ANALYZE ${T()}`);
-    const claimed = await claim('plan', 5_000, 'busy');
-    expect(claimed).toHaveLength(5_000);
-    const batch = claimed.slice(2_000, 2_010).map((c) => toOutcomeRow(nextOutcome(c.id, c.claim)));
-    const conn = await db.pool.connect();
-    try {
-      await conn.query('BEGIN');
-      const stmt = statement(db.schema, 'flush', FLUSH_OUTCOMES_SQL, { prepared: false });
-      const { rows } = await conn.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-        `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
-        flushOutcomeValues('busy', batch),
-      );
-      const nodes = planNodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-      const touched = Math.max(...nodes.map((n) => (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1)));
-      const removed = nodes.reduce(
-        (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
-        0,
-      );
-      // No index over executing rows: the batch's rows are found by primary key.
-      expect(nodes.some((n) => n['Index Name']?.endsWith('gen_durable_leases'))).toBe(false);
-      expect(touched).toBeLessThanOrEqual(20);
-      expect(removed).toBeLessThanOrEqual(20);
-    } finally {
-      await conn.query('ROLLBACK');
-      conn.release();
-    }
-    await releaseClaims(db.pool, db.schema, 'busy', null);
-  });
+  // Run ahead: half the batch keeps its claims (`executing`), which changes only what is set.
+  it.each([
+    ['plain', false],
+    ['run-ahead', true],
+  ])(
+    'is driven by primary key from the batch (%s): 10 outcomes among 5,000 rows in flight touch ~10 rows',
+    async (_, ahead) => {
+      await seed('plan', 5_000);
+      // Statistics taken while nothing executes: the planner trap the flush must not fall into.
+      await db.pool.query(`ANALYZE ${T()}`);
+      const claimed = await claim('plan', 5_000, 'busy');
+      expect(claimed).toHaveLength(5_000);
+      const batch = claimed
+        .slice(2_000, 2_010)
+        .map((c, i) =>
+          toOutcomeRow({ ...nextOutcome(c.id, c.claim), ...(ahead && i % 2 ? { continuation: c } : {}) }),
+        );
+      const shape = shapeOf(batch);
+      expect(shape.inline).toBe(ahead);
+      const conn = await db.pool.connect();
+      try {
+        await conn.query('BEGIN');
+        const stmt = statement(db.schema, 'flush', flushSql(shape), { prepared: false });
+        const { rows } = await conn.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+          `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
+          flushOutcomeValues('busy', batch, shape),
+        );
+        const nodes = planNodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+        const touched = Math.max(...nodes.map((n) => (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1)));
+        const removed = nodes.reduce(
+          (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
+          0,
+        );
+        // No index over executing rows: the batch's rows are found by primary key.
+        expect(nodes.some((n) => n['Index Name']?.endsWith('gen_durable_leases'))).toBe(false);
+        expect(touched).toBeLessThanOrEqual(20);
+        expect(removed).toBeLessThanOrEqual(20);
+      } finally {
+        await conn.query('ROLLBACK');
+        conn.release();
+      }
+      await releaseClaims(db.pool, db.schema, 'busy', null);
+    },
+  );
 });
 
 /** Postgres underneath, with one kind of failure injected for statements that match. */

@@ -9,6 +9,7 @@ import { statement } from '../runtime/sql/db.js';
 import { CLAIM_BATCH_SQL, claimBatch } from '../runtime/sql/claim.js';
 import { heartbeat, findExpiredLeases, releaseClaims } from '../runtime/sql/loop.js';
 import { ATTEMPT, flushOutcomes } from '../runtime/sql/flush.js';
+import { toOutcomeRow } from '../runtime/commit.js';
 import { reapClaims } from '../cluster/reaper.js';
 import { MachineRegistry } from '../runtime/registry.js';
 import { registerNode } from '../runtime/sql/nodes.js';
@@ -215,13 +216,54 @@ describe('flushOutcomes', () => {
     // The current claim commits, once.
     const current = { ...outcome, id: id!, claim: second!.claim, result: '"fresh"' };
     expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([
-      { id, watched: false, queue: null, kind: 'applied' },
+      { id, watched: false, inbox: false, queue: null, kind: 'applied' },
     ]);
     expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([]);
     const { rows: after } = await db.pool.query(`SELECT status::text, result FROM ${T()} WHERE id = $1`, [
       id,
     ]);
     expect(after[0]).toEqual({ status: 'done', result: 'fresh' });
+  });
+
+  it('commits a next run ahead with the row still claimed and its token bumped: sent again, it is stale', async () => {
+    const [id] = await seed('ahead', [{}]);
+    const [claimed] = await claimBatch(db.pool, db.schema, {
+      queue: 'ahead',
+      limit: 1,
+      nodeId: 'n',
+      leaseMs: 30_000,
+    });
+    const read = async () =>
+      (
+        await db.pool.query(
+          `SELECT status::text, step, state, attempt, locked_by, claim::text, lease_expires_at FROM ${T()} WHERE id = $1`,
+          [id],
+        )
+      ).rows[0] as Record<string, unknown>;
+    const before = await read();
+    const ahead = toOutcomeRow({
+      id: id!,
+      claim: claimed!.claim,
+      result: { id: id!, kind: 'next', step: 'b', state: '{"x":1}', delayMs: 0, inline: true },
+      continuation: claimed!,
+    });
+    expect(await flushOutcomes(db.pool, db.schema, 'n', [ahead])).toEqual([
+      { id, watched: false, inbox: false, queue: null, kind: 'applied' },
+    ]);
+    const token = String(BigInt(claimed!.claim) + 1n);
+    expect(await read()).toEqual({
+      ...before,
+      status: 'executing',
+      step: 'b',
+      state: { x: 1 },
+      claim: token,
+    });
+    // Sent again (a retry after a lost reply): its token no longer holds, nothing applies twice.
+    expect(await flushOutcomes(db.pool, db.schema, 'n', [ahead])).toEqual([]);
+    // The continuation's outcome commits on the new token, and releases the claim.
+    const finished = toOutcomeRow({ id: id!, claim: token, result: { id: id!, kind: 'done', result: '1' } });
+    expect(await flushOutcomes(db.pool, db.schema, 'n', [finished])).toHaveLength(1);
+    expect(await read()).toMatchObject({ status: 'done', locked_by: null, lease_expires_at: null });
   });
 
   it('commits a flush of any size in one statement', async () => {

@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MAX_TIMER_MS } from '../runtime/duration.js';
 import { Feeder, type FeederOptions } from '../runtime/feeder.js';
 import { PeriodicService } from '../runtime/service.js';
+import { continuationOf } from '../runtime/run-ahead.js';
 import type { ClaimedRow } from '../runtime/sql/claim.js';
 
 class Counter extends PeriodicService {
@@ -359,5 +360,68 @@ describe('Feeder', () => {
     feeder.wakeIn(1);
     await vi.advanceTimersByTimeAsync(MAX_TIMER_MS);
     expect(state).toMatchObject({ requested: [2], dispatched: 2 });
+  });
+});
+
+describe('run-ahead', () => {
+  const ahead = { id: '7', kind: 'next', step: 't', state: '{"a":1}', delayMs: 0, inline: true } as const;
+
+  it('continues a next that asked for it on the next claim token, at the new step and state', () => {
+    const claimed = { ...row(7), claim: '41', attempt: 3, awaiting: ['go'], timed_out: true, inbox: '[]' };
+    expect(continuationOf(claimed, ahead)).toEqual({
+      ...claimed,
+      claim: '42',
+      step: 't',
+      state: '{"a":1}',
+      attempt: 0,
+      awaiting: null,
+      timed_out: false,
+      joined: false,
+      inbox: null,
+      children: null,
+    });
+    // The key the row holds may be named again: its slot stays held.
+    expect(
+      continuationOf({ ...claimed, concurrency_key: 'k' }, { ...ahead, concurrencyKey: 'k' }),
+    ).not.toBeNull();
+  });
+
+  it('sends back to the queue what the pick must admit, or what did not ask', () => {
+    const claimed = row(7);
+    expect(continuationOf(claimed, { ...ahead, inline: false })).toBeNull();
+    expect(continuationOf(claimed, { id: '7', kind: 'next', step: 't', state: '{}', delayMs: 0 })).toBeNull();
+    expect(continuationOf(claimed, { ...ahead, delayMs: 5 })).toBeNull();
+    expect(
+      continuationOf(claimed, { ...ahead, rate: { limit: 'l', partition: null, weight: 1 } }),
+    ).toBeNull();
+    expect(continuationOf(claimed, { ...ahead, concurrencyKey: 'k' })).toBeNull();
+    expect(
+      continuationOf({ ...claimed, concurrency_key: 'k' }, { ...ahead, concurrencyKey: null }),
+    ).toBeNull();
+    expect(continuationOf(claimed, { id: '7', kind: 'retry', state: '{}', delayMs: 0 })).toBeNull();
+  });
+
+  it('starts continuations before buffered rows, and gives them back when stopping', async () => {
+    vi.useFakeTimers();
+    const started: string[] = [];
+    const { feeder, state } = feederOver(0, 1, {
+      dispatch: (rows) => void started.push(...rows.map((r) => r.id)),
+      // One slot: row 1 starts, row 2 waits in the buffer.
+      claim: () => Promise.resolve({ rows: [row(1), row(2)], full: false }),
+    });
+    feeder.start();
+    await vi.advanceTimersByTimeAsync(0);
+    expect({ started, buffered: feeder.buffered }).toEqual({ started: ['1'], buffered: 1 });
+    // Another step's outcome ran ahead and committed while row 1 runs: it waits, first in line.
+    feeder.resume([{ ...row(7), claim: '2' }]);
+    expect(feeder.buffered).toBe(2);
+    feeder.stepsFinished(1);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(started).toEqual(['1', '7']);
+    await feeder.stop();
+    expect(state.givenBack).toEqual(['2']);
+    // Committed after the stop: given back at once, never started.
+    feeder.resume([{ ...row(8), claim: '2' }]);
+    expect({ givenBack: state.givenBack, started }).toEqual({ givenBack: ['2', '8'], started: ['1', '7'] });
   });
 });

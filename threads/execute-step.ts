@@ -351,6 +351,8 @@ export function toResult(
           'next() concurrencyKey: must be a key (1-1,000 characters) or null',
         );
       }
+      if (value.inline !== undefined && typeof value.inline !== 'boolean')
+        throw new Failure('invalid_outcome', 'next() inline: must be true or false');
       return {
         id,
         kind: 'next',
@@ -360,6 +362,7 @@ export function toResult(
         consumed: inbox.awaited,
         ...(key === undefined ? {} : { concurrencyKey: key }),
         ...nextRate(value.rateLimit, value.weight),
+        ...((value.inline ?? def.inline) === true ? { inline: true } : {}),
       };
     }
     case 'await': {

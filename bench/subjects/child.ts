@@ -3,7 +3,7 @@
  * Starts the subject's worker, says `ready` over IPC, stops on `stop` and says `stopped`.
  */
 import { SUBJECTS } from './index.js';
-import type { DrainSettings } from './subject.js';
+import type { RunSettings } from './subject.js';
 
 // Worker threads this process starts run plain JavaScript: none of tsx's hooks there.
 process.execArgv.length = 0;
@@ -14,7 +14,7 @@ if (!subject || !connectionString || !schema || !settings) {
   process.stderr.write(`usage: child.ts <${Object.keys(SUBJECTS).join('|')}> <url> <schema> <settings>\n`);
   process.exit(2);
 }
-const stop = await subject.work(connectionString, schema, JSON.parse(settings) as DrainSettings);
+const stop = await subject.work(connectionString, schema, JSON.parse(settings) as RunSettings);
 process.send?.({ type: 'ready', rss: process.memoryUsage().rss });
 process.on('message', (m: { type?: string }) => {
   if (m.type !== 'stop') return;

@@ -1,7 +1,11 @@
-/** gen-durable itself, as users run it: the compiled package (`npm run bench` builds it). */
+/**
+ * gen-durable itself, as users run it: the compiled package (`npm run bench` builds it).
+ * Two subjects: plain, and with run-ahead (its 5-step machine runs each next step ahead on
+ * the claim it holds); for the drain they are the same, so only the first drains.
+ */
 import pg from 'pg';
-import { noop } from '../jobs.mjs';
-import { type DrainSettings, type Subject, countOf } from './subject.js';
+import { CHAIN_STEPS, chain, chainAhead, noop } from '../jobs.mjs';
+import { CHAIN_LENGTH, type RunSettings, type Subject, type Workload, countOf } from './subject.js';
 
 const compiled = new URL('../../dist/index.js', import.meta.url).href;
 type Engine = typeof import('../../index.js');
@@ -10,40 +14,57 @@ const engine = (): Promise<Engine> => import(compiled) as Promise<Engine>;
 const THREADS = 2;
 const CHUNK = 5_000;
 
-export const genDurable: Subject = {
-  name: 'gen-durable',
-  settings: ({ concurrency }: DrainSettings) => ({
-    concurrency,
-    threads: THREADS,
-    claimAhead: `default (≤ ${Math.min(concurrency, 500)})`,
-    flushBatch: 'default (1000)',
-  }),
-  async prepare(db, schema, jobs) {
-    const { migrate, createClient } = await engine();
-    await migrate({ pool: db, schema });
-    const client = createClient({ pool: db, schema });
-    for (let from = 0; from < jobs; from += CHUNK) {
-      const n = Math.min(CHUNK, jobs - from);
-      await client.insertAll(Array.from({ length: n }, (_, k) => ({ machine: noop, args: { i: from + k } })));
-    }
-    await client.close();
-  },
-  remaining: (db, schema) =>
-    countOf(
-      db,
-      `SELECT count(*) AS n FROM "${schema}".gen_durable WHERE status IN ('runnable', 'executing')`,
-    ),
-  async work(connectionString, schema, { concurrency }) {
-    const { Cluster } = await engine();
-    const node = await Cluster.join({
-      connectionString,
-      schema,
-      migrate: false,
-      machines: [noop],
-      queues: { [noop.queue]: { concurrency, threads: THREADS } },
-    });
-    return () => node.stop({ timeout: 10_000 });
-  },
-};
+/** Steps left of a row at `step` (its own included). */
+const STEPS_LEFT = `CASE step ${CHAIN_STEPS.map((s, i) => `WHEN '${s}' THEN ${CHAIN_LENGTH - i}`).join(' ')} END`;
+
+function engineSubject(name: string, runAhead: boolean): Subject {
+  const machine = runAhead ? chainAhead : chain;
+  return {
+    name,
+    workloads: runAhead ? ['steps'] : ['drain', 'steps'],
+    settings: ({ concurrency }: RunSettings) => ({
+      concurrency,
+      threads: THREADS,
+      claimAhead: `default (≤ ${Math.min(concurrency, 500)})`,
+      flushBatch: 'default (1000)',
+      inline: runAhead,
+    }),
+    async prepare(db: pg.Pool, schema: string, workload: Workload, count: number) {
+      const { migrate, createClient } = await engine();
+      await migrate({ pool: db, schema });
+      const client = createClient({ pool: db, schema });
+      for (let from = 0; from < count; from += CHUNK) {
+        const n = Math.min(CHUNK, count - from);
+        const is = Array.from({ length: n }, (_, k) => from + k);
+        await client.insertAll(
+          workload === 'drain'
+            ? is.map((i) => ({ machine: noop, args: { i } }))
+            : is.map((i) => ({ machine, state: { i } })),
+        );
+      }
+      await client.close();
+    },
+    remaining: (db, schema, workload) =>
+      countOf(
+        db,
+        `SELECT ${workload === 'drain' ? 'count(*)' : `sum(${STEPS_LEFT})`} AS n
+         FROM "${schema}".gen_durable WHERE status IN ('runnable', 'executing')`,
+      ),
+    async work(connectionString, schema, { concurrency }) {
+      const { Cluster } = await engine();
+      const node = await Cluster.join({
+        connectionString,
+        schema,
+        migrate: false,
+        machines: [noop, machine],
+        queues: { [noop.queue]: { concurrency, threads: THREADS } },
+      });
+      return () => node.stop({ timeout: 10_000 });
+    },
+  };
+}
+
+export const genDurable = engineSubject('gen-durable', false);
+export const genDurableRunAhead = engineSubject('gen-durable+run-ahead', true);
 
 export type { pg };

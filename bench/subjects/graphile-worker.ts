@@ -2,17 +2,18 @@
  * graphile-worker 0.17, tuned as its performance docs advise for many short jobs: a local
  * queue (jobs fetched and locked in batches, 4 × concurrency) and batched completion
  * (`completeJobBatchDelay: 0`, `failJobBatchDelay: 0`), a pool of max(10, concurrency + 2)
- * connections (fewer per process when several share the server's limit).
+ * connections (fewer per process when several share the server's limit). Its 5-step
+ * machine is a chain of jobs: each step's job adds the next one's (`helpers.addJob`).
  */
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
-import { type DrainSettings, NOOP_JOBS, type Subject, countOf } from './subject.js';
+import { CHAIN_JOBS, CHAIN_LENGTH, NOOP_JOBS, type RunSettings, type Subject, countOf } from './subject.js';
 
 const CHUNK = 5_000;
 
 /** Connections all worker processes of a run may hold together (the server allows 100). */
 const CONNECTIONS = 80;
 
-function preset(connectionString: string, schema: string, { concurrency, processes }: DrainSettings) {
+function preset(connectionString: string, schema: string, { concurrency, processes }: RunSettings) {
   return {
     connectionString,
     schema,
@@ -28,6 +29,7 @@ function preset(connectionString: string, schema: string, { concurrency, process
 
 export const graphileWorker: Subject = {
   name: 'graphile-worker',
+  workloads: ['drain', 'steps'],
   settings: (s) => {
     const p = preset('', '', s);
     return {
@@ -38,7 +40,7 @@ export const graphileWorker: Subject = {
       failJobBatchDelay: 0,
     };
   },
-  async prepare(db, schema, jobs) {
+  async prepare(db, schema, workload, jobs) {
     const url = (db.options as { connectionString: string }).connectionString;
     const utils = await makeWorkerUtils({ connectionString: url, schema });
     try {
@@ -46,18 +48,33 @@ export const graphileWorker: Subject = {
       for (let from = 0; from < jobs; from += CHUNK) {
         const n = Math.min(CHUNK, jobs - from);
         await utils.addJobs(
-          Array.from({ length: n }, (_, k) => ({ identifier: NOOP_JOBS, payload: { i: from + k } })),
+          Array.from({ length: n }, (_, k) =>
+            workload === 'drain'
+              ? { identifier: NOOP_JOBS, payload: { i: from + k } }
+              : { identifier: CHAIN_JOBS, payload: { i: from + k, step: 1 } },
+          ),
         );
       }
     } finally {
       await utils.release();
     }
   },
-  remaining: (db, schema) => countOf(db, `SELECT count(*) AS n FROM "${schema}"._private_jobs`),
+  remaining: (db, schema, workload) =>
+    countOf(
+      db,
+      `SELECT ${workload === 'drain' ? 'count(*)' : `sum(${CHAIN_LENGTH + 1} - (payload->>'step')::int)`} AS n
+       FROM "${schema}"._private_jobs`,
+    ),
   async work(connectionString, schema, s) {
     const runner = await run({
       noHandleSignals: true,
-      taskList: { [NOOP_JOBS]: () => Promise.resolve() },
+      taskList: {
+        [NOOP_JOBS]: () => Promise.resolve(),
+        [CHAIN_JOBS]: async (payload, helpers) => {
+          const { i, step } = payload as { i: number; step: number };
+          if (step < CHAIN_LENGTH) await helpers.addJob(CHAIN_JOBS, { i, step: step + 1 });
+        },
+      },
       preset: { worker: preset(connectionString, schema, s) },
       logger: quietLogger,
     });

@@ -1,10 +1,11 @@
-import { genDurable } from './gen-durable.js';
+import { genDurable, genDurableRunAhead } from './gen-durable.js';
 import { graphileWorker } from './graphile-worker.js';
 import { pgBoss } from './pg-boss.js';
 import type { Subject } from './subject.js';
 
 export const SUBJECTS: Record<string, Subject> = {
   [genDurable.name]: genDurable,
+  [genDurableRunAhead.name]: genDurableRunAhead,
   [graphileWorker.name]: graphileWorker,
   [pgBoss.name]: pgBoss,
 };

@@ -2,14 +2,15 @@
  * pg-boss 10 (the last line that runs on Node 20), tuned as its docs advise for throughput:
  * several workers per process (`work()` called more than once), each fetching and
  * completing its jobs in batches (`batchSize`); no maintenance or scheduling in the drain.
+ * Its 5-step machine is a chain of jobs: each fetched batch inserts the next steps' jobs.
  */
 import PgBoss from 'pg-boss';
-import { type DrainSettings, NOOP_JOBS, type Subject, countOf } from './subject.js';
+import { CHAIN_JOBS, CHAIN_LENGTH, NOOP_JOBS, type RunSettings, type Subject, countOf } from './subject.js';
 
 const CHUNK = 5_000;
 const WORKERS = 4;
 
-function shape({ concurrency }: DrainSettings): { workers: number; batchSize: number } {
+function shape({ concurrency }: RunSettings): { workers: number; batchSize: number } {
   const workers = Math.min(WORKERS, concurrency);
   return { workers, batchSize: Math.max(1, Math.floor(concurrency / workers)) };
 }
@@ -20,34 +21,57 @@ function boss(connectionString: string, schema: string, max: number): PgBoss {
 
 export const pgBoss: Subject = {
   name: 'pg-boss',
+  workloads: ['drain', 'steps'],
   settings: (s) => {
     const { workers, batchSize } = shape(s);
     return { workers, batchSize, pollingIntervalSeconds: 0.5, supervise: false, poolMax: workers + 2 };
   },
-  async prepare(db, schema, jobs) {
+  async prepare(db, schema, workload, jobs) {
     const url = (db.options as { connectionString: string }).connectionString;
     const b = boss(url, schema, 4);
     b.on('error', (e: unknown) => process.stderr.write(`pg-boss error: ${String(e)}\n`));
     await b.start();
     try {
       await b.createQueue(NOOP_JOBS);
+      await b.createQueue(CHAIN_JOBS);
       for (let from = 0; from < jobs; from += CHUNK) {
         const n = Math.min(CHUNK, jobs - from);
-        await b.insert(Array.from({ length: n }, (_, k) => ({ name: NOOP_JOBS, data: { i: from + k } })));
+        await b.insert(
+          Array.from({ length: n }, (_, k) =>
+            workload === 'drain'
+              ? { name: NOOP_JOBS, data: { i: from + k } }
+              : { name: CHAIN_JOBS, data: { i: from + k, step: 1 } },
+          ),
+        );
       }
     } finally {
       await b.stop({ graceful: false, wait: true });
     }
   },
-  remaining: (db, schema) =>
-    countOf(db, `SELECT count(*) AS n FROM "${schema}".job WHERE state IN ('created', 'retry', 'active')`),
+  remaining: (db, schema, workload) =>
+    countOf(
+      db,
+      `SELECT ${workload === 'drain' ? 'count(*)' : `sum(${CHAIN_LENGTH + 1} - (data->>'step')::int)`} AS n
+       FROM "${schema}".job WHERE state IN ('created', 'retry', 'active')`,
+    ),
   async work(connectionString, schema, s) {
     const { workers, batchSize } = shape(s);
     const b = boss(connectionString, schema, workers + 2);
     b.on('error', (e: unknown) => process.stderr.write(`pg-boss error: ${String(e)}\n`));
     await b.start();
+    const queue = s.workload === 'drain' ? NOOP_JOBS : CHAIN_JOBS;
+    const handler =
+      s.workload === 'drain'
+        ? () => Promise.resolve()
+        : async (jobs: ReadonlyArray<{ data: object }>) => {
+            const next = jobs
+              .map((j) => j.data as { i: number; step: number })
+              .filter((d) => d.step < CHAIN_LENGTH)
+              .map((d) => ({ name: CHAIN_JOBS, data: { i: d.i, step: d.step + 1 } }));
+            if (next.length > 0) await b.insert(next);
+          };
     for (let i = 0; i < workers; i++) {
-      await b.work(NOOP_JOBS, { batchSize, pollingIntervalSeconds: 0.5 }, () => Promise.resolve());
+      await b.work(queue, { batchSize, pollingIntervalSeconds: 0.5 }, handler);
     }
     return () => b.stop({ graceful: true, wait: true, timeout: 10_000 });
   },

@@ -1,32 +1,52 @@
 /**
- * A system the bench drains no-op jobs with: gen-durable, or a peer. The parent process
- * prepares the jobs and watches the table; the workers run in child processes
+ * A system the bench runs a workload with: gen-durable, or a peer. The parent process
+ * prepares the work and watches the table; the workers run in child processes
  * (`bench/subjects/child.ts`), so one node or several are measured the same way.
+ *
+ * Workloads, in units the parent counts down:
+ * - `drain`: no-op jobs (a unit is a job);
+ * - `steps`: instances of a 5-step machine whose steps do nothing (a unit is a step); peers
+ *   chain jobs, each step's job adding the next one's.
  */
 import type pg from 'pg';
 
-export interface DrainSettings {
+export type Workload = 'drain' | 'steps';
+
+/** Steps of one instance of the `steps` workload. */
+export const CHAIN_LENGTH = 5;
+
+export interface RunSettings {
+  readonly workload: Workload;
   /** Jobs (steps) of user code running at once, per process. */
   readonly concurrency: number;
-  /** Worker processes draining together (connections are shared out between them). */
+  /** Worker processes working together (connections are shared out between them). */
   readonly processes: number;
 }
 
 export interface Subject {
   readonly name: string;
-  /** How it is tuned for a run at this concurrency, as printed next to its figures. */
-  settings(s: DrainSettings): Record<string, string | number | boolean>;
-  /** A fresh schema holding `jobs` no-op jobs, ready to run. */
-  prepare(db: pg.Pool, schema: string, jobs: number): Promise<void>;
-  /** Jobs not finished yet (one cheap statement; the parent polls it). */
-  remaining(db: pg.Pool, schema: string): Promise<number>;
-  /** In a child process: starts working the jobs; resolves to a function that stops. */
-  work(connectionString: string, schema: string, s: DrainSettings): Promise<() => Promise<void>>;
+  /** The workloads it runs. */
+  readonly workloads: readonly Workload[];
+  /** How it is tuned for a run at these settings, as printed next to its figures. */
+  settings(s: RunSettings): Record<string, string | number | boolean>;
+  /** A fresh schema holding `count` jobs (drain) or instances (steps), ready to run. */
+  prepare(db: pg.Pool, schema: string, workload: Workload, count: number): Promise<void>;
+  /** Units not finished yet (one cheap statement; the parent polls it). */
+  remaining(db: pg.Pool, schema: string, workload: Workload): Promise<number>;
+  /** In a child process: starts working; resolves to a function that stops. */
+  work(connectionString: string, schema: string, s: RunSettings): Promise<() => Promise<void>>;
 }
 
 export const NOOP_JOBS = 'bench_noop';
+/** The peers' chained job: payload `{ i, step }`, step 1 … CHAIN_LENGTH. */
+export const CHAIN_JOBS = 'bench_chain';
+
+/** How many units `count` jobs or instances of `workload` are. */
+export function unitsOf(workload: Workload, count: number): number {
+  return workload === 'steps' ? count * CHAIN_LENGTH : count;
+}
 
 export async function countOf(db: pg.Pool, sql: string): Promise<number> {
-  const { rows } = await db.query<{ n: string }>(sql);
+  const { rows } = await db.query<{ n: string | null }>(sql);
   return Number(rows[0]?.n ?? 0);
 }

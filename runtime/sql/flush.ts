@@ -17,7 +17,9 @@ export const ATTEMPT = { reset: 0, increment: 1, keep: 2 } as const;
  */
 export type ActorOp = 'keep' | 'await' | 'spawn' | 'clear';
 
-export type OutcomeStatus = 'runnable' | 'awaiting_signal' | 'awaiting_children' | 'done' | 'failed';
+/** `executing`: a `next` run ahead (the row stays claimed here, its claim token bumped). */
+export type OutcomeStatus =
+  'runnable' | 'executing' | 'awaiting_signal' | 'awaiting_children' | 'done' | 'failed';
 
 export interface OutcomeRow {
   readonly id: string;
@@ -73,6 +75,8 @@ export interface FlushShape {
   readonly key?: boolean;
   /** Some outcomes set a rate limit for their next step. */
   readonly rate?: boolean;
+  /** Some outcomes run their next step ahead: their rows keep their claim (`executing`). */
+  readonly inline?: boolean;
 }
 
 /** The shape of a batch of rows, as far as the rows tell. */
@@ -85,6 +89,7 @@ export function shapeOf(rows: readonly OutcomeRow[]): FlushShape {
     actor: rows.some((r) => r.actor !== undefined && r.actor !== 'clear'),
     key: rows.some((r) => r.setKey === true),
     rate: rows.some((r) => r.rateLimit != null),
+    inline: rows.some((r) => r.status === 'executing'),
   };
 }
 
@@ -171,6 +176,19 @@ function actorSet(shape: FlushShape): string {
 }
 
 /**
+ * The claim columns: released, except by outcomes run ahead (`executing`), which keep the
+ * node, the lease and the key's slot, and bump the claim token, so that this outcome, were
+ * it sent again (a retry after a lost reply), no longer matches, and the next step's outcome
+ * commits only on the claim the continuation carries.
+ */
+function claimSet(shape: FlushShape): string {
+  if (!shape.inline) return `concurrency_slot = NULL, locked_by = NULL, lease_expires_at = NULL,`;
+  const kept = (column: string) => `${column} = CASE WHEN o.status = 'executing' THEN t.${column} END,`;
+  return `claim = CASE WHEN o.status = 'executing' THEN t.claim + 1 ELSE t.claim END,
+       ${kept('concurrency_slot')} ${kept('locked_by')} ${kept('lease_expires_at')}`;
+}
+
+/**
  * The outcome update. Each row is guarded by its claim: the claim token (bumped by every
  * pick, so it names one claim of one row), `executing` and the owning node must all still
  * hold, so an outcome whose lease was reaped (and maybe re-claimed) commits nothing. Rows are
@@ -206,8 +224,8 @@ function outcomeUpdate(shape: FlushShape, columns: readonly Column[], returning:
        ${actorSet(shape)}
        ${shape.key ? 'concurrency_key = CASE WHEN o.set_key THEN o.concurrency_key ELSE t.concurrency_key END,' : ''}
        ${rateSet(shape)}
-       concurrency_slot = NULL,
-       locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+       ${claimSet(shape)}
+       updated_at = now()
      FROM unnest(${arrays}) AS o(${names})
      WHERE ${shape.lock ? '(SELECT count(*) FROM locked) >= 0 AND ' : ''}t.id = o.id AND t.claim = o.claim
        AND t.status IS NOT DISTINCT FROM 'executing' AND t.locked_by IS NOT DISTINCT FROM $1::text
@@ -221,7 +239,7 @@ export function flushSql(shape: FlushShape): string {
     return outcomeUpdate(
       shape,
       columns,
-      `t.id::text AS id, t.watched, NULL::text AS queue, 'applied' AS kind`,
+      `t.id::text AS id, t.watched, t.inbox, NULL::text AS queue, 'applied' AS kind`,
     );
   }
   const ctes: string[] = [];
@@ -240,10 +258,10 @@ export function flushSql(shape: FlushShape): string {
      )`);
   }
   const joined = shape.terminal
-    ? `UNION ALL SELECT id::text, false, queue, 'joined' FROM settle_joined WHERE status = 'runnable'`
+    ? `UNION ALL SELECT id::text, false, false, queue, 'joined' FROM settle_joined WHERE status = 'runnable'`
     : '';
   return `WITH ${ctes.join(', ')}
-     SELECT id::text AS id, watched, NULL::text AS queue, 'applied' AS kind FROM upd ${joined}`;
+     SELECT id::text AS id, watched, inbox, NULL::text AS queue, 'applied' AS kind FROM upd ${joined}`;
 }
 
 /** The plain statement (no ending rows to settle, no locks, no consumption, no actor state), for plan tests. */
@@ -261,6 +279,8 @@ export function flushOutcomeValues(
 export interface FlushRow {
   readonly id: string;
   readonly watched: boolean;
+  /** A signal was ever stored for the row (after this commit). */
+  readonly inbox: boolean;
   readonly queue: string | null;
   /** `applied`: an outcome of the batch that committed; `joined`: a parent whose children all ended. */
   readonly kind: 'applied' | 'joined';

@@ -1,15 +1,18 @@
 /**
- * Workload 1: drain N no-op jobs, for each subject (gen-durable and its peers), at each
- * concurrency, with one worker process and with several, on the same database in the same
- * invocation. Each run: a fresh schema with the jobs inserted, a CHECKPOINT (so every run
- * starts with the same full-page-image debt), the worker processes spawned, the table polled
- * until no job is left; then WAL, CPU and rates are read and the schema dropped.
+ * The backlog workloads, worked off by one subject (gen-durable or a peer) at one
+ * concurrency with one or several worker processes:
+ * - 1, `drain`: N no-op jobs (units: jobs);
+ * - 2, `steps`: N instances of a 5-step machine whose steps do nothing (units: steps; peers
+ *   chain jobs).
+ * Each run: a fresh schema with the work inserted, a CHECKPOINT (so every run starts with the
+ * same full-page-image debt), the worker processes spawned, the table polled until no unit
+ * is left; then WAL, CPU and rates are read and the schema dropped.
  *
- * Rates: `steady` is the jobs finished between 10% and 90% of the drain, over the time
+ * Rates: `steady` is the units finished between 10% and 90% of the run, over the time
  * between (interpolated between polls): start-up and the tail are left out, so it compares
- * the loops themselves. `wall` runs from spawning the processes until the last job is done,
+ * the loops themselves. `wall` runs from spawning the processes until the last unit is done,
  * start-up (process, imports, connections) included. A run that is not done by the timeout
- * stops there and is reported on the jobs it finished (steady from 10% to where it got).
+ * stops there and is reported on the units it finished (steady from 10% to where it got).
  */
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -18,24 +21,30 @@ import pg from 'pg';
 import { CpuMeter, type CpuWindow } from '../cpu.js';
 import { Progress } from '../lib/progress.js';
 import { type WalWindow, walBetween, walLsn } from '../lib/wal.js';
-import type { Subject } from '../subjects/subject.js';
+import { type Subject, type Workload, unitsOf } from '../subjects/subject.js';
 
-export interface DrainParams {
+export interface BacklogParams {
+  readonly workload: Workload;
   readonly connectionString: string;
-  readonly jobs: number;
+  /** Jobs (drain) or instances (steps) in the backlog. */
+  readonly count: number;
   readonly concurrency: number;
   readonly processes: number;
   readonly walInspect: boolean;
   readonly timeoutMs: number;
 }
 
-export interface DrainRun {
+export interface BacklogRun {
+  readonly workload: Workload;
   readonly subject: string;
   readonly settings: Record<string, string | number | boolean>;
-  readonly jobs: number;
+  /** Jobs (drain) or instances (steps) in the backlog. */
+  readonly count: number;
+  /** Units to work off: jobs (drain) or steps (steps). */
+  readonly units: number;
   readonly concurrency: number;
   readonly processes: number;
-  /** Jobs finished: all of them, unless the run ran out of time. */
+  /** Units finished: all of them, unless the run ran out of time. */
   readonly done: number;
   readonly steadyRate: number;
   readonly wallRate: number;
@@ -65,8 +74,12 @@ interface Worker {
   readonly exited: Promise<void>;
 }
 
-function spawnWorker(subject: Subject, p: DrainParams, schema: string): Promise<Worker> {
-  const settings = JSON.stringify({ concurrency: p.concurrency, processes: p.processes });
+function spawnWorker(subject: Subject, p: BacklogParams, schema: string): Promise<Worker> {
+  const settings = JSON.stringify({
+    workload: p.workload,
+    concurrency: p.concurrency,
+    processes: p.processes,
+  });
   const proc = fork(child, [subject.name, p.connectionString, schema, settings], {
     execArgv: ['--import', 'tsx/esm'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
@@ -104,29 +117,30 @@ function spawnWorker(subject: Subject, p: DrainParams, schema: string): Promise<
   });
 }
 
-export async function drainOnce(subject: Subject, p: DrainParams): Promise<DrainRun> {
+export async function runBacklog(subject: Subject, p: BacklogParams): Promise<BacklogRun> {
   const schema = `bench_${subject.name.replace(/[^a-z]/g, '_')}_${randomBytes(3).toString('hex')}`;
   const db = new pg.Pool({ connectionString: p.connectionString, max: 2 });
   try {
-    await subject.prepare(db, schema, p.jobs);
+    const units = unitsOf(p.workload, p.count);
+    await subject.prepare(db, schema, p.workload, p.count);
     await db.query('CHECKPOINT');
     const lsn = await walLsn(db);
     const meter = new CpuMeter();
-    const label = `${subject.name} ×${p.processes} c=${p.concurrency}`;
-    const progress = new Progress(label, p.jobs);
+    const label = `${p.workload} ${subject.name} ×${p.processes} c=${p.concurrency}`;
+    const progress = new Progress(label, units);
     const started = performance.now();
     const workers = await Promise.all(
       Array.from({ length: p.processes }, () => spawnWorker(subject, p, schema)),
     );
     const samples: Array<readonly [number, number]> = [[started, 0]];
-    let left = p.jobs;
+    let left = units;
     while (left > 0) {
       // Out of time: the run is reported on what was done (marked incomplete), not dropped.
       if (performance.now() - started > p.timeoutMs) break;
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      left = await subject.remaining(db, schema);
-      samples.push([performance.now(), p.jobs - left]);
-      progress.update(p.jobs - left);
+      left = await subject.remaining(db, schema, p.workload);
+      samples.push([performance.now(), units - left]);
+      progress.update(units - left);
     }
     progress.done();
     const finished = samples.at(-1)![0];
@@ -134,20 +148,22 @@ export async function drainOnce(subject: Subject, p: DrainParams): Promise<Drain
     const wal = await walBetween(db, lsn, p.walInspect);
     const rssMiB = await Promise.all(workers.map((w) => w.stop()));
     await Promise.all(workers.map((w) => w.exited));
-    const done = p.jobs - left;
-    const t10 = crossing(samples, 0.1 * p.jobs);
-    const to = Math.min(0.9 * p.jobs, done);
+    const done = units - left;
+    const t10 = crossing(samples, 0.1 * units);
+    const to = Math.min(0.9 * units, done);
     const t90 = crossing(samples, to);
     return {
+      workload: p.workload,
       subject: subject.name,
       settings: subject.settings(p),
-      jobs: p.jobs,
+      count: p.count,
+      units,
       concurrency: p.concurrency,
       processes: p.processes,
       done,
       steadyRate:
-        done >= 0.2 * p.jobs
-          ? (to - 0.1 * p.jobs) / ((t90 - t10) / 1000)
+        done >= 0.2 * units
+          ? (to - 0.1 * units) / ((t90 - t10) / 1000)
           : done / ((finished - started) / 1000),
       wallRate: done / ((finished - started) / 1000),
       wallMs: finished - started,
