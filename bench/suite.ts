@@ -81,7 +81,9 @@ const PGBENCH = process.env.PGBENCH ?? '/usr/bin/pgbench';
 const log = (line: string): void => void process.stderr.write(`· ${line}\n`);
 
 const admin = new pg.Pool({ connectionString, max: 1 });
-const { rows: versionRows } = await admin.query<{ v: string }>('SHOW server_version');
+const { rows: versionRows } = await admin.query<{ v: string }>(
+  "SELECT current_setting('server_version') AS v",
+);
 const walInspect = await enableWalInspect(admin);
 console.log(
   `gen-durable bench · Postgres ${versionRows[0]!.v} · ${connectionString.replace(/\/\/[^@]*@/, '//')}`,
