@@ -203,12 +203,13 @@ export function toOutcomeRow(
     case 'next':
       return {
         ...base,
-        // Run ahead: the row stays claimed here, its next step starts once this commits.
+        // Run ahead: the row stays claimed here, its next step starts once this commits; its
+        // indexed columns (`eligible_at` too) stay as they are, so the update can be HOT.
         status: entry.continuation ? 'executing' : 'runnable',
         step: result.step,
         state: result.state,
         attempt: ATTEMPT.reset,
-        delayMs: result.delayMs,
+        delayMs: entry.continuation ? null : result.delayMs,
         ...(result.concurrencyKey === undefined
           ? {}
           : { setKey: true, concurrencyKey: result.concurrencyKey }),

@@ -133,7 +133,7 @@ describe('GC', () => {
       const nodes = planNodes(explained[0]!['QUERY PLAN'][0]!.Plan);
       const onTable = nodes.filter((n) => n['Relation Name'] === 'gen_durable');
       expect(onTable.filter((n) => n['Node Type'] === 'Seq Scan')).toEqual([]);
-      const finished = nodes.filter((n) => n['Index Name'] === 'gen_durable_finished');
+      const finished = nodes.filter((n) => n['Index Name'] === 'gen_durable_finished_at');
       expect(finished.length).toBeGreaterThan(0);
       const rowsOf = (list: PlanNode[]): number =>
         list.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);

@@ -225,7 +225,7 @@ describe('flushOutcomes', () => {
     expect(after[0]).toEqual({ status: 'done', result: 'fresh' });
   });
 
-  it('commits a next run ahead with the row still claimed and its token bumped: sent again, it is stale', async () => {
+  it('commits a next run ahead as a HOT update with the row still claimed and its token bumped: sent again, it is stale', async () => {
     const [id] = await seed('ahead', [{}]);
     const [claimed] = await claimBatch(db.pool, db.schema, {
       queue: 'ahead',
@@ -247,9 +247,28 @@ describe('flushOutcomes', () => {
       result: { id: id!, kind: 'next', step: 'b', state: '{"x":1}', delayMs: 0, inline: true },
       continuation: claimed!,
     });
-    expect(await flushOutcomes(db.pool, db.schema, 'n', [ahead])).toEqual([
-      { id, watched: false, inbox: false, queue: null, kind: 'applied' },
-    ]);
+    // In a transaction of its own, to read what the update wrote: no index entry (HOT).
+    const conn = await db.pool.connect();
+    try {
+      await conn.query('BEGIN');
+      // This backend's counts not yet reported (earlier transactions' too): compare.
+      const counts = async () =>
+        (
+          await conn.query<{ updated: number; hot: number }>(
+            `SELECT n_tup_upd::int AS updated, n_tup_hot_upd::int AS hot FROM pg_stat_xact_user_tables
+             WHERE relid = '${T()}'::regclass`,
+          )
+        ).rows[0]!;
+      const was = await counts();
+      expect(await flushOutcomes(conn, db.schema, 'n', [ahead])).toEqual([
+        { id, watched: false, inbox: false, queue: null, kind: 'applied' },
+      ]);
+      const now = await counts();
+      expect({ updated: now.updated - was.updated, hot: now.hot - was.hot }).toEqual({ updated: 1, hot: 1 });
+      await conn.query('COMMIT');
+    } finally {
+      conn.release();
+    }
     const token = String(BigInt(claimed!.claim) + 1n);
     expect(await read()).toEqual({
       ...before,
