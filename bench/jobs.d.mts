@@ -8,3 +8,4 @@ export declare const noop: JobDefinition<z.ZodObject<{ i: z.ZodNumber }>>;
 export declare const CHAIN_STEPS: readonly string[];
 export declare const chain: Chain;
 export declare const chainAhead: Chain;
+export declare const latencyProbe: JobDefinition<z.ZodObject<{ sent: z.ZodNumber }>>;

@@ -39,3 +39,25 @@ function chainOf(name, inline) {
 export const chain = chainOf('bench-chain', false);
 /** The same five steps run ahead: each committed, then the next started on the same claim. */
 export const chainAhead = chainOf('bench-chain-ahead', true);
+
+let latencyPool;
+/**
+ * Records when it was sent and when it started (the latency workload), on a connection of
+ * its own thread; `BENCH_URL` and `BENCH_SCHEMA` come from the worker process's environment.
+ */
+export const latencyProbe = defineJob({
+  module: import.meta.url,
+  name: 'bench-latency',
+  queue: BENCH_QUEUE,
+  args: z.object({ sent: z.number() }),
+  perform: async ({ sent }) => {
+    const started = Number(process.hrtime.bigint()) / 1e6;
+    const pg = (await import('pg')).default;
+    latencyPool ??= new pg.Pool({ connectionString: process.env.BENCH_URL, max: 1 });
+    await latencyPool.query(
+      `INSERT INTO "${process.env.BENCH_SCHEMA}".bench_latency_runs (sent, started) VALUES ($1, $2)`,
+      [sent, started],
+    );
+    return null;
+  },
+});

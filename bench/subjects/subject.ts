@@ -7,10 +7,12 @@
  * - `drain`: no-op jobs (a unit is a job);
  * - `steps`: instances of a 5-step machine whose steps do nothing (a unit is a step); peers
  *   chain jobs, each step's job adding the next one's.
+ * - `latency`: jobs inserted one at a time at a steady rate while the workers wait; each
+ *   job, as it starts, records when it was sent and when it started (`LATENCY_TABLE`).
  */
 import type pg from 'pg';
 
-export type Workload = 'drain' | 'steps';
+export type Workload = 'drain' | 'steps' | 'latency';
 
 /** Steps of one instance of the `steps` workload. */
 export const CHAIN_LENGTH = 5;
@@ -35,11 +37,39 @@ export interface Subject {
   remaining(db: pg.Pool, schema: string, workload: Workload): Promise<number>;
   /** In a child process: starts working; resolves to a function that stops. */
   work(connectionString: string, schema: string, s: RunSettings): Promise<() => Promise<void>>;
+  /** Inserts latency jobs one at a time, as its users would (`latency`), carrying `sent`. */
+  producer(db: pg.Pool, schema: string): Promise<Producer>;
+}
+
+export interface Producer {
+  /** Inserts one latency job whose payload is `{ sent }` (see `monotonicMs`). */
+  send(sent: number): Promise<void>;
+  close(): Promise<void>;
 }
 
 export const NOOP_JOBS = 'bench_noop';
 /** The peers' chained job: payload `{ i, step }`, step 1 … CHAIN_LENGTH. */
 export const CHAIN_JOBS = 'bench_chain';
+
+/** The peers' latency job: payload `{ sent }`. */
+export const LATENCY_JOBS = 'bench_latency';
+
+/** Where latency jobs record themselves: one row per job started (its first start). */
+export const LATENCY_TABLE = 'bench_latency_runs';
+
+export function latencyTableDdl(schema: string): string {
+  return `CREATE TABLE "${schema}".${LATENCY_TABLE} (sent float8 NOT NULL, started float8 NOT NULL)`;
+}
+
+/** The statement a latency job records itself with: `$1` sent, `$2` started. */
+export function latencyInsert(schema: string): string {
+  return `INSERT INTO "${schema}".${LATENCY_TABLE} (sent, started) VALUES ($1, $2)`;
+}
+
+/** A clock every process and thread of this machine shares (CLOCK_MONOTONIC), in ms. */
+export function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
 
 /** How many units `count` jobs or instances of `workload` are. */
 export function unitsOf(workload: Workload, count: number): number {

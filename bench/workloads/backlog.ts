@@ -14,12 +14,12 @@
  * start-up (process, imports, connections) included. A run that is not done by the timeout
  * stops there and is reported on the units it finished (steady from 10% to where it got).
  */
-import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { CpuMeter, type CpuWindow } from '../cpu.js';
 import { Progress } from '../lib/progress.js';
+import { spawnWorker } from '../lib/workers.js';
 import { type WalWindow, walBetween, walLsn } from '../lib/wal.js';
 import { type Subject, type Workload, unitsOf } from '../subjects/subject.js';
 
@@ -56,8 +56,6 @@ export interface BacklogRun {
 }
 
 const POLL_MS = 50;
-const child = new URL('../subjects/child.ts', import.meta.url).pathname;
-
 /** When `done` first reached `target`, interpolated between the polls around it. */
 function crossing(samples: ReadonlyArray<readonly [number, number]>, target: number): number {
   for (let i = 1; i < samples.length; i++) {
@@ -67,54 +65,6 @@ function crossing(samples: ReadonlyArray<readonly [number, number]>, target: num
     return d1 === d0 ? t1 : t0 + ((target - d0) / (d1 - d0)) * (t1 - t0);
   }
   return samples.at(-1)![0];
-}
-
-interface Worker {
-  readonly stop: () => Promise<number>;
-  readonly exited: Promise<void>;
-}
-
-function spawnWorker(subject: Subject, p: BacklogParams, schema: string): Promise<Worker> {
-  const settings = JSON.stringify({
-    workload: p.workload,
-    concurrency: p.concurrency,
-    processes: p.processes,
-  });
-  const proc = fork(child, [subject.name, p.connectionString, schema, settings], {
-    execArgv: ['--import', 'tsx/esm'],
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  });
-  // Should the bench die first, its workers go with it.
-  const kill = (): void => void proc.kill('SIGKILL');
-  process.once('exit', kill);
-  const exited = new Promise<void>((resolve) =>
-    proc.once('exit', () => {
-      process.off('exit', kill);
-      resolve();
-    }),
-  );
-  return new Promise((resolve, reject) => {
-    proc.once('exit', (code) =>
-      reject(new Error(`${subject.name} worker exited (${code}) before it was ready`)),
-    );
-    proc.on('message', (m: { type: string; rss: number }) => {
-      if (m.type !== 'ready') return;
-      resolve({
-        exited,
-        stop: () =>
-          new Promise<number>((done) => {
-            proc.on('message', (s: { type: string; rss: number }) => {
-              if (s.type === 'stopped') done(s.rss / 2 ** 20);
-            });
-            proc.send({ type: 'stop' });
-            setTimeout(() => {
-              proc.kill('SIGKILL');
-              done(Number.NaN);
-            }, 30_000).unref();
-          }),
-      });
-    });
-  });
 }
 
 export async function runBacklog(subject: Subject, p: BacklogParams): Promise<BacklogRun> {
