@@ -5,15 +5,20 @@
  * workload on the same database in the same invocation. Run nothing else meanwhile: WAL and
  * CPU are counted for the whole server.
  *
- *   npm run bench -- [--workloads drain,steps,latency] [--jobs 20000] [--instances 2000]
+ *   npm run bench -- [--workloads drain,steps,latency,full,rss] [--jobs 20000] [--instances 2000]
  *                    [--concurrency 16,64] [--processes 1,3] [--steps-processes 1]
  *                    [--rate 200] [--latency-seconds 15] [--latency-concurrency 16]
+ *                    [--finished 1000000] [--future 200000] [--parked 50000] [--full-concurrency 64]
+ *                    [--rss-steps 1000000]
  *                    [--subjects gen-durable,gen-durable+run-ahead,graphile-worker,pg-boss]
  *                    [--pgbench-seconds 5] [--skip-pgbench] [--timeout 60]
  *
  * Workloads: 1 `drain` (no-op jobs, jobs/s), 2 `steps` (instances of a 5-step machine,
  * steps/s; gen-durable with and without run-ahead, peers chaining jobs), 3 `latency`
- * (insert → step-start at a steady insert rate: p50, p95, p99).
+ * (insert → step-start at a steady insert rate: p50, p95, p99), 4 `full` (the drain with
+ * finished, future and parked rows in the table, as a ratio to the empty table; gen-durable
+ * only), 5 `rss` (the worker process's resident set over a run of 1,000,000 steps, 5-step
+ * machines run ahead; gen-durable only).
  * --timeout bounds each run (seconds): a subject that has not drained by then is reported on
  * what it finished.
  */
@@ -25,11 +30,11 @@ import { record } from './lib/results.js';
 import { enableWalInspect } from './lib/wal.js';
 import { type PgbenchReport, runPgbench } from './pgbench.js';
 import { SUBJECTS } from './subjects/index.js';
-import type { Workload } from './subjects/subject.js';
+import { CHAIN_LENGTH, type Workload } from './subjects/subject.js';
 import { type BacklogRun, runBacklog } from './workloads/backlog.js';
 import { type LatencyRun, runLatency } from './workloads/latency.js';
 
-const USAGE = `usage: npm run bench -- [--workloads drain,steps,latency] [--jobs N] [--instances N]
+const USAGE = `usage: npm run bench -- [--workloads drain,steps,latency,full,rss] [--jobs N] [--instances N]
                         [--concurrency 16,64] [--processes 1,3] [--steps-processes 1]
                         [--rate 200] [--latency-seconds 15] [--latency-concurrency 16]
                         [--subjects ${Object.keys(SUBJECTS).join(',')}]
@@ -37,7 +42,12 @@ const USAGE = `usage: npm run bench -- [--workloads drain,steps,latency] [--jobs
 
 const { values: flags } = parseArgs({
   options: {
-    workloads: { type: 'string', default: 'drain,steps,latency' },
+    workloads: { type: 'string', default: 'drain,steps,latency,full,rss' },
+    finished: { type: 'string', default: '1000000' },
+    future: { type: 'string', default: '200000' },
+    parked: { type: 'string', default: '50000' },
+    'full-concurrency': { type: 'string', default: '64' },
+    'rss-steps': { type: 'string', default: '1000000' },
     jobs: { type: 'string', default: '20000' },
     instances: { type: 'string', default: '2000' },
     concurrency: { type: 'string', default: '16,64' },
@@ -66,10 +76,11 @@ function fail(message: string): never {
 const positive = (name: string, raw: string): number => positiveInt(name, raw, USAGE);
 const list = (name: string, raw: string): number[] => raw.split(',').map((v) => positive(name, v.trim()));
 
-const WORKLOADS: readonly Workload[] = ['drain', 'steps', 'latency'];
+const WORKLOADS = ['drain', 'steps', 'latency', 'full', 'rss'] as const;
 const workloads = flags.workloads.split(',').map((w) => w.trim());
 for (const w of workloads)
-  if (!WORKLOADS.includes(w as Workload)) fail(`--workloads: unknown "${w}" (have ${WORKLOADS.join(', ')})`);
+  if (!(WORKLOADS as readonly string[]).includes(w))
+    fail(`--workloads: unknown "${w}" (have ${WORKLOADS.join(', ')})`);
 const subjects = flags.subjects
   .split(',')
   .map((s) => SUBJECTS[s.trim()] ?? fail(`--subjects: unknown "${s}"`));
@@ -82,6 +93,13 @@ const params = {
   rate: positive('rate', flags.rate),
   latencySeconds: positive('latency-seconds', flags['latency-seconds']),
   latencyConcurrency: positive('latency-concurrency', flags['latency-concurrency']),
+  fill: {
+    finished: positive('finished', flags.finished),
+    future: positive('future', flags.future),
+    parked: positive('parked', flags.parked),
+  },
+  fullConcurrency: positive('full-concurrency', flags['full-concurrency']),
+  rssSteps: positive('rss-steps', flags['rss-steps']),
   pgbenchSeconds: positive('pgbench-seconds', flags['pgbench-seconds']),
   timeoutMs: positive('timeout', flags.timeout) * 1000,
 };
@@ -118,7 +136,7 @@ if (!flags['skip-pgbench']) {
   await record('pgbench', { runs: baseline.runs.map(({ cpu: _cpu, ...r }) => r) });
 }
 
-for (const workload of WORKLOADS.filter((w) => workloads.includes(w) && w !== 'latency')) {
+for (const workload of (['drain', 'steps'] as const).filter((w) => workloads.includes(w))) {
   const runs: BacklogRun[] = [];
   const count = workload === 'drain' ? params.jobs : params.instances;
   for (const processes of workload === 'drain' ? params.processes : params.stepsProcesses) {
@@ -172,6 +190,77 @@ if (workloads.includes('latency')) {
     ]),
   );
   console.log('  sent: just before the insert is issued; started: as the job begins (CLOCK_MONOTONIC)');
+}
+
+if (workloads.includes('full')) {
+  const rows: string[][] = [];
+  for (const subject of subjects.filter((s) => s.fill !== undefined)) {
+    const base = {
+      workload: 'drain' as const,
+      connectionString,
+      count: params.jobs,
+      concurrency: params.fullConcurrency,
+      processes: 1,
+      walInspect,
+      timeoutMs: params.timeoutMs,
+    };
+    const empty = await runBacklog(subject, base);
+    const full = await runBacklog(subject, { ...base, fill: params.fill });
+    await record('full', { subject: subject.name, empty: { ...empty }, full: { ...full } });
+    rows.push([
+      subject.name,
+      num(empty.steadyRate),
+      num(full.steadyRate),
+      ratio(full.steadyRate, empty.steadyRate),
+      num(full.wal.bytes / full.done),
+      num(empty.wal.bytes / empty.done),
+      num((full.fill?.ms ?? 0) / 1000, 1),
+    ]);
+  }
+  const { finished, future, parked } = params.fill;
+  console.log(
+    `\nworkload 4: drain ${num(params.jobs)} no-op jobs at concurrency ${params.fullConcurrency} with ${num(finished)} finished, ${num(future)} future-scheduled (in the same queue) and ${num(parked)} parked rows in the table (vacuumed, analysed), against the empty table`,
+  );
+  printTable(
+    ['subject', 'empty steady/s', 'full steady/s', 'full ÷ empty', 'WAL B/job full', 'empty', 'fill s'],
+    rows,
+  );
+}
+
+if (workloads.includes('rss')) {
+  const subject = SUBJECTS['gen-durable+run-ahead']!;
+  const run = await runBacklog(subject, {
+    workload: 'steps',
+    connectionString,
+    count: Math.ceil(params.rssSteps / CHAIN_LENGTH),
+    concurrency: params.fullConcurrency,
+    processes: 1,
+    walInspect,
+    timeoutMs: Math.max(params.timeoutMs, 1_800_000),
+  });
+  const series = run.rssSeries.filter(([, mib]) => Number.isFinite(mib));
+  const at = (share: number) =>
+    share >= 1 ? series.at(-1)?.[1] : series.find(([done]) => done >= share * run.units)?.[1];
+  // Least squares over the second half of the run, MiB per 100,000 steps: the steady trend.
+  const half = series.filter(([done]) => done >= run.units / 2);
+  const n = half.length;
+  const mx = half.reduce((a, [x]) => a + x, 0) / n;
+  const my = half.reduce((a, [, y]) => a + y, 0) / n;
+  const slope =
+    half.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / half.reduce((a, [x]) => a + (x - mx) ** 2, 0);
+  await record('rss', { ...run, cpu: { ...run.cpu }, slopeMiBPer100k: slope * 100_000 });
+  console.log(
+    `\nworkload 5: worker process RSS over ${num(run.done)} steps (${num(run.count)} 5-step instances run ahead, concurrency ${params.fullConcurrency}), ${num(run.steadyRate)} steps/s`,
+  );
+  printTable(
+    ['at 10%', 'at 25%', 'at 50%', 'at 75%', 'at 100%', 'trend, 2nd half'],
+    [
+      [
+        ...[0.1, 0.25, 0.5, 0.75, 1].map((s) => `${num(at(s), 1)} MiB`),
+        `${slope * 100_000 >= 0 ? '+' : ''}${num(slope * 100_000, 2)} MiB / 100k steps`,
+      ],
+    ],
+  );
 }
 
 await admin.end();

@@ -24,7 +24,7 @@ describe('gen-durable bench', () => {
   it("hands its options to the suite: the suite's own help", async () => {
     const { code, out } = await cli(['bench', '--help']);
     expect(code).toBe(0);
-    expect(out).toMatch(/--workloads drain,steps,latency/);
+    expect(out).toMatch(/--workloads drain,steps,latency,full,rss/);
     expect(out).toMatch(/--subjects gen-durable,gen-durable\+run-ahead,graphile-worker,pg-boss/);
   });
 

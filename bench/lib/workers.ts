@@ -10,6 +10,8 @@ const child = new URL('../subjects/child.ts', import.meta.url).pathname;
 export interface Worker {
   readonly stop: () => Promise<number>;
   readonly exited: Promise<void>;
+  /** The resident set it last reported, MiB. */
+  readonly rss: () => number;
 }
 
 export function spawnWorker(
@@ -39,10 +41,13 @@ export function spawnWorker(
     proc.once('exit', (code) =>
       reject(new Error(`${subject.name} worker exited (${code}) before it was ready`)),
     );
+    let rss = Number.NaN;
     proc.on('message', (m: { type: string; rss: number }) => {
+      rss = m.rss / 2 ** 20;
       if (m.type !== 'ready') return;
       resolve({
         exited,
+        rss: () => rss,
         stop: () =>
           new Promise<number>((done) => {
             proc.on('message', (s: { type: string; rss: number }) => {

@@ -19,6 +19,8 @@ process.env.BENCH_URL = connectionString;
 process.env.BENCH_SCHEMA = schema;
 const stop = await subject.work(connectionString, schema, JSON.parse(settings) as RunSettings);
 process.send?.({ type: 'ready', rss: process.memoryUsage().rss });
+// The resident set as the run goes (workload 5 prints its trend).
+setInterval(() => process.send?.({ type: 'rss', rss: process.memoryUsage().rss }), 500).unref();
 process.on('message', (m: { type?: string }) => {
   if (m.type !== 'stop') return;
   void stop().then(

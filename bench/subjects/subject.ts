@@ -37,6 +37,15 @@ export interface Subject {
   remaining(db: pg.Pool, schema: string, workload: Workload): Promise<number>;
   /** In a child process: starts working; resolves to a function that stops. */
   work(connectionString: string, schema: string, s: RunSettings): Promise<() => Promise<void>>;
+  /**
+   * Workload 4: adds rows that are not work around a drain's backlog, in its table and
+   * queue: finished ones, ones due a day from now, parked ones. Only gen-durable has it.
+   */
+  fill?(
+    db: pg.Pool,
+    schema: string,
+    sizes: { finished: number; future: number; parked: number },
+  ): Promise<void>;
   /** Inserts latency jobs one at a time, as its users would (`latency`), carrying `sent`. */
   producer(db: pg.Pool, schema: string): Promise<Producer>;
 }

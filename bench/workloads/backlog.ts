@@ -23,8 +23,17 @@ import { spawnWorker } from '../lib/workers.js';
 import { type WalWindow, walBetween, walLsn } from '../lib/wal.js';
 import { type Subject, type Workload, unitsOf } from '../subjects/subject.js';
 
+/** Rows that are not work, added to the table before a drain (workload 4). */
+export interface FillSizes {
+  readonly finished: number;
+  readonly future: number;
+  readonly parked: number;
+}
+
 export interface BacklogParams {
   readonly workload: Workload;
+  /** Workload 4: rows added around the backlog (subjects with `fill` only). */
+  readonly fill?: FillSizes;
   readonly connectionString: string;
   /** Jobs (drain) or instances (steps) in the backlog. */
   readonly count: number;
@@ -53,6 +62,10 @@ export interface BacklogRun {
   readonly cpu: CpuWindow;
   /** Resident set of each worker process when it stopped, MiB. */
   readonly rssMiB: number[];
+  /** Rows added around the backlog, if any, and how long adding them took. */
+  readonly fill?: FillSizes & { readonly ms: number };
+  /** [units done, resident set of the worker processes together in MiB], every ~500 ms. */
+  readonly rssSeries: Array<readonly [number, number]>;
 }
 
 const POLL_MS = 50;
@@ -73,6 +86,19 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
   try {
     const units = unitsOf(p.workload, p.count);
     await subject.prepare(db, schema, p.workload, p.count);
+    let fill: BacklogRun['fill'];
+    if (p.fill) {
+      if (!subject.fill) throw new Error(`${subject.name} has no full-table workload`);
+      const t0 = performance.now();
+      await subject.fill(db, schema, p.fill);
+      // A table in its steady state: vacuumed and analysed, as autovacuum would leave it.
+      const { rows } = await db.query<{ t: string }>(
+        `SELECT tablename AS t FROM pg_tables WHERE schemaname = $1`,
+        [schema],
+      );
+      for (const { t } of rows) await db.query(`VACUUM ANALYZE "${schema}"."${t}"`);
+      fill = { ...p.fill, ms: performance.now() - t0 };
+    }
     await db.query('CHECKPOINT');
     const lsn = await walLsn(db);
     const meter = new CpuMeter();
@@ -83,6 +109,8 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
       Array.from({ length: p.processes }, () => spawnWorker(subject, p, schema)),
     );
     const samples: Array<readonly [number, number]> = [[started, 0]];
+    const rssSeries: Array<readonly [number, number]> = [];
+    let rssAt = 0;
     let left = units;
     while (left > 0) {
       // Out of time: the run is reported on what was done (marked incomplete), not dropped.
@@ -91,6 +119,10 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
       left = await subject.remaining(db, schema, p.workload);
       samples.push([performance.now(), units - left]);
       progress.update(units - left);
+      if (performance.now() - rssAt >= 500) {
+        rssAt = performance.now();
+        rssSeries.push([units - left, workers.reduce((sum, w) => sum + w.rss(), 0)]);
+      }
     }
     progress.done();
     const finished = samples.at(-1)![0];
@@ -120,6 +152,8 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
       wal,
       cpu,
       rssMiB,
+      rssSeries,
+      ...(fill ? { fill } : {}),
     };
   } finally {
     await db.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => undefined);
