@@ -80,6 +80,31 @@ async function expectRefused(promise: Promise<unknown>, path: string): Promise<v
   expect((error as ValidationError).path).toBe(path);
 }
 
+describe('correlation scope storage', () => {
+  it('stores a scope only for rows with a key: a keyless row occupies nothing (migration 009)', async () => {
+    const gd = openClient();
+    const [plain, keyed, addressOnly] = await gd.insertAll([
+      { machine: noop, args: { i: 1 } },
+      { machine: noop, args: { i: 2 }, correlationKey: `scope:${randomBytes(4).toString('hex')}` },
+      {
+        machine: noop,
+        args: { i: 3 },
+        correlationKey: `scope:${randomBytes(4).toString('hex')}`,
+        correlationScope: [],
+      },
+    ]);
+    const { rows } = await db.pool.query<{ id: string; scope: string | null }>(
+      `SELECT id::text, correlation_scope::text AS scope FROM ${table} WHERE id = ANY ($1::bigint[]) ORDER BY id`,
+      [[plain.id, keyed.id, addressOnly.id]],
+    );
+    expect(rows).toEqual([
+      { id: plain.id, scope: null },
+      { id: keyed.id, scope: '{runnable,executing,awaiting_signal,awaiting_children}' },
+      { id: addressOnly.id, scope: '{}' },
+    ]);
+  });
+});
+
 describe('identity under concurrency', () => {
   it('16 connections inserting one new key at once make one row; the others answer its id', async () => {
     await withClients(16, 2, async (clients) => {

@@ -62,7 +62,9 @@ export async function insertInstances(
           parent_id, concurrency_key, rate_limit, rate_partition, weight)
        SELECT new_id, fsm, version, step, state::jsonb, queue, priority,
               COALESCE(run_at, now() + delay_ms * interval '1 millisecond'),
-              correlation_key, CAST(correlation_scope AS :schema.gen_durable_status[]), max_attempts, parent_id, concurrency_key,
+              -- A row without a key occupies no key: it stores no scope (migration 009).
+              correlation_key, CASE WHEN correlation_key IS NOT NULL THEN CAST(correlation_scope AS :schema.gen_durable_status[]) END,
+              max_attempts, parent_id, concurrency_key,
               rate_limit, rate_partition, weight
        FROM input
        ORDER BY correlation_key NULLS LAST, ord
