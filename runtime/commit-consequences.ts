@@ -53,7 +53,8 @@ export function consequencesOf(entries: readonly FlushEntry[], committed: Commit
       if (r.kind === 'done' || r.kind === 'stop') out.settled.push(entry.id);
       continue;
     }
-    if (entry.continuation && r.kind === 'next') {
+    // Only a `next` carries one (the flusher drops it from an outcome it turns into a stop).
+    if (entry.continuation) {
       // Still claimed here, its key's slot held: nothing for anyone else to pick.
       const has_inbox = committed.withInbox.has(entry.id);
       out.continued.push({ queue: entry.queue, row: { ...entry.continuation, has_inbox } });

@@ -172,7 +172,7 @@ export class Feeder implements Service {
    */
   resume(rows: ClaimedRow[]): void {
     if (rows.length === 0) return;
-    if (!this.#started) return this.#giveBack(rows);
+    if (!this.#started) return this.giveBack(rows);
     const at = Date.now();
     this.#buffer.unshift(...rows.map((row) => ({ row, at })));
     this.#startBuffered();
@@ -215,7 +215,7 @@ export class Feeder implements Service {
       this.#backlog = full;
       if (this.#backlog) this.#wanted = true;
       if (rows.length === 0) continue;
-      if (!this.#started) return this.#giveBack(rows);
+      if (!this.#started) return this.giveBack(rows);
       const at = Date.now();
       for (const row of rows) this.#buffer.push({ row, at });
       this.#startBuffered();
@@ -246,7 +246,7 @@ export class Feeder implements Service {
     const late = this.#buffer.filter((b) => b.at <= cutoff);
     if (late.length > 0) {
       this.#buffer = this.#buffer.filter((b) => b.at > cutoff);
-      this.#giveBack(late.map((b) => b.row));
+      this.giveBack(late.map((b) => b.row));
     }
     // The slots stay busy with long steps: hold nothing ahead until a pick sees them finish.
     this.#ahead = 0;
@@ -255,10 +255,6 @@ export class Feeder implements Service {
 
   /** Claimed rows that will not run here: given back uncharged (they count until committed). */
   giveBack(rows: ClaimedRow[]): void {
-    this.#giveBack(rows);
-  }
-
-  #giveBack(rows: ClaimedRow[]): void {
     if (rows.length === 0) return;
     this.#committing += rows.length;
     this.#o.giveBack(rows);
@@ -273,7 +269,7 @@ export class Feeder implements Service {
     clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
     this.#dueAt = Number.POSITIVE_INFINITY;
-    this.#giveBack(this.#buffer.splice(0).map((b) => b.row));
+    this.giveBack(this.#buffer.splice(0).map((b) => b.row));
     await this.#picking;
   }
 }

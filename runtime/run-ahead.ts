@@ -40,6 +40,6 @@ export function continuationOf(row: ClaimedRow, result: StepResult): ClaimedRow 
 }
 
 /** The claim token an inline commit leaves on the row (see the flush statement). */
-export function nextClaim(claim: string): string {
+function nextClaim(claim: string): string {
   return (BigInt(claim) + 1n).toString();
 }
