@@ -40,6 +40,19 @@ export const chain = chainOf('bench-chain', false);
 /** The same five steps run ahead: each committed, then the next started on the same claim. */
 export const chainAhead = chainOf('bench-chain-ahead', true);
 
+/** Where latency jobs record themselves: one row per job started. */
+export const LATENCY_TABLE = 'bench_latency_runs';
+
+/** The statement a latency job records itself with: `$1` sent, `$2` started. */
+export function latencyInsert(schema) {
+  return `INSERT INTO "${schema}".${LATENCY_TABLE} (sent, started) VALUES ($1, $2)`;
+}
+
+/** A clock every process and thread of this machine shares (CLOCK_MONOTONIC), in ms. */
+export function monotonicMs() {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
 let latencyPool;
 /**
  * Records when it was sent and when it started (the latency workload), on a connection of
@@ -51,13 +64,10 @@ export const latencyProbe = defineJob({
   queue: BENCH_QUEUE,
   args: z.object({ sent: z.number() }),
   perform: async ({ sent }) => {
-    const started = Number(process.hrtime.bigint()) / 1e6;
+    const started = monotonicMs();
     const pg = (await import('pg')).default;
     latencyPool ??= new pg.Pool({ connectionString: process.env.BENCH_URL, max: 1 });
-    await latencyPool.query(
-      `INSERT INTO "${process.env.BENCH_SCHEMA}".bench_latency_runs (sent, started) VALUES ($1, $2)`,
-      [sent, started],
-    );
+    await latencyPool.query(latencyInsert(process.env.BENCH_SCHEMA), [sent, started]);
     return null;
   },
 });

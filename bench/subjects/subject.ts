@@ -10,7 +10,9 @@
  * - `latency`: jobs inserted one at a time at a steady rate while the workers wait; each
  *   job, as it starts, records when it was sent and when it started (`LATENCY_TABLE`).
  */
+import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
+import { LATENCY_TABLE } from '../jobs.mjs';
 
 export type Workload = 'drain' | 'steps' | 'latency';
 
@@ -63,21 +65,16 @@ export const CHAIN_JOBS = 'bench_chain';
 /** The peers' latency job: payload `{ sent }`. */
 export const LATENCY_JOBS = 'bench_latency';
 
-/** Where latency jobs record themselves: one row per job started (its first start). */
-export const LATENCY_TABLE = 'bench_latency_runs';
+// Defined once, in the plain-JavaScript module worker threads import too.
+export { LATENCY_TABLE, latencyInsert, monotonicMs } from '../jobs.mjs';
 
 export function latencyTableDdl(schema: string): string {
   return `CREATE TABLE "${schema}".${LATENCY_TABLE} (sent float8 NOT NULL, started float8 NOT NULL)`;
 }
 
-/** The statement a latency job records itself with: `$1` sent, `$2` started. */
-export function latencyInsert(schema: string): string {
-  return `INSERT INTO "${schema}".${LATENCY_TABLE} (sent, started) VALUES ($1, $2)`;
-}
-
-/** A clock every process and thread of this machine shares (CLOCK_MONOTONIC), in ms. */
-export function monotonicMs(): number {
-  return Number(process.hrtime.bigint()) / 1e6;
+/** A fresh schema name for one run of `subject`. */
+export function runSchema(subject: Pick<Subject, 'name'>): string {
+  return `bench_${subject.name.replace(/[^a-z]/g, '_')}_${randomBytes(3).toString('hex')}`;
 }
 
 /** How many units `count` jobs or instances of `workload` are. */

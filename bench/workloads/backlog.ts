@@ -14,14 +14,13 @@
  * start-up (process, imports, connections) included. A run that is not done by the timeout
  * stops there and is reported on the units it finished (steady from 10% to where it got).
  */
-import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { CpuMeter, type CpuWindow } from '../cpu.js';
 import { Progress } from '../lib/progress.js';
 import { spawnWorker } from '../lib/workers.js';
 import { type WalWindow, walBetween, walLsn } from '../lib/wal.js';
-import { type Subject, type Workload, unitsOf } from '../subjects/subject.js';
+import { type Subject, type Workload, runSchema, unitsOf } from '../subjects/subject.js';
 
 /** Rows that are not work, added to the table before a drain (workload 4). */
 export interface FillSizes {
@@ -81,7 +80,7 @@ function crossing(samples: ReadonlyArray<readonly [number, number]>, target: num
 }
 
 export async function runBacklog(subject: Subject, p: BacklogParams): Promise<BacklogRun> {
-  const schema = `bench_${subject.name.replace(/[^a-z]/g, '_')}_${randomBytes(3).toString('hex')}`;
+  const schema = runSchema(subject);
   const db = new pg.Pool({ connectionString: p.connectionString, max: 2 });
   try {
     const units = unitsOf(p.workload, p.count);

@@ -8,13 +8,12 @@
  * warm the worker up (threads, JIT, connections) and are left out; percentiles are over
  * every job sent after them.
  */
-import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { CpuMeter, type CpuWindow } from '../cpu.js';
 import { Progress } from '../lib/progress.js';
 import { spawnWorker } from '../lib/workers.js';
-import { LATENCY_TABLE, type Subject, latencyTableDdl, monotonicMs } from '../subjects/subject.js';
+import { LATENCY_TABLE, type Subject, latencyTableDdl, monotonicMs, runSchema } from '../subjects/subject.js';
 
 export interface LatencyParams {
   readonly connectionString: string;
@@ -52,7 +51,7 @@ export function quantile(xs: readonly number[], q: number): number {
 }
 
 export async function runLatency(subject: Subject, p: LatencyParams): Promise<LatencyRun> {
-  const schema = `bench_${subject.name.replace(/[^a-z]/g, '_')}_${randomBytes(3).toString('hex')}`;
+  const schema = runSchema(subject);
   const db = new pg.Pool({ connectionString: p.connectionString, max: 8 });
   const settings = { workload: 'latency' as const, concurrency: p.concurrency, processes: 1 };
   try {
