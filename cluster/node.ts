@@ -5,9 +5,10 @@
  * leadership and, while this node leads, runs the leader services (the reaper, GC).
  *
  * A step's path: feeder claims rows (ahead of free slots, see `Feeder`) → pool runs them on
- * a worker thread → the result reaches this thread: its slot is free (the next buffered row
- * starts, the feeder claims again) → results gather in the flusher → one commit → local and
- * remote queues woken, settled instances announced.
+ * a worker thread (each queue's pair is a `QueueRuntime`) → the result reaches this thread:
+ * its slot is free (the next buffered row starts, the feeder claims again) → results gather
+ * in the flusher → one commit → local and remote queues woken, settled instances announced,
+ * steps run ahead started on the claims still held.
  */
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
@@ -18,8 +19,6 @@ import { durationSchema } from '../runtime/duration.js';
 import { describeConnection } from '../runtime/connection.js';
 import { GenDurableError, errorMessage, parseInput } from '../runtime/errors.js';
 import { isTransient } from '../runtime/sql/errors.js';
-import type { StepRequest, StepResult } from '../runtime/executor.js';
-import { Feeder } from '../runtime/feeder.js';
 import { type CommitResult, type FlushEntry, Flusher } from '../runtime/flusher.js';
 import { NotificationListener, NotificationSender } from '../runtime/notifications.js';
 import { machineKey } from '../runtime/machine.js';
@@ -29,14 +28,13 @@ import type { ClaimedRow } from '../runtime/sql/claim.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
 import { declareRateLimits } from '../runtime/sql/rates.js';
 import { Claimer } from '../runtime/claimer.js';
-import { continuationOf } from '../runtime/run-ahead.js';
 import { warnUnservedQueues } from './unserved-queues.js';
 import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
 import { publish, telemetry } from '../runtime/telemetry.js';
-import { QueuePool } from '../threads/pool.js';
 import { migrate } from '../migrations/migrate.js';
 import { Elector } from './elector.js';
+import { QueueRuntime } from './queue-runtime.js';
 import { GarbageCollector } from './gc.js';
 import { BucketHousekeeper } from './bucket-housekeeping.js';
 import { Heartbeat } from './heartbeat.js';
@@ -45,18 +43,10 @@ import type { NodeConfig } from './options.js';
 import { Stager } from './stager.js';
 import { type ReapedRow, Reaper, deadNodeAfter, reapNodeClaims } from './reaper.js';
 
-interface QueueRuntime {
-  readonly feeder: Feeder;
-  readonly pool: QueuePool;
-}
-
 export interface StopOptions {
   /** How long in-flight steps may take to finish and commit before their rows are released. */
   readonly timeout?: number | string;
 }
-
-/** How long a row claimed ahead may wait for a slot before it is given back. */
-const BUFFER_WAIT_MS = 1_000;
 
 const stopOptionsSchema = z.object({ timeout: durationSchema.default(30_000) }).strict();
 
@@ -132,26 +122,13 @@ export class GenDurableNode {
       onError: (e) => this.#reportError('flush', e),
     });
     for (const [queue, q] of Object.entries(config.queues)) {
-      const pool = new QueuePool({
+      const runtime = new QueueRuntime({
+        nodeId: this.id,
         queue,
-        threads: q.threads,
-        concurrency: q.concurrency,
+        config: q,
         registry: this.#registry,
         graceMs: config.timeoutGrace,
-        ...(q.memoryLimitMb ? { memoryLimitMb: q.memoryLimitMb } : {}),
-        onError: (e) => this.#reportError(`threads ${queue}`, e),
-      });
-      // Default batch and claim-ahead: the concurrency, up to 500 rows.
-      const upTo = Math.min(q.concurrency, 500);
-      const batchSize = q.batchSize ?? upTo;
-      const feeder = new Feeder({
-        queue,
-        concurrency: q.concurrency,
-        batchSize,
         pollIntervalMs: config.pollInterval,
-        claimAhead: q.claimAhead ?? upTo,
-        maxUncommitted: Math.max(2 * q.concurrency, batchSize),
-        bufferWaitMs: BUFFER_WAIT_MS,
         claim: async (limit) => {
           const claimed = await this.#claimer.claim(queue, limit);
           // Under lease from now on, buffered or running: the heartbeat extends it.
@@ -160,13 +137,10 @@ export class GenDurableNode {
           if (claimed.wakeInMs !== null) this.#wakeQueue(queue, claimed.wakeInMs);
           return claimed;
         },
-        dispatch: (rows) => this.#dispatch(queue, pool, rows),
-        giveBack: (rows) => {
-          for (const row of rows) this.#commitResult(queue, row, { id: row.id, kind: 'release' });
-        },
-        onError: (e) => this.#reportError(`pick ${queue}`, e),
+        push: (entry) => this.#flusher.push(entry),
+        onError: (where, e) => this.#reportError(where, e),
       });
-      this.#queues.set(queue, { feeder, pool });
+      this.#queues.set(queue, runtime);
     }
     this.#heartbeat = new Heartbeat({
       db: this.#db,
@@ -318,89 +292,6 @@ export class GenDurableNode {
       rateLimits: Object.keys(rateLimits),
     });
     await declareRateLimits(this.#db, schema, rateLimits);
-  }
-
-  #dispatch(queue: string, pool: QueuePool, rows: ClaimedRow[]): void {
-    const claimed = new Map<string, ClaimedRow>();
-    const started = performance.now();
-    const requests: StepRequest[] = rows.map((row) => {
-      claimed.set(row.id, row);
-      return {
-        id: row.id,
-        machine: row.fsm,
-        version: row.version,
-        step: row.step,
-        state: row.state,
-        attempt: row.attempt,
-        maxAttempts: row.max_attempts,
-        correlationKey: row.correlation_key,
-        inbox: row.inbox ?? null,
-        awaiting: row.awaiting,
-        timedOut: row.timed_out,
-        children: row.children ?? null,
-      };
-    });
-    if (telemetry.stepStart.hasSubscribers) {
-      for (const r of rows)
-        telemetry.stepStart.publish({
-          node: this.id,
-          queue,
-          id: r.id,
-          machine: r.fsm,
-          step: r.step,
-          attempt: r.attempt,
-        });
-    }
-    try {
-      pool.execute(requests, (result: StepResult) => {
-        const row = claimed.get(result.id)!;
-        claimed.delete(result.id);
-        this.#onResult(queue, row, result, started);
-      });
-    } catch (error) {
-      // Nothing may strand a claim: give back every step that did not get a result.
-      this.#reportError(`dispatch ${queue}`, error);
-      for (const row of claimed.values())
-        this.#onResult(queue, row, { id: row.id, kind: 'release' }, started);
-    }
-  }
-
-  #onResult(queue: string, row: ClaimedRow, result: StepResult, started: number): void {
-    const feeder = this.#queues.get(queue)?.feeder;
-    this.#commitResult(queue, row, result, feeder?.accepting ? continuationOf(row, result) : null);
-    feeder?.stepsFinished(1);
-    const event = () => ({
-      node: this.id,
-      queue,
-      id: row.id,
-      machine: row.fsm,
-      step: row.step,
-      attempt: row.attempt,
-      outcome: result.kind,
-      error: result.error,
-      durationMs: performance.now() - started,
-    });
-    publish(telemetry.stepStop, event);
-    if (result.error !== undefined) publish(telemetry.stepException, event);
-  }
-
-  /** Hands a claimed row's result to the flusher (with the row its next step runs ahead on, if any). */
-  #commitResult(
-    queue: string,
-    row: ClaimedRow,
-    result: StepResult,
-    continuation: ClaimedRow | null = null,
-  ): void {
-    this.#flusher.push({
-      id: result.id,
-      claim: row.claim,
-      queue,
-      parentId: row.parent_id,
-      hadInbox: (row.inbox ?? null) !== null,
-      concurrencyKey: row.concurrency_key,
-      result,
-      ...(continuation ? { continuation } : {}),
-    });
   }
 
   #afterFlush(entries: readonly FlushEntry[], committed: CommitResult): void {
