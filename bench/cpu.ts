@@ -18,6 +18,8 @@ export interface CpuSample {
   readonly process: NodeJS.CpuUsage;
   /** Per postgres pid: utime + stime in ms; empty when not readable. */
   readonly postgres: ReadonlyMap<number, number>;
+  /** This process's main thread: utime + stime in ms (Linux), else undefined. */
+  readonly mainThreadMs: number | undefined;
 }
 
 export interface CpuWindow {
@@ -27,6 +29,8 @@ export interface CpuWindow {
   readonly hostBusy: number;
   /** Cores used by this Node process (main + worker threads). */
   readonly node: number;
+  /** Of those, the main thread's (Linux), else undefined. */
+  readonly mainThread: number | undefined;
   /** Cores used by postgres processes on this host, or undefined when they are not visible. */
   readonly postgres: number | undefined;
 }
@@ -43,10 +47,24 @@ function clockTicks(): number {
   return ticksPerSecond;
 }
 
+/** utime + stime in ms of a `/proc` stat line (fields 14 and 15, after the command). */
+function statMs(stat: string): number {
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) * (1000 / clockTicks());
+}
+
+function mainThreadCpu(): number | undefined {
+  if (process.platform !== 'linux') return undefined;
+  try {
+    return statMs(readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
 function postgresCpu(): Map<number, number> {
   const found = new Map<number, number>();
   if (process.platform !== 'linux') return found;
-  const tick = 1000 / clockTicks();
   let pids: string[];
   try {
     pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
@@ -59,9 +77,7 @@ function postgresCpu(): Map<number, number> {
       const open = stat.indexOf('(');
       const close = stat.lastIndexOf(')');
       if (stat.slice(open + 1, close) !== 'postgres') continue;
-      // Fields after the command: state is field 3, utime 14, stime 15 (1-based).
-      const rest = stat.slice(close + 2).split(' ');
-      found.set(Number(pid), (Number(rest[11]) + Number(rest[12])) * tick);
+      found.set(Number(pid), statMs(stat));
     } catch {
       // the process ended meanwhile
     }
@@ -83,6 +99,7 @@ export function sampleCpu(): CpuSample {
     hostTotalMs: total,
     process: process.cpuUsage(),
     postgres: postgresCpu(),
+    mainThreadMs: mainThreadCpu(),
   };
 }
 
@@ -99,7 +116,11 @@ export function cpuBetween(a: CpuSample, b: CpuSample): CpuWindow {
     for (const [pid, now] of b.postgres) ms += now - (a.postgres.get(pid) ?? 0);
     postgres = ms / 1000 / seconds;
   }
-  return { seconds, hostCores: cores, hostBusy, node: nodeMs / 1000 / seconds, postgres };
+  const mainThread =
+    a.mainThreadMs === undefined || b.mainThreadMs === undefined
+      ? undefined
+      : (b.mainThreadMs - a.mainThreadMs) / 1000 / seconds;
+  return { seconds, hostCores: cores, hostBusy, node: nodeMs / 1000 / seconds, mainThread, postgres };
 }
 
 /** Measures a window; postgres processes are re-read every `intervalMs`. */

@@ -53,6 +53,8 @@ const { values: flags } = parseArgs({
     analyze: { type: 'boolean', default: false },
     'rate-limited': { type: 'boolean', default: false },
     timeout: { type: 'string', default: '300' },
+    'batch-size': { type: 'string' },
+    'claim-ahead': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
@@ -78,6 +80,9 @@ const params = {
   analyze: flags.analyze,
   rateLimited: flags['rate-limited'],
   timeoutMs: positiveInt('timeout', flags.timeout, USAGE) * 1000,
+  batchSize:
+    flags['batch-size'] === undefined ? undefined : positiveInt('batch-size', flags['batch-size'], USAGE),
+  claimAhead: flags['claim-ahead'] === undefined ? undefined : Number(flags['claim-ahead']),
 };
 
 const connectionString = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -89,6 +94,7 @@ const ms = (n: number): string => `${num(n, n < 100 ? 1 : 0)} ms`;
 /** Cores busy: the host, this process, postgres, and the rest (pgbench's client, anything else). */
 const cores = (c: CpuWindow): string =>
   `host ${num(c.hostBusy, 2)}/${c.hostCores}: node ${num(c.node, 2)}` +
+  (c.mainThread === undefined ? '' : ` (main thread ${num(c.mainThread, 2)})`) +
   (c.postgres === undefined
     ? ''
     : `, postgres ${num(c.postgres, 2)}, rest ${num(Math.max(0, c.hostBusy - c.node - c.postgres), 2)}`);
@@ -261,7 +267,14 @@ async function runEngine(): Promise<EngineReport> {
     ...connection,
     schema,
     machines: [noop],
-    queues: { [BENCH_QUEUE]: { concurrency, threads } },
+    queues: {
+      [BENCH_QUEUE]: {
+        concurrency,
+        threads,
+        ...(params.batchSize === undefined ? {} : { batchSize: params.batchSize }),
+        ...(params.claimAhead === undefined ? {} : { claimAhead: params.claimAhead }),
+      },
+    },
     ...(params.rateLimited
       ? { rateLimits: { [BENCH_LIMIT]: { allowed: 100_000_000, period: '1s', burst: 100_000_000 } } }
       : {}),

@@ -49,12 +49,12 @@ const queueSchema = z
     concurrency: z.number().int().min(1).max(10_000).default(10),
     /** Worker threads of this queue's pool. */
     threads: z.number().int().min(1).max(256).default(1),
-    /** Rows claimed by one pick at most (default: the concurrency, capped at 500). */
+    /** Rows claimed by one pick at most (default: the concurrency plus `claimAhead`, capped at 1,000). */
     batchSize: z.number().int().min(1).max(10_000).optional(),
     /**
      * Rows claimed ahead of free slots at most, held under lease until a slot frees (default:
-     * the concurrency, capped at 500; 0 turns it off). The node holds only what it finished
-     * during its last pick, so long steps claim nothing ahead.
+     * 4 × the concurrency, capped at 1,000; 0 turns it off). The node holds at most twice
+     * what it finished during its last pick, so long steps claim (almost) nothing ahead.
      */
     claimAhead: z.number().int().min(0).max(10_000).optional(),
     /** Heap limit of each thread in MB; a step that exceeds it kills only its thread. */

@@ -17,6 +17,8 @@ import type { NodeConfig } from './options.js';
 
 /** How long a row claimed ahead may wait for a slot before it is given back. */
 const BUFFER_WAIT_MS = 1_000;
+/** The largest default pick and claim-ahead, in rows. */
+const MAX_DEFAULT_BATCH = 1_000;
 
 export interface QueueRuntimeOptions {
   readonly nodeId: string;
@@ -30,6 +32,22 @@ export interface QueueRuntimeOptions {
   /** Hands a result to the node's commit. */
   readonly push: (entry: FlushEntry) => void;
   readonly onError: (where: string, error: unknown) => void;
+}
+
+/**
+ * A queue's feeder limits from its options. Defaults: claim ahead up to 4 × the concurrency
+ * (at most 1,000 rows; the feeder holds only what its steps finish fast enough to need), a
+ * pick as large as the slots and the rows ahead together (at most 1,000), and results
+ * waiting for their commit up to twice what may be claimed.
+ */
+export function feederLimits(q: {
+  readonly concurrency: number;
+  readonly batchSize?: number | undefined;
+  readonly claimAhead?: number | undefined;
+}): { claimAhead: number; batchSize: number; maxUncommitted: number } {
+  const claimAhead = q.claimAhead ?? Math.min(4 * q.concurrency, MAX_DEFAULT_BATCH);
+  const batchSize = q.batchSize ?? Math.min(q.concurrency + claimAhead, MAX_DEFAULT_BATCH);
+  return { claimAhead, batchSize, maxUncommitted: Math.max(2 * (q.concurrency + claimAhead), batchSize) };
 }
 
 export class QueueRuntime {
@@ -49,16 +67,14 @@ export class QueueRuntime {
       ...(q.memoryLimitMb ? { memoryLimitMb: q.memoryLimitMb } : {}),
       onError: (e) => options.onError(`threads ${queue}`, e),
     });
-    // Default batch and claim-ahead: the concurrency, up to 500 rows.
-    const upTo = Math.min(q.concurrency, 500);
-    const batchSize = q.batchSize ?? upTo;
+    const { claimAhead, batchSize, maxUncommitted } = feederLimits(q);
     this.feeder = new Feeder({
       queue,
       concurrency: q.concurrency,
       batchSize,
       pollIntervalMs: options.pollIntervalMs,
-      claimAhead: q.claimAhead ?? upTo,
-      maxUncommitted: Math.max(2 * q.concurrency, batchSize),
+      claimAhead,
+      maxUncommitted,
       bufferWaitMs: BUFFER_WAIT_MS,
       claim: options.claim,
       dispatch: (rows) => this.#dispatch(rows),

@@ -10,16 +10,19 @@
  *   pause until commits catch up.
  * - Claim ahead: rows claimed beyond the free slots wait in a local buffer, under lease,
  *   and start the moment a slot frees, so a step does not wait for a pick's round trip.
- *   The buffer holds at most what this queue finished during the last pick's round trip
- *   (capped by `claimAhead`): short steps keep a batch ready, long steps claim (almost)
- *   nothing ahead, so rows other nodes could run are not held here. A buffered row that
- *   waits longer than `bufferWaitMs` is given back uncharged, as is the whole buffer on stop.
+ *   The buffer holds at most twice what this queue finished during the last pick's round
+ *   trip (capped by `claimAhead`): short steps keep a batch ready and the batches grow
+ *   until they cover a round trip (one pick is out at a time, so each must carry what runs
+ *   until the next returns); long steps claim (almost) nothing ahead, so rows other nodes
+ *   could run are not held here. A buffered row that waits longer than `bufferWaitMs` is
+ *   given back uncharged, as is the whole buffer on stop.
  *
  * Modes:
  * - idle: nothing known to be waiting; no queries. Leaves idle on a wake-up (a notification,
  *   a local due timer, a listener reconnect, the slow safety poll).
- * - backlogged: the last claim filled its batch, so more work is probably waiting; every
- *   freed slot (and every commit, if claims paused for it) claims again at once.
+ * - backlogged: the last claim filled its batch, so more work is probably waiting; freed
+ *   slots (and commits, if claims paused for them) claim again at once, as soon as there
+ *   is room for half the rows that may wait ahead (`#worthPicking`).
  * A claim that meets fewer rows than it asked for means the queue has no more due work now:
  * idle. Rows a claim put off (throttled by a rate limit) count as met; when they fall due is
  * the node's to tell (`wakeIn`, as for any work due later). Rows held back by a busy
@@ -32,6 +35,14 @@
 import { MAX_TIMER_MS } from './duration.js';
 import type { ClaimedRow } from './sql/claim.js';
 import type { Service } from './service.js';
+
+/**
+ * How many rows may wait ahead, per step that finished during the last pick. Exactly 1 is a
+ * fixed point at any rate: batches sized by what finished during a round trip can never
+ * grow, since the next round trip starts only when this one ends. 2 lets them double while
+ * short steps keep finishing, up to `claimAhead`.
+ */
+const AHEAD_PER_FINISHED = 2;
 
 export interface FeederOptions {
   readonly queue: string;
@@ -68,7 +79,7 @@ export class Feeder implements Service {
   #buffer: Buffered[] = [];
   #running = 0;
   #committing = 0;
-  /** Rows the buffer may hold: what finished during the last pick (≤ `claimAhead`). */
+  /** Rows the buffer may hold: twice what finished during the last pick (≤ `claimAhead`). */
   #ahead = 0;
   #finished = 0;
   #wanted = false;
@@ -185,9 +196,20 @@ export class Feeder implements Service {
     return Math.min(slots, this.#o.batchSize);
   }
 
+  /**
+   * The fewest rows worth a pick: half of those that may wait ahead (at least 1). Picking
+   * the moment any slot frees would send a train of small picks, each a statement and a
+   * commit of its own; while the buffer and the running steps still cover about half a round
+   * trip, waiting for room for a larger batch keeps the slots as busy with fewer picks.
+   * With long steps nothing waits ahead, and a pick goes out for each slot that frees.
+   */
+  #worthPicking(): number {
+    return Math.max(1, Math.min(this.#o.batchSize, Math.floor(this.#ahead / 2)));
+  }
+
   #pump(): void {
     if (!this.#started || this.#picking || !this.#wanted) return;
-    if (this.#room() <= 0) return;
+    if (this.#room() < this.#worthPicking()) return;
     this.#picking = this.#loop().finally(() => {
       this.#picking = undefined;
       this.#pump();
@@ -195,7 +217,7 @@ export class Feeder implements Service {
   }
 
   async #loop(): Promise<void> {
-    while (this.#started && this.#wanted && this.#room() > 0) {
+    while (this.#started && this.#wanted && this.#room() >= this.#worthPicking()) {
       this.#wanted = false;
       const limit = this.#room();
       this.#finished = 0;
@@ -210,8 +232,8 @@ export class Feeder implements Service {
         this.#retryTimer.unref();
         return;
       }
-      // What finished while this pick was out is what the next one should find ready.
-      this.#ahead = Math.min(this.#o.claimAhead, this.#finished);
+      // What finished while this pick was out is about what the next one should find ready.
+      this.#ahead = Math.min(this.#o.claimAhead, AHEAD_PER_FINISHED * this.#finished);
       this.#backlog = full;
       if (this.#backlog) this.#wanted = true;
       if (rows.length === 0) continue;

@@ -8,6 +8,7 @@ import { MAX_TIMER_MS } from '../runtime/duration.js';
 import { Feeder, type FeederOptions } from '../runtime/feeder.js';
 import { PeriodicService } from '../runtime/service.js';
 import { continuationOf } from '../runtime/run-ahead.js';
+import { feederLimits } from '../cluster/queue-runtime.js';
 import type { ClaimedRow } from '../runtime/sql/claim.js';
 
 class Counter extends PeriodicService {
@@ -242,7 +243,7 @@ describe('Feeder', () => {
     await feeder.stop();
   });
 
-  it('claims ahead what finished during its last pick, and starts it from the buffer without a claim', async () => {
+  it('claims ahead twice what finished during its last pick, and starts it from the buffer without a claim', async () => {
     // Picks resolve when the test says, so steps can finish while one is out.
     const picks: Array<() => void> = [];
     const requested: number[] = [];
@@ -267,25 +268,75 @@ describe('Feeder', () => {
     await until(() => requested.length === 2); // a pick for the 2 free slots is out...
     feeder.stepsFinished(2); // ...while 2 more steps finish
     await answer();
-    // That pick saw 2 steps finish while it was out: 2 rows may wait ahead, so the next pick
-    // asks for the 2 free slots and the 2 ahead.
+    // That pick saw 2 steps finish while it was out: 4 rows may wait ahead, so the next pick
+    // asks for the 2 free slots and the 4 ahead.
     await answer();
-    expect(requested).toEqual([4, 2, 4]);
+    expect(requested).toEqual([4, 2, 6]);
     expect({ running: feeder.running, buffered: feeder.buffered, dispatched: counts.dispatched }).toEqual({
       running: 4,
-      buffered: 2,
+      buffered: 4,
       dispatched: 8,
     });
     // A slot frees: a buffered row starts at once, with no claim in between.
     feeder.stepsFinished(1);
     await until(() => counts.dispatched === 9);
-    expect(feeder.buffered).toBe(1);
-    // Stop gives the buffered row back (uncharged, committed as a release) and runs nothing more.
+    expect(feeder.buffered).toBe(3);
+    // Stop gives the buffered rows back (uncharged, committed as releases) and runs nothing more.
     const stopped = feeder.stop();
     picks.splice(0).forEach((p) => p());
     await stopped;
-    expect(counts.givenBack).toHaveLength(requested.length > 4 ? 1 + requested[4]! : 1);
+    expect(counts.givenBack).toHaveLength(requested.length > 3 ? 3 + requested[3]! : 3);
     expect(counts.dispatched).toBe(9);
+  });
+
+  it('waits for room for half the rows that may wait ahead before it picks again, instead of a pick per freed slot', async () => {
+    const picks: Array<(rows: number) => void> = [];
+    const requested: number[] = [];
+    let next = 0;
+    const { feeder } = feederOver(0, 10, {
+      claimAhead: 20,
+      claim: (limit) => {
+        requested.push(limit);
+        return new Promise((resolve) =>
+          picks.push((n) => resolve({ rows: Array.from({ length: n }, () => row(next++)), full: true })),
+        );
+      },
+    });
+    const answer = async (n: number): Promise<void> => {
+      await until(() => picks.length > 0);
+      picks.shift()!(n);
+      await new Promise((resolve) => setImmediate(resolve));
+    };
+    const turns = async (): Promise<void> => {
+      for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
+    };
+    feeder.start();
+    await answer(10); // 10 running
+    feeder.stepsFinished(5); // a pick for the 5 free slots goes out...
+    await until(() => requested.length === 2);
+    feeder.stepsFinished(5); // ...while the other 5 finish: 10 may wait ahead
+    await answer(5); // 5 running; room for 10 + 10 - 5 = 15
+    await until(() => requested.length === 3);
+    feeder.stepsFinished(2); // 2 finish while that pick is out: 4 may wait ahead, so 2 are worth a pick
+    await answer(15); // 7 of them start (10 running), 8 wait: no room
+    expect(requested.slice(0, 3)).toEqual([10, 5, 15]);
+    const before = requested.length;
+    // Slots free one at a time, each taking a buffered row: room grows by one each time.
+    while (10 + 4 - feeder.running - feeder.buffered < 1) {
+      feeder.stepsFinished(1);
+      await turns();
+    }
+    // Room for 1 row: not worth a pick yet.
+    expect({ room: 10 + 4 - feeder.running - feeder.buffered, picks: requested.length }).toEqual({
+      room: 1,
+      picks: before,
+    });
+    feeder.stepsFinished(1);
+    await until(() => requested.length === before + 1);
+    expect(requested.at(-1)).toBe(2);
+    const stopped = feeder.stop();
+    picks.splice(0).forEach((p) => p(0));
+    await stopped;
   });
 
   it('gives back a claimed row that waited past bufferWaitMs for a slot', async () => {
@@ -295,8 +346,8 @@ describe('Feeder', () => {
       claimAhead: 5,
       bufferWaitMs: 1_000,
       // The first pick fills both slots; one step finishes and a second pick goes out, while
-      // it is out the other step finishes, so 1 row may wait ahead: the third pick takes 2,
-      // one for the free slot and one for the buffer.
+      // it is out the other step finishes, so 2 rows may wait ahead: the third pick takes 3,
+      // one for the free slot and two for the buffer.
       claim: (limit) => {
         calls++;
         const rows = Array.from({ length: limit }, (_, i) => row(calls * 10 + i));
@@ -308,17 +359,17 @@ describe('Feeder', () => {
     await vi.advanceTimersByTimeAsync(0);
     feeder.stepsFinished(1);
     await vi.advanceTimersByTimeAsync(0);
-    expect({ calls, buffered: feeder.buffered }).toEqual({ calls: 3, buffered: 1 });
+    expect({ calls, buffered: feeder.buffered }).toEqual({ calls: 3, buffered: 2 });
     await vi.advanceTimersByTimeAsync(999);
     expect(state.givenBack).toEqual([]);
     await vi.advanceTimersByTimeAsync(2);
     expect({ givenBack: state.givenBack, buffered: feeder.buffered }).toEqual({
-      givenBack: ['31'],
+      givenBack: ['31', '32'],
       buffered: 0,
     });
-    // Counted as a result to commit until its release is committed: 2 running, 2 results
-    // and the given-back row waiting for their commit.
-    expect({ running: feeder.running, inFlight: feeder.inFlight }).toEqual({ running: 2, inFlight: 5 });
+    // Counted as results to commit until their releases are committed: 2 running, 2 results
+    // and the 2 given-back rows waiting for their commit.
+    expect({ running: feeder.running, inFlight: feeder.inFlight }).toEqual({ running: 2, inFlight: 6 });
     await feeder.stop();
   });
 
@@ -360,6 +411,27 @@ describe('Feeder', () => {
     feeder.wakeIn(1);
     await vi.advanceTimersByTimeAsync(MAX_TIMER_MS);
     expect(state).toMatchObject({ requested: [2], dispatched: 2 });
+  });
+});
+
+describe('feederLimits', () => {
+  it('claims ahead 4 × the concurrency by default, picks the slots and the rows ahead together, and keeps what is given', () => {
+    expect(feederLimits({ concurrency: 16 })).toEqual({ claimAhead: 64, batchSize: 80, maxUncommitted: 160 });
+    expect(feederLimits({ concurrency: 500 })).toEqual({
+      claimAhead: 1_000,
+      batchSize: 1_000,
+      maxUncommitted: 3_000,
+    });
+    expect(feederLimits({ concurrency: 16, claimAhead: 0 })).toEqual({
+      claimAhead: 0,
+      batchSize: 16,
+      maxUncommitted: 32,
+    });
+    expect(feederLimits({ concurrency: 16, batchSize: 500, claimAhead: 8 })).toEqual({
+      claimAhead: 8,
+      batchSize: 500,
+      maxUncommitted: 500,
+    });
   });
 });
 
