@@ -71,12 +71,38 @@ function detailOf(failure: StepFailure): ErrorDetail {
   };
 }
 
-/** Controllers of the steps running on this thread, for `abortRunningSteps`. */
-const running = new Set<AbortController>();
+/**
+ * A step's abort: its `AbortController` is made only when the step reads
+ * `ctx.abortSignal` (an aborted one, if the abort came first). Most steps never read it,
+ * and a controller with its signal costs more than a no-op step.
+ */
+class StepAbort {
+  #controller: AbortController | undefined;
+  #aborted = false;
+  #reason: unknown;
+
+  get signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#aborted) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
+/** Aborts of the steps running on this thread, for `abortRunningSteps`. */
+const running = new Set<StepAbort>();
 
 /** Fires the abort signal of every step running on this thread (forced shutdown). */
 export function abortRunningSteps(reason: string): void {
-  for (const controller of running) controller.abort(new Error(reason));
+  for (const abort of running) abort.abort(new Error(reason));
 }
 
 /** Told when user code starts (true) and stops (false) running synchronously. */
@@ -124,25 +150,25 @@ export async function executeStep(
   item: StepItem,
   mark: RunningMark = noMark,
 ): Promise<StepResult> {
-  const controller = new AbortController();
-  running.add(controller);
+  const abort = new StepAbort();
+  running.add(abort);
   try {
-    return await executeWith(def, item, controller, mark);
+    return await executeWith(def, item, abort, mark);
   } finally {
-    running.delete(controller);
+    running.delete(abort);
   }
 }
 
 async function executeWith(
   def: AnyMachine,
   item: StepItem,
-  controller: AbortController,
+  abort: StepAbort,
   mark: RunningMark,
 ): Promise<StepResult> {
   // Only an explicitly chosen timeout turns tracking on: the 15-minute default is a backstop
   // against promises that never settle, not worth 10% of every step's speed.
   if (def.stepTimeoutSet && def.stepTimeoutMs !== null) trackContinuations();
-  const { ctx, effects, seal } = contextFor(item, controller.signal);
+  const { ctx, effects, seal } = contextFor(item, abort);
   const state: unknown = JSON.parse(item.state);
   let failure = item.failure;
   if (!failure) {
@@ -150,11 +176,7 @@ async function executeWith(
       const fn = def.steps[item.step];
       if (typeof fn !== 'function')
         throw new Failure('invalid_outcome', `machine ${def.name} has no step "${item.step}"`);
-      const value = await withTimeout(
-        () => marked(mark, () => fn(state, ctx)),
-        def.stepTimeoutMs,
-        controller,
-      );
+      const value = await withTimeout(() => marked(mark, () => fn(state, ctx)), def.stepTimeoutMs, abort);
       seal();
       const result = toResult(def, item.id, value, inboxView(item, ctx));
       return effects.inserts.length + effects.signals.length > 0 ? { ...result, effects } : result;
@@ -185,7 +207,7 @@ function inboxView(item: StepItem, ctx: StepContext): InboxView {
 /** The step's `ctx`, with the effects it records; `seal` ends recording (the step returned). */
 function contextFor(
   item: StepItem,
-  abortSignal: AbortSignal,
+  abort: StepAbort,
 ): {
   ctx: StepContext;
   effects: { inserts: StepEffects['inserts'][number][]; signals: StepEffects['signals'][number][] };
@@ -211,7 +233,9 @@ function contextFor(
     attempt: item.attempt,
     maxAttempts: item.maxAttempts,
     correlationKey: item.correlationKey,
-    abortSignal,
+    get abortSignal() {
+      return abort.signal;
+    },
     awaited: Object.freeze(awaited),
     all: Object.freeze(all),
     timedOut: item.timedOut,
@@ -257,7 +281,7 @@ async function handleFailure(
       ? await withTimeout(
           () => marked(mark, () => onError(failure, state, ctx)),
           onErrorLimitMs(def),
-          new AbortController(),
+          new StepAbort(),
           'onError',
         )
       : defaultOnError(failure, item, def.backoff, state);
@@ -291,23 +315,34 @@ export function defaultOnError(
 async function withTimeout<T>(
   run: () => T | Promise<T>,
   timeoutMs: number | null,
-  controller: AbortController,
+  abort: StepAbort,
   what = 'step',
 ): Promise<T> {
-  if (timeoutMs === null) return await run();
+  // A step that returns without a promise is done: no timer could have fired while it ran
+  // (the thread's watchdog deals with code that blocks), so only a promise is raced.
+  const value = run();
+  if (timeoutMs === null || !isThenable(value)) return await value;
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       const failure = new Failure('timeout', `${what} timed out after ${timeoutMs}ms`);
-      controller.abort(failure);
+      abort.abort(failure);
       reject(failure);
     }, timeoutMs);
   });
   try {
-    return await Promise.race([Promise.resolve().then(run), timeout]);
+    return await Promise.race([value, timeout]);
   } finally {
     clearTimeout(timer);
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    (typeof value === 'object' || typeof value === 'function') &&
+    value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
 }
 
 /** `next()`'s rate limit, validated (a bad one fails the step as an invalid outcome). */

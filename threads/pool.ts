@@ -3,9 +3,12 @@
  * of claimed steps.
  *
  * A batch is split evenly over the threads; each part crosses the thread boundary as one
- * task with its own `MessagePort`, on which the worker streams results as steps finish.
- * When a task settles, the port is drained synchronously, so no result posted before a
- * thread died is lost. Steps left without a result are handled here:
+ * task. The worker streams the results of steps that finish while others of the part still
+ * run on its thread's port (`ThreadPorts`); the rest come back as the task's reply. When a
+ * task settles, that port is drained synchronously, so no result posted before a thread
+ * died is lost. Which thread runs a part, and which of its steps holds the thread, the
+ * worker writes to shared memory (`ControlSlots`), not in messages. Steps left without a
+ * result are handled here:
  *
  * - the thread died (uncaught error, `process.exit`, out of memory): each such step is a
  *   failure, sent once more to a worker to run the machine's `onError`; if that dies too,
@@ -18,15 +21,25 @@
  */
 import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
-import { BroadcastChannel, MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
+import { BroadcastChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { errorMessage } from '../runtime/errors.js';
 import type { StepExecutor, StepRequest, StepResult } from '../runtime/executor.js';
 import type { StepFailure } from '../runtime/machine.js';
 import type { MachineRegistry } from '../runtime/registry.js';
 import { trackResource } from '../runtime/resources.js';
-import { fallbackResult } from './execute-step.js';
-import type { PoolWorkerData, PortMessage, StepItem, StepTask } from './protocol.js';
+import { fallbackResult, onErrorLimitMs } from './execute-step.js';
+import { type ControlSlot, ControlSlots } from './control-slots.js';
+import {
+  type PoolWorkerData,
+  type PortMessage,
+  RUNNING,
+  type StepItem,
+  type StepTask,
+  THREAD,
+  type TaskControl,
+} from './protocol.js';
+import { ThreadPorts, isThreadPortMessage } from './thread-ports.js';
 
 export interface QueuePoolOptions {
   readonly queue: string;
@@ -43,8 +56,12 @@ export interface QueuePoolOptions {
 
 interface TaskState {
   readonly items: readonly StepItem[];
-  /** See `StepTask.running`. */
-  readonly running: Int32Array;
+  readonly control: TaskControl;
+}
+
+/** The thread a task runs on, once it started (see `TaskControl`). */
+function threadOf(task: TaskState): number | undefined {
+  return Atomics.load(task.control.flags, THREAD) || undefined;
 }
 
 const here = import.meta.url;
@@ -59,8 +76,11 @@ export class QueuePool implements StepExecutor {
   readonly #aborts: BroadcastChannel;
   /** Threads the watchdog terminated, with the steps blamed and why. */
   readonly #terminated = new Map<number, Map<string, string>>();
-  /** Batches running on each thread, as announced by their `started` message. */
-  readonly #tasks = new Map<number, Set<TaskState>>();
+  /** Tasks sent and not settled, whichever thread runs them. */
+  readonly #live = new Set<TaskState>();
+  readonly #ports = new ThreadPorts();
+  readonly #slots: ControlSlots;
+  #tasks = 0;
   #lastKillAt = 0;
   #running = 0;
 
@@ -69,10 +89,13 @@ export class QueuePool implements StepExecutor {
     this.#graceMs = options.graceMs ?? 1_000;
     const abortChannel = `gen-durable:abort:${randomUUID()}`;
     this.#aborts = new BroadcastChannel(abortChannel);
+    // Tasks in flight: at most one per step, plus a few to spare.
+    this.#slots = new ControlSlots(Math.max(1, options.concurrency) + options.threads);
     const workerData: PoolWorkerData = {
       entry: workerEntry,
       preload: [...new Set(options.registry.definitions.map((d) => d.module))],
       abortChannel,
+      controls: this.#slots.buffer,
     };
     this.#piscina = new Piscina({
       filename: bootstrapFile,
@@ -86,6 +109,9 @@ export class QueuePool implements StepExecutor {
       ...(options.memoryLimitMb ? { resourceLimits: { maxOldGenerationSizeMb: options.memoryLimitMb } } : {}),
     });
     this.#piscina.on('error', (error: unknown) => options.onError?.(error));
+    this.#piscina.on('message', (message: unknown) => {
+      if (isThreadPortMessage(message)) this.#ports.attach(message);
+    });
     this.#untrack = trackResource(this, 'thread-pool', options.queue);
   }
 
@@ -133,20 +159,25 @@ export class QueuePool implements StepExecutor {
     isRetry: boolean,
   ): Promise<void> {
     const pending = new Map(items.map((item) => [item.id, item]));
-    const task: TaskState = { items, running: new Int32Array(new SharedArrayBuffer(4)) };
-    const { port1, port2 } = new MessageChannel();
-    let threadId: number | undefined;
+    const slot: ControlSlot = this.#slots.take();
+    const task: TaskState = { items, control: slot.control };
+    const taskNo = ++this.#tasks;
     let watchdog: NodeJS.Timeout | undefined;
     let settled = false;
 
+    // Deadlines count from when the worker started the steps (in shared memory).
     const arm = (timeouts: ReadonlyArray<readonly [string, number]>): void => {
-      const start = Date.now();
-      const deadlines = timeouts.map(([id, ms]) => ({ id, ms, at: start + ms + this.#graceMs }));
+      if (timeouts.length === 0) return;
       watchdog = setInterval(
         () => {
+          const start = Number(Atomics.load(task.control.startedAt, 0));
+          const threadId = threadOf(task);
+          if (start === 0 || threadId === undefined) return;
           const now = Date.now();
-          const late = deadlines.filter((d) => pending.has(d.id) && d.at <= now);
-          if (late.length === 0 || threadId === undefined) return;
+          const late = timeouts
+            .filter(([id, ms]) => pending.has(id) && start + ms + this.#graceMs <= now)
+            .map(([id, ms]) => ({ id, ms }));
+          if (late.length === 0) return;
           clearInterval(watchdog);
           this.#terminate(threadId, late);
         },
@@ -159,38 +190,48 @@ export class QueuePool implements StepExecutor {
         case 'results':
           for (const result of message.results) if (pending.delete(result.id)) deliver(result);
           return;
-        case 'started':
-          threadId = message.threadId;
-          this.#tasksOn(threadId).add(task);
-          return;
         case 'deadlines':
           if (!settled) arm(message.timeouts);
           return;
       }
     };
-    port1.on('message', receive);
+    this.#ports.listen(taskNo, receive);
+    const known = this.#deadlinesOf(items);
+    if (known) arm(known);
+    this.#live.add(task);
 
     let crash: unknown;
+    let replied: readonly StepResult[] = [];
+    // Read before the slot is freed for another task.
+    let ranOn: number | undefined;
     try {
-      const message: StepTask = { items, port: port2, running: task.running };
-      await this.#piscina.run(message, { transferList: [port2] });
+      const message: StepTask = {
+        task: taskNo,
+        items,
+        slot: slot.slot,
+        ...(slot.own ? { control: slot.own } : {}),
+        deadlinesKnown: known !== null,
+      };
+      replied = (await this.#piscina.run(message)) as StepResult[];
     } catch (error) {
       crash = error;
     } finally {
       settled = true;
       clearInterval(watchdog);
-      for (let m = receiveMessageOnPort(port1); m; m = receiveMessageOnPort(port1))
-        receive(m.message as PortMessage);
-      port1.close();
-      if (threadId !== undefined) this.#tasks.get(threadId)?.delete(task);
+      ranOn = threadOf(task);
+      if (ranOn !== undefined) await this.#ports.drain(ranOn);
+      this.#ports.forget(taskNo);
+      this.#live.delete(task);
+      this.#slots.release(slot);
     }
+    for (const result of replied) if (pending.delete(result.id)) deliver(result);
     if (pending.size === 0) return;
 
     // Killed by the watchdog: the blamed steps get a timeout failure, every other step on
     // that thread is released. A batch that never started ran no step: released as well
     // when the watchdog just killed a thread (it was queued behind the blocked one).
-    const blamed = threadId === undefined ? undefined : this.#terminated.get(threadId);
-    const queuedBehindKill = !isRetry && threadId === undefined && Date.now() - this.#lastKillAt < 60_000;
+    const blamed = ranOn === undefined ? undefined : this.#terminated.get(ranOn);
+    const queuedBehindKill = !isRetry && ranOn === undefined && Date.now() - this.#lastKillAt < 60_000;
     const failed: StepItem[] = [];
     for (const item of pending.values()) {
       const blame = blamed?.get(item.id);
@@ -213,13 +254,21 @@ export class QueuePool implements StepExecutor {
     if (failed.length > 0) await this.#runTask(failed, deliver, true);
   }
 
-  #tasksOn(threadId: number): Set<TaskState> {
-    let tasks = this.#tasks.get(threadId);
-    if (!tasks) {
-      tasks = new Set();
-      this.#tasks.set(threadId, tasks);
+  /**
+   * The step timeouts of `items` (`[id, ms]`, for those that have one), when the machines of
+   * all of them are registered here; null when a machine is only resolved by name (its
+   * worker tells its timeouts).
+   */
+  #deadlinesOf(items: readonly StepItem[]): Array<readonly [string, number]> | null {
+    const timeouts: Array<readonly [string, number]> = [];
+    for (const item of items) {
+      const def = this.#options.registry.definitionOf(item.machine, item.version);
+      if (!def) return null;
+      // A step runs under its timeout; a failure's onError round under onError's limit.
+      const limit = item.failure ? onErrorLimitMs(def) : def.stepTimeoutMs;
+      if (limit !== null) timeouts.push([item.id, limit]);
     }
-    return tasks;
+    return timeouts;
   }
 
   /**
@@ -231,8 +280,9 @@ export class QueuePool implements StepExecutor {
     const thread = this.#piscina.threads.find((t) => t.threadId === threadId);
     if (!thread) return;
     const blame = this.#terminated.get(threadId) ?? new Map<string, string>();
-    for (const task of this.#tasks.get(threadId) ?? []) {
-      const holder = task.items[Atomics.load(task.running, 0) - 1];
+    for (const task of this.#live) {
+      if (threadOf(task) !== threadId) continue;
+      const holder = task.items[Atomics.load(task.control.flags, RUNNING) - 1];
       if (holder)
         blame.set(holder.id, `step blocked its thread past a deadline, so the thread was terminated`);
     }
@@ -256,6 +306,7 @@ export class QueuePool implements StepExecutor {
   async close(): Promise<void> {
     this.#aborts.close();
     await this.#piscina.destroy();
+    this.#ports.close();
     this.#untrack();
   }
 }

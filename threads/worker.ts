@@ -2,11 +2,22 @@
  * The worker-thread side: imports machine modules by itself, runs a batch of steps
  * concurrently and streams their results back on the batch's port.
  */
-import { BroadcastChannel, threadId } from 'node:worker_threads';
+import { BroadcastChannel, MessageChannel, parentPort, threadId } from 'node:worker_threads';
 import { workerData } from 'piscina';
 import { type AnyMachine, isMachineDefinition, machineKey } from '../runtime/machine.js';
 import { abortRunningSteps, executeStep, fallbackResult, onErrorLimitMs, toFailure } from './execute-step.js';
-import type { PoolWorkerData, PortMessage, StepItem, StepResult, StepTask } from './protocol.js';
+import {
+  type PoolWorkerData,
+  type PortMessage,
+  RUNNING,
+  type StepItem,
+  type StepResult,
+  type StepTask,
+  THREAD,
+  THREAD_PORT,
+  type ThreadPortMessage,
+  taskControl,
+} from './protocol.js';
 import { ensureTypeScriptLoader, isTypeScriptModule } from './typescript-loader.js';
 
 const modules = new Map<string, Promise<Map<string, AnyMachine>>>();
@@ -40,6 +51,12 @@ async function definitionFor(item: StepItem): Promise<AnyMachine> {
 
 const data = workerData as PoolWorkerData;
 
+// The port this thread posts results on; the other end goes to the main thread first thing.
+const { port1: mainEnd, port2: toMain } = new MessageChannel();
+const hello: ThreadPortMessage = { type: THREAD_PORT, threadId, port: mainEnd };
+parentPort!.postMessage(hello, [mainEnd]);
+const post = (message: PortMessage): void => toMain.postMessage(message);
+
 // A machine module that starts a node at its top level without awaiting it leaves a
 // rejected join behind here (see `Cluster.join`): the thread carries on running its steps.
 process.on('unhandledRejection', (reason: unknown) => {
@@ -56,36 +73,47 @@ aborts.unref();
 // module that fails here fails again, with its error recorded, when a step needs it.
 await Promise.all(data.preload.map((url) => moduleAt(url).catch(() => undefined)));
 
-export default async function runBatch(task: StepTask): Promise<number> {
-  const { items, port, running } = task;
-  const post = (message: PortMessage): void => port.postMessage(message);
-  post({ type: 'started', threadId });
+/** Runs a batch; returns the results not posted on its port while it ran. */
+export default async function runBatch(task: StepTask): Promise<StepResult[]> {
+  const { items, deadlinesKnown } = task;
+  const { flags, startedAt } = task.control
+    ? taskControl(task.control)
+    : taskControl(data.controls, task.slot);
+  Atomics.store(flags, THREAD, threadId);
   const defs = await Promise.all(
     items.map((item) => definitionFor(item).catch((error: unknown) => toFailure(error))),
   );
 
-  const timeouts: Array<readonly [string, number]> = [];
-  defs.forEach((def, i) => {
-    if (!('steps' in def)) return;
-    // A step runs under its timeout; a failure's onError round under onError's limit.
-    const limit = items[i]!.failure ? onErrorLimitMs(def) : def.stepTimeoutMs;
-    if (limit !== null) timeouts.push([items[i]!.id, limit]);
-  });
-  if (timeouts.length > 0) post({ type: 'deadlines', timeouts });
+  if (!deadlinesKnown) {
+    const timeouts: Array<readonly [string, number]> = [];
+    defs.forEach((def, i) => {
+      if (!('steps' in def)) return;
+      // A step runs under its timeout; a failure's onError round under onError's limit.
+      const limit = items[i]!.failure ? onErrorLimitMs(def) : def.stepTimeoutMs;
+      if (limit !== null) timeouts.push([items[i]!.id, limit]);
+    });
+    if (timeouts.length > 0) post({ type: 'deadlines', task: task.task, timeouts });
+  }
+  Atomics.store(startedAt, 0, BigInt(Date.now()));
 
   let buffer: StepResult[] = [];
   let scheduled = false;
+  let finished = false;
   const flush = (): void => {
     scheduled = false;
-    if (buffer.length === 0) return;
+    if (finished || buffer.length === 0) return;
     const results = buffer;
     buffer = [];
-    post({ type: 'results', results });
+    post({ type: 'results', task: task.task, results });
   };
   await Promise.all(
     items.map(async (item, i) => {
       const def = defs[i]!;
-      const mark = (on: boolean): void => void Atomics.store(running, 0, on ? i + 1 : 0);
+      // The block is another task's once this one replied: a continuation of a step that
+      // outlives its batch marks nothing.
+      const mark = (on: boolean): void => {
+        if (!finished) Atomics.store(flags, RUNNING, on ? i + 1 : 0);
+      };
       let result: StepResult;
       try {
         result = 'steps' in def ? await executeStep(def, item, mark) : fallbackResult(item, def);
@@ -99,6 +127,7 @@ export default async function runBatch(task: StepTask): Promise<number> {
       }
     }),
   );
-  flush();
-  return items.length;
+  // What finished since the last post goes back with the task's reply.
+  finished = true;
+  return buffer;
 }
