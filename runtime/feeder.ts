@@ -11,10 +11,11 @@
  * - Claim ahead: rows claimed beyond the free slots wait in a local buffer, under lease,
  *   and start the moment a slot frees, so a step does not wait for a pick's round trip.
  *   The buffer holds at most twice what this queue finished during the last pick's round
- *   trip (capped by `claimAhead`): short steps keep a batch ready and the batches grow
- *   until they cover a round trip (one pick is out at a time, so each must carry what runs
- *   until the next returns); long steps claim (almost) nothing ahead, so rows other nodes
- *   could run are not held here. A buffered row that waits longer than `bufferWaitMs` is
+ *   trip, or twice what it held before when every step finished and nothing was left to
+ *   start while that pick was out (capped by `claimAhead`): short steps keep a batch ready
+ *   and the batches grow until they cover a round trip (one pick is out at a time, so each
+ *   must carry what runs until the next returns); long steps claim (almost) nothing ahead,
+ *   so rows other nodes could run are not held here. A buffered row that waits longer than `bufferWaitMs` is
  *   given back uncharged, as is the whole buffer on stop.
  *
  * Modes:
@@ -82,6 +83,8 @@ export class Feeder implements Service {
   /** Rows the buffer may hold: twice what finished during the last pick (≤ `claimAhead`). */
   #ahead = 0;
   #finished = 0;
+  /** Every step finished and nothing was buffered while the current pick was out. */
+  #drained = false;
   #wanted = false;
   #backlog = false;
   #picking: Promise<void> | undefined;
@@ -165,6 +168,7 @@ export class Feeder implements Service {
       queueMicrotask(() => {
         this.#dispatchQueued = false;
         this.#startBuffered();
+        if (this.#running === 0 && this.#buffer.length === 0 && this.#picking) this.#drained = true;
         this.#pump();
       });
     }
@@ -221,6 +225,7 @@ export class Feeder implements Service {
       this.#wanted = false;
       const limit = this.#room();
       this.#finished = 0;
+      this.#drained = false;
       let rows: ClaimedRow[];
       let full: boolean;
       try {
@@ -233,7 +238,10 @@ export class Feeder implements Service {
         return;
       }
       // What finished while this pick was out is about what the next one should find ready.
-      this.#ahead = Math.min(this.#o.claimAhead, AHEAD_PER_FINISHED * this.#finished);
+      this.#ahead = Math.min(
+        this.#o.claimAhead,
+        Math.max(AHEAD_PER_FINISHED * this.#finished, this.#drained ? 2 * this.#ahead : 0),
+      );
       this.#backlog = full;
       if (this.#backlog) this.#wanted = true;
       if (rows.length === 0) continue;

@@ -339,6 +339,40 @@ describe('Feeder', () => {
     await stopped;
   });
 
+  it('doubles the rows that may wait ahead when its steps all finished while a pick was out', async () => {
+    const picks: Array<(rows: number) => void> = [];
+    const requested: number[] = [];
+    let next = 0;
+    const { feeder } = feederOver(0, 2, {
+      claimAhead: 20,
+      claim: (limit) => {
+        requested.push(limit);
+        return new Promise((resolve) =>
+          picks.push((n) => resolve({ rows: Array.from({ length: n }, () => row(next++)), full: true })),
+        );
+      },
+    });
+    const answer = async (n: number): Promise<void> => {
+      await until(() => picks.length > 0);
+      picks.shift()!(n);
+      await new Promise((resolve) => setImmediate(resolve));
+    };
+    feeder.start();
+    await answer(2); // 2 running
+    feeder.stepsFinished(1); // a pick for the free slot goes out
+    await until(() => requested.length === 2);
+    feeder.stepsFinished(1); // nothing runs or waits while it is out: 1 finished, 2 may wait ahead
+    await answer(1); // 1 running: room for 2 + 2 - 1 = 3
+    await until(() => requested.length === 3);
+    feeder.stepsFinished(1); // drained again, with 1 finished: twice the 2 that could wait, not 2 x 1
+    await answer(3); // 2 running, 1 waiting: room for 2 + 4 - 3 = 3
+    await until(() => requested.length === 4);
+    expect(requested).toEqual([2, 1, 3, 3]);
+    const stopped = feeder.stop();
+    picks.splice(0).forEach((p) => p(0));
+    await stopped;
+  });
+
   it('gives back a claimed row that waited past bufferWaitMs for a slot', async () => {
     vi.useFakeTimers();
     let calls = 0;
@@ -415,8 +449,17 @@ describe('Feeder', () => {
 });
 
 describe('feederLimits', () => {
-  it('claims ahead 4 × the concurrency by default, picks the slots and the rows ahead together, and keeps what is given', () => {
-    expect(feederLimits({ concurrency: 16 })).toEqual({ claimAhead: 64, batchSize: 80, maxUncommitted: 160 });
+  it('claims ahead 8 × the concurrency by default, picks the slots and the rows ahead together, and keeps what is given', () => {
+    expect(feederLimits({ concurrency: 16 })).toEqual({
+      claimAhead: 128,
+      batchSize: 144,
+      maxUncommitted: 288,
+    });
+    expect(feederLimits({ concurrency: 64 })).toEqual({
+      claimAhead: 512,
+      batchSize: 576,
+      maxUncommitted: 1_152,
+    });
     expect(feederLimits({ concurrency: 500 })).toEqual({
       claimAhead: 1_000,
       batchSize: 1_000,

@@ -194,14 +194,17 @@ function claimSet(shape: FlushShape): string {
  * hold, so an outcome whose lease was reaped (and maybe re-claimed) commits nothing. Rows are
  * locked in id order (callers sort the batch; see `Flusher`), or all at once first (`lock`).
  *
- * Plan: driven from the arrays by primary key (`t.id = o.id`, a nested loop of pkey
- * probes; a hash join when the batch is a large part of a small table), so the cost grows
- * with the batch, never with the node's rows in flight. `status` and `locked_by` are compared
- * with `IS NOT DISTINCT FROM`, which neither an index condition nor a partial index's
- * predicate can match: with statistics taken while nothing was executing, the planner
- * otherwise believes `gen_durable_leases` (partial on `status = 'executing'`) empty and
- * scans all of the node's rows through it (measured: 5,000 in flight, 10 outcomes, 4,990
- * rows filtered, or 49,990 per-outcome, ~13-16 ms). `EXPLAIN`-tested. Not prepared, so it
+ * Plan: the rows are found by primary key from the batch's ids (`t.id = ANY ($2)`, then
+ * joined to their outcomes by a hash; a seq scan only when the table is small), so the cost
+ * grows with the batch, never with the node's rows in flight. The guard on `status` and
+ * `locked_by` is a `CASE`, which neither an index condition nor a partial index's predicate
+ * can match and which the planner estimates at one row in two. With statistics taken while
+ * nothing was executing, plain comparisons are estimated to match almost no row, and the
+ * planner then (a) scanned all of the node's rows through `gen_durable_leases` (partial on
+ * `status = 'executing'`; measured: 5,000 in flight, 10 outcomes, 49,990 rows filtered,
+ * ~13-16 ms), or (b) for a large batch, scanned the table as the outer side of a nested loop
+ * that compared every row in flight with every outcome (1,000 outcomes among 60,000 rows:
+ * 999,000 rows removed by the join filter, ~240 ms). Both `EXPLAIN`-tested. Not prepared, so it
  * is planned with the actual arrays: a generic plan guesses the arrays' sizes and was seen
  * to rescan them per executing row. Planned on every flush, so it carries only what its
  * batch uses (`columnsOf`, `actorSet`): the plain drain measured ~0.35 ms slower per flush
@@ -227,8 +230,8 @@ function outcomeUpdate(shape: FlushShape, columns: readonly Column[], returning:
        ${claimSet(shape)}
        updated_at = now()
      FROM unnest(${arrays}) AS o(${names})
-     WHERE ${shape.lock ? '(SELECT count(*) FROM locked) >= 0 AND ' : ''}t.id = o.id AND t.claim = o.claim
-       AND t.status IS NOT DISTINCT FROM 'executing' AND t.locked_by IS NOT DISTINCT FROM $1::text
+     WHERE ${shape.lock ? '(SELECT count(*) FROM locked) >= 0 AND ' : ''}t.id = ANY ($2::bigint[]) AND t.id = o.id AND t.claim = o.claim
+       AND CASE WHEN t.status = 'executing' AND t.locked_by = $1::text THEN true ELSE false END
      RETURNING ${returning}`;
 }
 

@@ -201,7 +201,8 @@ export async function abandonClaims(
     `WITH c AS (
        SELECT t.id, o.delay_ms FROM :schema.gen_durable t
        JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS o(id, claim, delay_ms) ON t.id = o.id
-       WHERE t.claim = o.claim AND t.status IS NOT DISTINCT FROM 'executing'
+       WHERE t.id = ANY ($1::bigint[]) AND t.claim = o.claim
+         AND CASE WHEN t.status = 'executing' THEN true ELSE false END
          AND (NOT $5::boolean OR t.lease_expires_at < now())
        ORDER BY t.id
        FOR NO KEY UPDATE OF t SKIP LOCKED
