@@ -156,7 +156,10 @@ export class Feeder implements Service {
 
   /**
    * `n` dispatched steps reported their results (to be committed): their slots are free.
-   * Buffered rows start once the results that arrived together are all counted.
+   * Buffered rows start once the results that arrived in this turn of the event loop are all
+   * counted (from every thread's messages and replies): starting rows as each message
+   * arrives sent batches of ~3 steps (measured at c=64: 19,112 dispatches for 60,000 steps,
+   * 1,436 once coalesced per turn), and each batch costs its thread hop.
    */
   stepsFinished(n: number): void {
     this.#running -= n;
@@ -165,7 +168,7 @@ export class Feeder implements Service {
     if (this.#backlog) this.#wanted = true;
     if (!this.#dispatchQueued) {
       this.#dispatchQueued = true;
-      queueMicrotask(() => {
+      setImmediate(() => {
         this.#dispatchQueued = false;
         this.#startBuffered();
         if (this.#running === 0 && this.#buffer.length === 0 && this.#picking) this.#drained = true;

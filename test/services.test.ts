@@ -55,7 +55,13 @@ function row(id: number): ClaimedRow {
 
 /** A feeder over a fake backlog of `available` rows (no claim ahead unless asked). */
 function feederOver(available: number, concurrency: number, extra: Partial<FeederOptions> = {}) {
-  const state = { available, requested: [] as number[], dispatched: 0, givenBack: [] as string[] };
+  const state = {
+    available,
+    requested: [] as number[],
+    dispatched: 0,
+    batches: [] as number[],
+    givenBack: [] as string[],
+  };
   let next = 0;
   const feeder = new Feeder({
     queue: 'q',
@@ -76,6 +82,7 @@ function feederOver(available: number, concurrency: number, extra: Partial<Feede
     },
     dispatch: (rows) => {
       state.dispatched += rows.length;
+      state.batches.push(rows.length);
     },
     giveBack: (rows) => {
       state.givenBack.push(...rows.map((r) => r.id));
@@ -339,6 +346,22 @@ describe('Feeder', () => {
     await stopped;
   });
 
+  it('starts the rows that wait once per turn of the event loop, however many messages freed slots in it', async () => {
+    const { feeder, state } = feederOver(3, 3);
+    feeder.start();
+    await until(() => state.dispatched === 3);
+    feeder.resume([row(100), row(101), row(102)]); // all slots busy: they wait
+    expect(feeder.buffered).toBe(3);
+    // Three results messages handled in one turn, each freeing a slot.
+    await new Promise<void>((resolve) => {
+      for (let i = 0; i < 3; i++) setImmediate(() => feeder.stepsFinished(1));
+      setImmediate(resolve);
+    });
+    await until(() => state.dispatched === 6);
+    expect(state.batches).toEqual([3, 3]);
+    await feeder.stop();
+  });
+
   it('doubles the rows that may wait ahead when its steps all finished while a pick was out', async () => {
     const picks: Array<(rows: number) => void> = [];
     const requested: number[] = [];
@@ -362,9 +385,11 @@ describe('Feeder', () => {
     feeder.stepsFinished(1); // a pick for the free slot goes out
     await until(() => requested.length === 2);
     feeder.stepsFinished(1); // nothing runs or waits while it is out: 1 finished, 2 may wait ahead
+    await new Promise((resolve) => setImmediate(resolve));
     await answer(1); // 1 running: room for 2 + 2 - 1 = 3
     await until(() => requested.length === 3);
     feeder.stepsFinished(1); // drained again, with 1 finished: twice the 2 that could wait, not 2 x 1
+    await new Promise((resolve) => setImmediate(resolve));
     await answer(3); // 2 running, 1 waiting: room for 2 + 4 - 3 = 3
     await until(() => requested.length === 4);
     expect(requested).toEqual([2, 1, 3, 3]);

@@ -10,6 +10,10 @@ import { CHAIN_LENGTH, type RunSettings, type Subject, type Workload, countOf } 
 const compiled = new URL('../../dist/index.js', import.meta.url).href;
 type Engine = typeof import('../../index.js');
 const engine = (): Promise<Engine> => import(compiled) as Promise<Engine>;
+// The feeder limits the node derives from a queue's options, for the settings printed.
+const { feederLimits } = (await import(
+  new URL('../../dist/cluster/queue-runtime.js', import.meta.url).href
+)) as typeof import('../../cluster/queue-runtime.js');
 
 const THREADS = 2;
 const CHUNK = 5_000;
@@ -25,7 +29,10 @@ function engineSubject(name: string, runAhead: boolean): Subject {
     settings: ({ concurrency }: RunSettings) => ({
       concurrency,
       threads: THREADS,
-      claimAhead: `default (≤ ${Math.min(concurrency, 500)})`,
+      ...(({ claimAhead, batchSize }) => ({
+        claimAhead: `default (≤ ${claimAhead})`,
+        batchSize: `default (${batchSize})`,
+      }))(feederLimits({ concurrency })),
       flushBatch: 'default (1000)',
       inline: runAhead,
     }),
