@@ -53,7 +53,7 @@ const queueSchema = z
     batchSize: z.number().int().min(1).max(10_000).optional(),
     /**
      * Rows claimed ahead of free slots at most, held under lease until a slot frees (default:
-     * 8 × the concurrency, capped at 1,000; 0 turns it off). The node holds at most twice
+     * 16 × the concurrency, capped at 1,000; 0 turns it off). The node holds at most twice
      * what it finished during its last pick, so long steps claim (almost) nothing ahead.
      */
     claimAhead: z.number().int().min(0).max(10_000).optional(),

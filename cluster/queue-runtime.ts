@@ -35,7 +35,7 @@ export interface QueueRuntimeOptions {
 }
 
 /**
- * A queue's feeder limits from its options. Defaults: claim ahead up to 8 × the concurrency
+ * A queue's feeder limits from its options. Defaults: claim ahead up to 16 × the concurrency
  * (at most 1,000 rows; the feeder holds only what its steps finish fast enough to need), a
  * pick as large as the slots and the rows ahead together (at most 1,000), and results
  * waiting for their commit up to twice what may be claimed.
@@ -45,7 +45,7 @@ export function feederLimits(q: {
   readonly batchSize?: number | undefined;
   readonly claimAhead?: number | undefined;
 }): { claimAhead: number; batchSize: number; maxUncommitted: number } {
-  const claimAhead = q.claimAhead ?? Math.min(8 * q.concurrency, MAX_DEFAULT_BATCH);
+  const claimAhead = q.claimAhead ?? Math.min(16 * q.concurrency, MAX_DEFAULT_BATCH);
   const batchSize = q.batchSize ?? Math.min(q.concurrency + claimAhead, MAX_DEFAULT_BATCH);
   return { claimAhead, batchSize, maxUncommitted: Math.max(2 * (q.concurrency + claimAhead), batchSize) };
 }

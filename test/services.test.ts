@@ -474,16 +474,16 @@ describe('Feeder', () => {
 });
 
 describe('feederLimits', () => {
-  it('claims ahead 8 × the concurrency by default, picks the slots and the rows ahead together, and keeps what is given', () => {
+  it('claims ahead 16 × the concurrency by default, picks the slots and the rows ahead together, and keeps what is given', () => {
     expect(feederLimits({ concurrency: 16 })).toEqual({
-      claimAhead: 128,
-      batchSize: 144,
-      maxUncommitted: 288,
+      claimAhead: 256,
+      batchSize: 272,
+      maxUncommitted: 544,
     });
     expect(feederLimits({ concurrency: 64 })).toEqual({
-      claimAhead: 512,
-      batchSize: 576,
-      maxUncommitted: 1_152,
+      claimAhead: 1_000,
+      batchSize: 1_000,
+      maxUncommitted: 2_128,
     });
     expect(feederLimits({ concurrency: 500 })).toEqual({
       claimAhead: 1_000,
