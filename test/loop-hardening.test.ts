@@ -16,7 +16,14 @@ import { type Queryable, statement } from '../runtime/sql/db.js';
 import { isTransient } from '../runtime/sql/errors.js';
 import { claimBatch } from '../runtime/sql/claim.js';
 import { findExpiredLeases, heartbeat, releaseClaims } from '../runtime/sql/loop.js';
-import { flushOutcomeValues, flushOutcomes, flushSql, shapeOf } from '../runtime/sql/flush.js';
+import {
+  type FlushShape,
+  type OutcomeRow,
+  flushOutcomeValues,
+  flushOutcomes,
+  flushSql,
+  shapeOf,
+} from '../runtime/sql/flush.js';
 import { registerNode } from '../runtime/sql/nodes.js';
 import { toOutcomeRow } from '../runtime/commit.js';
 import { all, hugeError, plain } from './fixtures/loop-machines.js';
@@ -107,6 +114,30 @@ describe('the heartbeat and the flush', () => {
   });
 });
 
+/** The executed plan of the flush of `batch` (rolled back), as a flat list of nodes. */
+async function explainFlush(batch: OutcomeRow[], shape: FlushShape): Promise<PlanNode[]> {
+  const conn = await db.pool.connect();
+  try {
+    await conn.query('BEGIN');
+    const stmt = statement(db.schema, 'flush', flushSql(shape), { prepared: false });
+    const { rows } = await conn.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+      `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
+      flushOutcomeValues('busy', batch, shape),
+    );
+    return planNodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+  } finally {
+    await conn.query('ROLLBACK');
+    conn.release();
+  }
+}
+
+/** Rows the plan's filters and join filters looked at and dropped. */
+const removedBy = (nodes: readonly PlanNode[]): number =>
+  nodes.reduce(
+    (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
+    0,
+  );
+
 describe('the flush plan', () => {
   // Run ahead: half the batch keeps its claims (`executing`), which changes only what is set.
   it.each([
@@ -127,28 +158,12 @@ describe('the flush plan', () => {
         );
       const shape = shapeOf(batch);
       expect(shape.inline).toBe(ahead);
-      const conn = await db.pool.connect();
-      try {
-        await conn.query('BEGIN');
-        const stmt = statement(db.schema, 'flush', flushSql(shape), { prepared: false });
-        const { rows } = await conn.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-          `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
-          flushOutcomeValues('busy', batch, shape),
-        );
-        const nodes = planNodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-        const touched = Math.max(...nodes.map((n) => (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1)));
-        const removed = nodes.reduce(
-          (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
-          0,
-        );
-        // No index over executing rows: the batch's rows are found by primary key.
-        expect(nodes.some((n) => n['Index Name']?.endsWith('gen_durable_leases'))).toBe(false);
-        expect(touched).toBeLessThanOrEqual(20);
-        expect(removed).toBeLessThanOrEqual(20);
-      } finally {
-        await conn.query('ROLLBACK');
-        conn.release();
-      }
+      const nodes = await explainFlush(batch, shape);
+      const touched = Math.max(...nodes.map((n) => (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1)));
+      // No index over executing rows: the batch's rows are found by primary key.
+      expect(nodes.some((n) => n['Index Name']?.endsWith('gen_durable_leases'))).toBe(false);
+      expect(touched).toBeLessThanOrEqual(20);
+      expect(removedBy(nodes)).toBeLessThanOrEqual(20);
       await releaseClaims(db.pool, db.schema, 'busy', null);
     },
   );
@@ -164,27 +179,10 @@ describe('the flush plan of a large batch', () => {
     const claimed = await claim('big', 1_000, 'busy');
     expect(claimed).toHaveLength(1_000);
     const batch = claimed.map((c) => toOutcomeRow(nextOutcome(c.id, c.claim)));
-    const shape = shapeOf(batch);
-    const conn = await db.pool.connect();
-    try {
-      await conn.query('BEGIN');
-      const stmt = statement(db.schema, 'flush', flushSql(shape), { prepared: false });
-      const { rows } = await conn.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-        `EXPLAIN (ANALYZE, FORMAT JSON) ${stmt.text}`,
-        flushOutcomeValues('busy', batch, shape),
-      );
-      const nodes = planNodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-      const removed = nodes.reduce(
-        (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
-        0,
-      );
-      const updated = nodes.find((n) => n['Node Type'] === 'ModifyTable');
-      expect(updated?.['Actual Rows']).toBe(1_000); // every outcome applied
-      expect(removed).toBeLessThanOrEqual(2_000);
-    } finally {
-      await conn.query('ROLLBACK');
-      conn.release();
-    }
+    const nodes = await explainFlush(batch, shapeOf(batch));
+    const updated = nodes.find((n) => n['Node Type'] === 'ModifyTable');
+    expect(updated?.['Actual Rows']).toBe(1_000); // every outcome applied
+    expect(removedBy(nodes)).toBeLessThanOrEqual(2_000);
     await releaseClaims(db.pool, db.schema, 'busy', null);
   });
 });

@@ -100,6 +100,41 @@ function feederOver(available: number, concurrency: number, extra: Partial<Feede
   return { feeder, state, finish };
 }
 
+/**
+ * A feeder whose picks wait for the test: `answer(n)` resolves the oldest pick out with `n`
+ * rows (default: as many as it asked for); `requested` lists the limits asked, in order.
+ */
+function answeredFeeder(concurrency: number, claimAhead: number) {
+  const picks: Array<{ limit: number; resolve: (n: number) => void }> = [];
+  const requested: number[] = [];
+  let next = 0;
+  const over = feederOver(0, concurrency, {
+    claimAhead,
+    claim: (limit) => {
+      requested.push(limit);
+      return new Promise((resolve) =>
+        picks.push({
+          limit,
+          resolve: (n) => resolve({ rows: Array.from({ length: n }, () => row(next++)), full: true }),
+        }),
+      );
+    },
+  });
+  const answer = async (n?: number): Promise<void> => {
+    await until(() => picks.length > 0);
+    const pick = picks.shift()!;
+    pick.resolve(n ?? pick.limit);
+    await new Promise((resolve) => setImmediate(resolve));
+  };
+  /** Stops the feeder, answering the picks still out with no rows. */
+  const stop = async (): Promise<void> => {
+    const stopped = over.feeder.stop();
+    picks.splice(0).forEach((p) => p.resolve(0));
+    await stopped;
+  };
+  return { ...over, requested, answer, stop };
+}
+
 // Fake timers where a test asserts that something does not happen: advancing the clock runs
 // every timer that would have fired by then, so "nothing happened" is not a guess about timing.
 afterEach(() => {
@@ -252,23 +287,7 @@ describe('Feeder', () => {
 
   it('claims ahead twice what finished during its last pick, and starts it from the buffer without a claim', async () => {
     // Picks resolve when the test says, so steps can finish while one is out.
-    const picks: Array<() => void> = [];
-    const requested: number[] = [];
-    let next = 0;
-    const { feeder, state: counts } = feederOver(0, 4, {
-      claimAhead: 10,
-      claim: (limit) => {
-        requested.push(limit);
-        return new Promise((resolve) =>
-          picks.push(() => resolve({ rows: Array.from({ length: limit }, () => row(next++)), full: true })),
-        );
-      },
-    });
-    const answer = async (): Promise<void> => {
-      await until(() => picks.length > 0);
-      picks.shift()!();
-      await new Promise((resolve) => setImmediate(resolve));
-    };
+    const { feeder, state: counts, requested, answer, stop } = answeredFeeder(4, 10);
     feeder.start();
     await answer(); // 4 running
     feeder.stepsFinished(2);
@@ -289,31 +308,13 @@ describe('Feeder', () => {
     await until(() => counts.dispatched === 9);
     expect(feeder.buffered).toBe(3);
     // Stop gives the buffered rows back (uncharged, committed as releases) and runs nothing more.
-    const stopped = feeder.stop();
-    picks.splice(0).forEach((p) => p());
-    await stopped;
-    expect(counts.givenBack).toHaveLength(requested.length > 3 ? 3 + requested[3]! : 3);
+    await stop();
+    expect(counts.givenBack).toHaveLength(3);
     expect(counts.dispatched).toBe(9);
   });
 
   it('waits for room for half the rows that may wait ahead before it picks again, instead of a pick per freed slot', async () => {
-    const picks: Array<(rows: number) => void> = [];
-    const requested: number[] = [];
-    let next = 0;
-    const { feeder } = feederOver(0, 10, {
-      claimAhead: 20,
-      claim: (limit) => {
-        requested.push(limit);
-        return new Promise((resolve) =>
-          picks.push((n) => resolve({ rows: Array.from({ length: n }, () => row(next++)), full: true })),
-        );
-      },
-    });
-    const answer = async (n: number): Promise<void> => {
-      await until(() => picks.length > 0);
-      picks.shift()!(n);
-      await new Promise((resolve) => setImmediate(resolve));
-    };
+    const { feeder, requested, answer, stop } = answeredFeeder(10, 20);
     const turns = async (): Promise<void> => {
       for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
     };
@@ -341,9 +342,7 @@ describe('Feeder', () => {
     feeder.stepsFinished(1);
     await until(() => requested.length === before + 1);
     expect(requested.at(-1)).toBe(2);
-    const stopped = feeder.stop();
-    picks.splice(0).forEach((p) => p(0));
-    await stopped;
+    await stop();
   });
 
   it('starts the rows that wait once per turn of the event loop, however many messages freed slots in it', async () => {
@@ -363,23 +362,7 @@ describe('Feeder', () => {
   });
 
   it('doubles the rows that may wait ahead when its steps all finished while a pick was out', async () => {
-    const picks: Array<(rows: number) => void> = [];
-    const requested: number[] = [];
-    let next = 0;
-    const { feeder } = feederOver(0, 2, {
-      claimAhead: 20,
-      claim: (limit) => {
-        requested.push(limit);
-        return new Promise((resolve) =>
-          picks.push((n) => resolve({ rows: Array.from({ length: n }, () => row(next++)), full: true })),
-        );
-      },
-    });
-    const answer = async (n: number): Promise<void> => {
-      await until(() => picks.length > 0);
-      picks.shift()!(n);
-      await new Promise((resolve) => setImmediate(resolve));
-    };
+    const { feeder, requested, answer, stop } = answeredFeeder(2, 20);
     feeder.start();
     await answer(2); // 2 running
     feeder.stepsFinished(1); // a pick for the free slot goes out
@@ -393,9 +376,7 @@ describe('Feeder', () => {
     await answer(3); // 2 running, 1 waiting: room for 2 + 4 - 3 = 3
     await until(() => requested.length === 4);
     expect(requested).toEqual([2, 1, 3, 3]);
-    const stopped = feeder.stop();
-    picks.splice(0).forEach((p) => p(0));
-    await stopped;
+    await stop();
   });
 
   it('gives back a claimed row that waited past bufferWaitMs for a slot', async () => {

@@ -49,53 +49,40 @@ async function run(pool: QueuePool, batch: StepRequest[], holdMs: number): Promi
   return results;
 }
 
+/** A one-thread pool over the fixture jobs, warmed up (its modules loaded), closed after `fn`. */
+async function withPool(fn: (pool: QueuePool) => Promise<void>): Promise<void> {
+  const pool = new QueuePool({
+    queue: 'pool',
+    threads: 1,
+    concurrency: 8,
+    registry: new MachineRegistry(all),
+  });
+  try {
+    await run(pool, [request(quick)], 0);
+    await fn(pool);
+  } finally {
+    await pool.close();
+  }
+}
+
 describe('the thread pool', () => {
-  it('delivers the results a worker posted before its reply, read after it', async () => {
-    const pool = new QueuePool({
-      queue: 'pool',
-      threads: 1,
-      concurrency: 8,
-      registry: new MachineRegistry(all),
-    });
-    try {
-      await run(pool, [request(quick)], 0);
+  it('delivers the results a worker posted before its reply, read after it', () =>
+    withPool(async (pool) => {
       const batch = [...Array.from({ length: 6 }, () => request(quick)), request(later)];
       const results = await run(pool, batch, 500);
       expect(batch.map((r) => results.get(r.id)?.kind)).toEqual(batch.map(() => 'done'));
       expect(results.get(batch.at(-1)!.id)).toMatchObject({ result: '"later"' });
-    } finally {
-      await pool.close();
-    }
-  });
+    }));
 
-  it('delivers the result a batch-mate posted before its thread died, not a failure for it', async () => {
-    const pool = new QueuePool({
-      queue: 'pool',
-      threads: 1,
-      concurrency: 8,
-      registry: new MachineRegistry(all),
-    });
-    try {
-      // Warm the thread up (its modules loaded), so the batch below runs at once.
-      await new Promise<void>((resolve) => pool.execute([request(quick)], () => resolve()));
-      const results = new Map<string, StepResult>();
+  it('delivers the result a batch-mate posted before its thread died, not a failure for it', () =>
+    withPool(async (pool) => {
       const quicks = Array.from({ length: 6 }, () => request(quick));
       const batch = [...quicks, request(exiter)];
-      const settled = new Promise<void>((resolve) =>
-        pool.execute(batch, (r) => {
-          results.set(r.id, r);
-          if (results.size === batch.length) resolve();
-        }),
-      );
       // The quick results are posted, then the thread exits, while this thread reads nothing.
-      hold(500);
-      await settled;
+      const results = await run(pool, batch, 500);
       for (const q of quicks) expect(results.get(q.id)).toMatchObject({ kind: 'done', result: '"quick"' });
       // The step that ended its thread counts as an error (retried by the default policy).
       expect(results.get(batch.at(-1)!.id)).toMatchObject({ kind: 'retry' });
       expect(results.get(batch.at(-1)!.id)?.error).toMatch(/worker thread died/);
-    } finally {
-      await pool.close();
-    }
-  });
+    }));
 });
