@@ -8,7 +8,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { GenDurableError } from '../runtime/errors.js';
+import { GenDurableError, ValidationError } from '../runtime/errors.js';
 import { quoteIdent, validateSchemaName } from '../runtime/sql/db.js';
 
 export interface Migration {
@@ -21,6 +21,11 @@ export interface MigrateOptions {
   readonly connectionString?: string;
   readonly pool?: pg.Pool;
   readonly schema?: string;
+  /**
+   * Apply migrations up to and including this version, not beyond (default: the latest).
+   * For upgrades in stages, and for testing one migration on data shaped by the ones before it.
+   */
+  readonly toVersion?: number;
 }
 
 const MIGRATION_FILE = /^(\d{3})_([a-z0-9_]+)\.sql$/;
@@ -41,6 +46,14 @@ export const LATEST_VERSION = Math.max(...loadMigrations().map((m) => m.version)
 /** Applies pending migrations; returns the versions applied by this call. */
 export async function migrate(options: MigrateOptions = {}): Promise<number[]> {
   const schema = validateSchemaName(options.schema ?? 'public');
+  const target = options.toVersion ?? LATEST_VERSION;
+  if (!Number.isInteger(target) || target < 1 || target > LATEST_VERSION) {
+    throw new ValidationError(
+      'invalid_input',
+      'toVersion',
+      `${String(options.toVersion)} is not a schema version (an integer from 1 to ${LATEST_VERSION})`,
+    );
+  }
   const ownPool = options.pool
     ? undefined
     : new pg.Pool({ connectionString: options.connectionString, max: 1 });
@@ -61,7 +74,7 @@ export async function migrate(options: MigrateOptions = {}): Promise<number[]> {
     const current = rows[0]?.v ?? 0;
     const applied: number[] = [];
     for (const migration of loadMigrations()) {
-      if (migration.version <= current) continue;
+      if (migration.version <= current || migration.version > target) continue;
       await client.query(migration.sql.replaceAll(':schema', q));
       await client.query(`INSERT INTO ${q}.gen_durable_migrations (version, name) VALUES ($1, $2)`, [
         migration.version,
