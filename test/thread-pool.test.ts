@@ -6,8 +6,8 @@
 import { describe, expect, it } from 'vitest';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { MachineRegistry } from '../runtime/registry.js';
-import { QueuePool } from '../threads/pool.js';
-import { all, exiter, later, quick } from './fixtures/pool-machines.js';
+import { QueuePool, TASK_WORTH_US, taskCount } from '../threads/pool.js';
+import { all, busy, exiter, later, quick, whereAmI } from './fixtures/pool-machines.js';
 
 let next = 0;
 function request(machine: { name: string; version: number }): StepRequest {
@@ -49,11 +49,11 @@ async function run(pool: QueuePool, batch: StepRequest[], holdMs: number): Promi
   return results;
 }
 
-/** A one-thread pool over the fixture jobs, warmed up (its modules loaded), closed after `fn`. */
-async function withPool(fn: (pool: QueuePool) => Promise<void>): Promise<void> {
+/** A pool over the fixture jobs (one thread unless told), warmed up (its modules loaded), closed after `fn`. */
+async function withPool(fn: (pool: QueuePool) => Promise<void>, threads = 1): Promise<void> {
   const pool = new QueuePool({
     queue: 'pool',
-    threads: 1,
+    threads,
     concurrency: 8,
     registry: new MachineRegistry(all),
   });
@@ -85,4 +85,42 @@ describe('the thread pool', () => {
       expect(results.get(batch.at(-1)!.id)).toMatchObject({ kind: 'retry' });
       expect(results.get(batch.at(-1)!.id)?.error).toMatch(/worker thread died/);
     }));
+});
+
+describe('how many threads a batch is spread over', () => {
+  it('every thread while step times are unknown, then as many as carry a millisecond each', () => {
+    expect(taskCount(10, 2, undefined)).toBe(2);
+    expect(taskCount(1, 4, undefined)).toBe(1);
+    // Quick steps (6 µs): 100 of them are one task; 1,000 are worth two threads.
+    expect(taskCount(100, 2, 6)).toBe(1);
+    expect(taskCount(1_000, 2, 6)).toBe(2);
+    expect(taskCount(1_000, 8, 6)).toBe(6);
+    // Slow steps: each is worth a thread of its own.
+    expect(taskCount(3, 4, TASK_WORTH_US)).toBe(3);
+    expect(taskCount(3, 2, 50_000)).toBe(2);
+  });
+
+  /** The threads the steps of one batch of `machine` reported they ran on. */
+  async function threadsOf(
+    pool: QueuePool,
+    machine: typeof whereAmI | typeof busy,
+    n: number,
+  ): Promise<Set<string>> {
+    const results = await run(
+      pool,
+      Array.from({ length: n }, () => request(machine)),
+      0,
+    );
+    return new Set([...results.values()].map((r) => (r.kind === 'done' ? r.result : `not done: ${r.kind}`)));
+  }
+
+  it('runs a batch of quick steps on one thread, and slow ones on all of them', () =>
+    withPool(async (pool) => {
+      // Until the estimate settles on quick steps (the first runs are slower, code not yet optimised).
+      for (let i = 0; i < 12; i++) await threadsOf(pool, whereAmI, 8);
+      expect((await threadsOf(pool, whereAmI, 8)).size).toBe(1);
+      // Steps of 5 ms: once one batch of them has replied, a batch of 4 is spread over both threads.
+      await threadsOf(pool, busy, 4);
+      expect((await threadsOf(pool, busy, 4)).size).toBe(2);
+    }, 2));
 });

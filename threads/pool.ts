@@ -2,8 +2,9 @@
  * A queue's thread pool on one node: a piscina pool of `threads` workers that runs batches
  * of claimed steps.
  *
- * A batch is split evenly over the threads; each part crosses the thread boundary as one
- * task. The worker streams the results of steps that finish while others of the part still
+ * A batch is split evenly over as many threads as it is worth (`taskCount`: one thread for a
+ * batch of quick steps, all of them for slow ones, judged by how long recent batches took
+ * their worker); each part crosses the thread boundary as one task. The worker streams the results of steps that finish while others of the part still
  * run on its thread's port (`ThreadPorts`); the rest come back as the task's reply. When a
  * task settles, that port is drained synchronously, so no result posted before a thread
  * died is lost. Which thread runs a part, and which of its steps holds the thread, the
@@ -38,6 +39,7 @@ import {
   type StepTask,
   THREAD,
   type TaskControl,
+  type TaskReply,
 } from './protocol.js';
 import { ThreadPorts, isThreadPortMessage } from './thread-ports.js';
 
@@ -64,6 +66,28 @@ function threadOf(task: TaskState): number | undefined {
   return Atomics.load(task.control.flags, THREAD) || undefined;
 }
 
+/**
+ * How much of a thread's time a task should carry before a batch is spread over one more
+ * thread. A hop to a thread and back costs tens of microseconds of CPU on each side and
+ * wakes a thread; a batch of quick steps runs in less on the thread it lands on.
+ */
+export const TASK_WORTH_US = 1_000;
+
+/**
+ * How many tasks (threads) a batch of `items` steps is split into, given how long a step
+ * took its worker of late (`usPerStep`, undefined before the first reply or after a thread
+ * died): every thread the batch has steps for while that is unknown, else as many as carry
+ * `TASK_WORTH_US` each, at least one.
+ */
+export function taskCount(items: number, threads: number, usPerStep: number | undefined): number {
+  const most = Math.max(1, Math.min(threads, items));
+  if (usPerStep === undefined) return most;
+  return Math.max(1, Math.min(most, Math.floor((items * usPerStep) / TASK_WORTH_US)));
+}
+
+/** Weight of the latest batch in the running estimate of a step's time. */
+const STEP_TIME_WEIGHT = 0.2;
+
 const here = import.meta.url;
 const workerEntry = new URL(here.endsWith('.ts') ? './worker.ts' : './worker.js', here).href;
 const bootstrapFile = fileURLToPath(new URL('./bootstrap.mjs', here));
@@ -81,6 +105,8 @@ export class QueuePool implements StepExecutor {
   readonly #ports = new ThreadPorts();
   readonly #slots: ControlSlots;
   #tasks = 0;
+  /** A step's time in its worker of late (µs per step of the batches that replied), if known. */
+  #usPerStep: number | undefined;
   #lastKillAt = 0;
   #running = 0;
 
@@ -146,8 +172,8 @@ export class QueuePool implements StepExecutor {
         items.push({ ...request, module });
       }
     }
-    const parts = Math.min(this.#options.threads, items.length);
-    const size = Math.ceil(items.length / Math.max(1, parts));
+    const parts = taskCount(items.length, this.#options.threads, this.#usPerStep);
+    const size = Math.ceil(items.length / parts);
     for (let i = 0; i < items.length; i += size) {
       void this.#runTask(items.slice(i, i + size), deliver, false);
     }
@@ -201,7 +227,7 @@ export class QueuePool implements StepExecutor {
     this.#live.add(task);
 
     let crash: unknown;
-    let replied: readonly StepResult[] = [];
+    let replied: TaskReply | undefined;
     // Read before the slot is freed for another task.
     let ranOn: number | undefined;
     try {
@@ -212,7 +238,7 @@ export class QueuePool implements StepExecutor {
         ...(slot.own ? { control: slot.own } : {}),
         deadlinesKnown: known !== null,
       };
-      replied = (await this.#piscina.run(message)) as StepResult[];
+      replied = (await this.#piscina.run(message)) as TaskReply;
     } catch (error) {
       crash = error;
     } finally {
@@ -224,7 +250,15 @@ export class QueuePool implements StepExecutor {
       this.#live.delete(task);
       this.#slots.release(slot);
     }
-    for (const result of replied) if (pending.delete(result.id)) deliver(result);
+    if (replied) {
+      const sample = replied.elapsedUs / items.length;
+      const before = this.#usPerStep;
+      this.#usPerStep = before === undefined ? sample : before + STEP_TIME_WEIGHT * (sample - before);
+      for (const result of replied.results) if (pending.delete(result.id)) deliver(result);
+    } else {
+      // The thread died under the batch: how long steps take is not known any more.
+      this.#usPerStep = undefined;
+    }
     if (pending.size === 0) return;
 
     // Killed by the watchdog: the blamed steps get a timeout failure, every other step on

@@ -76,6 +76,16 @@ export type PortMessage =
     }
   | { readonly type: 'results'; readonly task: number; readonly results: readonly StepResult[] };
 
+/**
+ * A task's reply: the results not posted while it ran, and how long the worker took over the
+ * batch (from starting its steps to the last one's end), which the pool uses to decide how
+ * many threads its next batches are worth (`taskCount`).
+ */
+export interface TaskReply {
+  readonly results: readonly StepResult[];
+  readonly elapsedUs: number;
+}
+
 export const THREAD_PORT = 'gen-durable:thread-port';
 
 /** A worker's first message (on piscina's channel): the port it posts on. */

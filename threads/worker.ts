@@ -13,6 +13,7 @@ import {
   type StepItem,
   type StepResult,
   type StepTask,
+  type TaskReply,
   THREAD,
   THREAD_PORT,
   type ThreadPortMessage,
@@ -73,8 +74,8 @@ aborts.unref();
 // module that fails here fails again, with its error recorded, when a step needs it.
 await Promise.all(data.preload.map((url) => moduleAt(url).catch(() => undefined)));
 
-/** Runs a batch; returns the results not posted on its port while it ran. */
-export default async function runBatch(task: StepTask): Promise<StepResult[]> {
+/** Runs a batch; returns the results not posted on its port while it ran, and how long it took. */
+export default async function runBatch(task: StepTask): Promise<TaskReply> {
   const { items, deadlinesKnown } = task;
   const { flags, startedAt } = task.control
     ? taskControl(task.control)
@@ -95,6 +96,7 @@ export default async function runBatch(task: StepTask): Promise<StepResult[]> {
     if (timeouts.length > 0) post({ type: 'deadlines', task: task.task, timeouts });
   }
   Atomics.store(startedAt, 0, BigInt(Date.now()));
+  const began = performance.now();
 
   let buffer: StepResult[] = [];
   let scheduled = false;
@@ -129,5 +131,5 @@ export default async function runBatch(task: StepTask): Promise<StepResult[]> {
   );
   // What finished since the last post goes back with the task's reply.
   finished = true;
-  return buffer;
+  return { results: buffer, elapsedUs: (performance.now() - began) * 1_000 };
 }
