@@ -285,6 +285,80 @@ describe('flushOutcomes', () => {
     expect(await read()).toMatchObject({ status: 'done', locked_by: null, lease_expires_at: null });
   });
 
+  it('sends and sets only the columns its outcomes change: plain `done`s send no step, state, delay or error', async () => {
+    const ids = await seed('narrow', [{}, {}, {}, {}]);
+    await db.pool.query(
+      `UPDATE ${T()} SET last_error = 'earlier', errors = '[{"error": "earlier"}]' WHERE id = $1`,
+      [ids[0]],
+    );
+    const before = await db.pool.query<{ id: string; state: unknown; eligible_at: Date }>(
+      `SELECT id::text, state, eligible_at FROM ${T()} WHERE queue = 'narrow' ORDER BY id`,
+    );
+    const claimed = await claimBatch(db.pool, db.schema, {
+      queue: 'narrow',
+      limit: 4,
+      nodeId: 'n',
+      leaseMs: 30_000,
+    });
+    // In the order of `ids` (the claim returns its rows in no particular order).
+    const tokens = new Map(claimed.map((c) => [c.id, c.claim]));
+    const row = (i: number) => ({ id: ids[i]!, claim: tokens.get(ids[i]!)! });
+    const sent: Array<{ text: string; values: unknown[] }> = [];
+    const recording: Queryable = {
+      query: (config) => {
+        sent.push({ text: config.text, values: config.values ?? [] });
+        return db.pool.query(config as never);
+      },
+    };
+    const done = (i: number) =>
+      toOutcomeRow({ ...row(i), result: { id: ids[i]!, kind: 'done', result: `${i}` } });
+    expect(await flushOutcomes(recording, db.schema, 'n', [done(0), done(1)])).toHaveLength(2);
+    // The node id, then id, claim, status, attempt and result: nothing for what no outcome changes.
+    expect(sent[0]!.values).toHaveLength(6);
+    expect(sent[0]!.text).not.toMatch(/jsonb_array_elements|eligible_at =|state =|last_error =/);
+    const after = await db.pool.query<{
+      id: string;
+      state: unknown;
+      eligible_at: Date;
+      result: unknown;
+      last_error: string | null;
+      errors: unknown[];
+    }>(
+      `SELECT id::text, state, eligible_at, result, last_error, errors FROM ${T()} WHERE id = ANY ($1::bigint[]) ORDER BY id`,
+      [ids.slice(0, 2)],
+    );
+    expect(after.rows).toEqual([
+      { ...before.rows[0], result: 0, last_error: 'earlier', errors: [{ error: 'earlier' }] },
+      { ...before.rows[1], result: 1, last_error: null, errors: [] },
+    ]);
+    // A retry in the batch brings the error columns (and the delay) back, for it alone.
+    const retry = toOutcomeRow({
+      ...row(2),
+      result: { id: ids[2]!, kind: 'retry', state: '{"y":2}', delayMs: 60_000, error: 'failed once' },
+    });
+    expect(await flushOutcomes(recording, db.schema, 'n', [retry, done(3)])).toHaveLength(2);
+    expect(sent[1]!.text).toMatch(/jsonb_array_elements/);
+    const retried = await db.pool.query<{
+      id: string;
+      last_error: string;
+      errors: Array<{ error: string }>;
+      state: unknown;
+      later: boolean;
+    }>(
+      `SELECT id::text, last_error, errors, state, eligible_at > now() + interval '50 seconds' AS later
+       FROM ${T()} WHERE id = ANY ($1::bigint[]) ORDER BY id`,
+      [ids.slice(2)],
+    );
+    expect(retried.rows[0]).toMatchObject({ state: { y: 2 }, later: true });
+    expect(retried.rows[0]!.errors.map((e) => e.error)).toEqual(['failed once']);
+    expect(retried.rows[1]).toMatchObject({
+      last_error: null,
+      errors: [],
+      state: before.rows[3]!.state,
+      later: false,
+    });
+  });
+
   it('commits a flush of any size in one statement', async () => {
     const ids = await seed(
       'bounded',

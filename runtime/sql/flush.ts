@@ -77,6 +77,18 @@ export interface FlushShape {
   readonly rate?: boolean;
   /** Some outcomes run their next step ahead: their rows keep their claim (`executing`). */
   readonly inline?: boolean;
+  /**
+   * What the outcomes of the batch change besides status, attempt and claim; a column no
+   * outcome changes is neither sent nor set. Absent means some may (the column is sent):
+   * - `moves`: a new step or state;
+   * - `delays`: a new `eligible_at`;
+   * - `results`: a result (`done`); else `result` is cleared;
+   * - `errors`: an error to record (`last_error`, the error history).
+   */
+  readonly moves?: boolean;
+  readonly delays?: boolean;
+  readonly results?: boolean;
+  readonly errors?: boolean;
 }
 
 /** The shape of a batch of rows, as far as the rows tell. */
@@ -90,6 +102,10 @@ export function shapeOf(rows: readonly OutcomeRow[]): FlushShape {
     key: rows.some((r) => r.setKey === true),
     rate: rows.some((r) => r.rateLimit != null),
     inline: rows.some((r) => r.status === 'executing'),
+    moves: rows.some((r) => r.step !== null || r.state !== null),
+    delays: rows.some((r) => r.delayMs !== null),
+    results: rows.some((r) => r.result !== null),
+    errors: rows.some((r) => r.lastError !== null || r.error !== null),
   };
 }
 
@@ -110,14 +126,22 @@ function columnsOf(shape: FlushShape): Column[] {
     { name: 'id', type: 'bigint', value: (r) => r.id },
     { name: 'claim', type: 'bigint', value: (r) => r.claim },
     { name: 'status', type: 'text', value: (r) => r.status },
-    { name: 'step', type: 'text', value: (r) => r.step },
-    { name: 'state', type: 'text', value: (r) => r.state },
     { name: 'attempt_op', type: 'int', value: (r) => r.attempt },
-    { name: 'delay_ms', type: 'bigint', value: (r) => r.delayMs },
-    { name: 'result', type: 'text', value: (r) => r.result },
-    { name: 'last_error', type: 'text', value: (r) => r.lastError },
-    { name: 'error', type: 'text', value: (r) => r.error },
   ];
+  if (shape.moves !== false) {
+    columns.push(
+      { name: 'step', type: 'text', value: (r) => r.step },
+      { name: 'state', type: 'text', value: (r) => r.state },
+    );
+  }
+  if (shape.delays !== false) columns.push({ name: 'delay_ms', type: 'bigint', value: (r) => r.delayMs });
+  if (shape.results !== false) columns.push({ name: 'result', type: 'text', value: (r) => r.result });
+  if (shape.errors !== false) {
+    columns.push(
+      { name: 'last_error', type: 'text', value: (r) => r.lastError },
+      { name: 'error', type: 'text', value: (r) => r.error },
+    );
+  }
   if (shape.actor) columns.push({ name: 'actor', type: 'int', value: (r) => ACTOR_CODE[r.actor ?? 'clear'] });
   if (shape.park) {
     columns.push(
@@ -206,24 +230,38 @@ function claimSet(shape: FlushShape): string {
  * that compared every row in flight with every outcome (1,000 outcomes among 60,000 rows:
  * 999,000 rows removed by the join filter, ~240 ms). Both `EXPLAIN`-tested. Not prepared, so it
  * is planned with the actual arrays: a generic plan guesses the arrays' sizes and was seen
- * to rescan them per executing row. Planned on every flush, so it carries only what its
- * batch uses (`columnsOf`, `actorSet`): the plain drain measured ~0.35 ms slower per flush
- * when every batch sent every column.
+ * to rescan them per executing row (and, prepared while the table was small, kept a seq
+ * scan as the table grew: ~40 ms per flush of 16 rows among 100,000). Planned on every
+ * flush, so it carries only what its batch uses (`columnsOf`, `actorSet`, the shape's
+ * `moves`/`delays`/`results`/`errors`): the plain drain measured ~0.35 ms slower per flush
+ * when every batch sent every column, and a flush of 16 `done`s ~0.5 → ~0.4 ms once the
+ * columns they leave alone (step, state, delay, errors) were left out.
  */
 function outcomeUpdate(shape: FlushShape, columns: readonly Column[], returning: string): string {
   const arrays = columns.map((c, i) => `$${i + 2}::${c.type}[]`).join(', ');
   const names = columns.map((c) => c.name).join(', ');
+  const moved =
+    shape.moves !== false
+      ? `step = COALESCE(o.step, t.step), state = COALESCE(o.state::jsonb, t.state),`
+      : '';
+  const delayed =
+    shape.delays !== false
+      ? `eligible_at = CASE WHEN o.delay_ms IS NULL THEN t.eligible_at
+                          WHEN o.delay_ms < 0 THEN 'infinity'
+                          ELSE now() + o.delay_ms * interval '1 millisecond' END,`
+      : '';
+  const failed =
+    shape.errors !== false
+      ? `last_error = COALESCE(o.last_error, t.last_error),
+       errors = CASE WHEN o.error IS NULL THEN t.errors ELSE ${appendError('o.error::jsonb')} END,`
+      : '';
   return `UPDATE :schema.gen_durable AS t SET
        status = CAST(o.status AS :schema.gen_durable_status),
-       step = COALESCE(o.step, t.step),
-       state = COALESCE(o.state::jsonb, t.state),
+       ${moved}
        attempt = CASE o.attempt_op WHEN 0 THEN 0 WHEN 1 THEN t.attempt + 1 ELSE t.attempt END,
-       eligible_at = CASE WHEN o.delay_ms IS NULL THEN t.eligible_at
-                          WHEN o.delay_ms < 0 THEN 'infinity'
-                          ELSE now() + o.delay_ms * interval '1 millisecond' END,
-       result = o.result::jsonb,
-       last_error = COALESCE(o.last_error, t.last_error),
-       errors = CASE WHEN o.error IS NULL THEN t.errors ELSE ${appendError('o.error::jsonb')} END,
+       ${delayed}
+       result = ${shape.results !== false ? 'o.result::jsonb' : 'NULL'},
+       ${failed}
        ${actorSet(shape)}
        ${shape.key ? 'concurrency_key = CASE WHEN o.set_key THEN o.concurrency_key ELSE t.concurrency_key END,' : ''}
        ${rateSet(shape)}
@@ -267,14 +305,11 @@ export function flushSql(shape: FlushShape): string {
      SELECT id::text AS id, watched, inbox, NULL::text AS queue, 'applied' AS kind FROM upd ${joined}`;
 }
 
-/** The plain statement (no ending rows to settle, no locks, no consumption, no actor state), for plan tests. */
-export const FLUSH_OUTCOMES_SQL = flushSql(shapeOf([]));
-
-/** The parameters of a flush of `rows` in the plain shape (`FLUSH_OUTCOMES_SQL`). */
+/** The parameters of a flush of `rows` in `shape`. */
 export function flushOutcomeValues(
   nodeId: string,
   rows: readonly OutcomeRow[],
-  shape = shapeOf([]),
+  shape: FlushShape,
 ): unknown[] {
   return [nodeId, ...columnsOf(shape).map((c) => rows.map(c.value))];
 }
