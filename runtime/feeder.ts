@@ -12,7 +12,9 @@
  *   and start the moment a slot frees, so a step does not wait for a pick's round trip.
  *   The buffer holds at most twice what this queue finished during the last pick's round
  *   trip, or twice what it held before when every step finished and nothing was left to
- *   start while that pick was out (capped by `claimAhead`): short steps keep a batch ready
+ *   start while that pick was out, and at least `concurrency` when every step had finished
+ *   before the pick went out and ran for at most half its round trip (capped by
+ *   `claimAhead`): short steps keep a batch ready
  *   and the batches grow until they cover a round trip (one pick is out at a time, so each
  *   must carry what runs until the next returns); long steps claim (almost) nothing ahead,
  *   so rows other nodes could run are not held here. A buffered row that waits longer than `bufferWaitMs` is
@@ -67,6 +69,8 @@ export interface FeederOptions {
   /** Claimed rows that will not run here: release them uncharged (each counts as a result to commit). */
   readonly giveBack: (rows: ClaimedRow[]) => void;
   readonly onError: (error: unknown) => void;
+  /** A monotonic clock in ms (default `performance.now`). */
+  readonly now?: () => number;
 }
 
 interface Buffered {
@@ -85,6 +89,11 @@ export class Feeder implements Service {
   #finished = 0;
   /** Every step finished and nothing was buffered while the current pick was out. */
   #drained = false;
+  /** When the running steps last went from none to some. */
+  #busySince = 0;
+  /** How long the last stretch of running steps lasted, from the first start to the last result. */
+  #busyMs: number | undefined;
+  readonly #now: () => number;
   #wanted = false;
   #backlog = false;
   #picking: Promise<void> | undefined;
@@ -99,6 +108,7 @@ export class Feeder implements Service {
   constructor(options: FeederOptions) {
     this.#o = options;
     this.queue = options.queue;
+    this.#now = options.now ?? (() => performance.now());
   }
 
   /** Rows claimed here and not yet committed: buffered, running, or waiting for their commit. */
@@ -163,6 +173,7 @@ export class Feeder implements Service {
    */
   stepsFinished(n: number): void {
     this.#running -= n;
+    if (this.#running === 0) this.#busyMs = this.#now() - this.#busySince;
     this.#committing += n;
     this.#finished += n;
     if (this.#backlog) this.#wanted = true;
@@ -229,6 +240,9 @@ export class Feeder implements Service {
       const limit = this.#room();
       this.#finished = 0;
       this.#drained = false;
+      // Nothing runs or waits: the slots stay idle for this whole round trip.
+      const starved = this.#running === 0 && this.#buffer.length === 0;
+      const pickedAt = this.#now();
       let rows: ClaimedRow[];
       let full: boolean;
       try {
@@ -241,9 +255,19 @@ export class Feeder implements Service {
         return;
       }
       // What finished while this pick was out is about what the next one should find ready.
+      // Steps that all finish at once (one batch on one thread) finish between picks, never
+      // during one: when the slots sat idle for this round trip at least twice as long as
+      // those steps ran, a round of them (`concurrency`) should be ready the next time. Once
+      // rows wait ahead, picks overlap running steps and the rule above keeps them coming.
+      const quick =
+        starved && this.#busyMs !== undefined && AHEAD_PER_FINISHED * this.#busyMs <= this.#now() - pickedAt;
       this.#ahead = Math.min(
         this.#o.claimAhead,
-        Math.max(AHEAD_PER_FINISHED * this.#finished, this.#drained ? 2 * this.#ahead : 0),
+        Math.max(
+          AHEAD_PER_FINISHED * this.#finished,
+          this.#drained ? 2 * this.#ahead : 0,
+          quick ? Math.max(2 * this.#ahead, this.#o.concurrency) : 0,
+        ),
       );
       this.#backlog = full;
       if (this.#backlog) this.#wanted = true;
@@ -259,6 +283,7 @@ export class Feeder implements Service {
   #startBuffered(): void {
     const n = Math.min(this.#o.concurrency - this.#running, this.#buffer.length);
     if (n > 0) {
+      if (this.#running === 0) this.#busySince = this.#now();
       const rows = this.#buffer.splice(0, n).map((b) => b.row);
       this.#running += n;
       this.#o.dispatch(rows);

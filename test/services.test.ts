@@ -104,12 +104,13 @@ function feederOver(available: number, concurrency: number, extra: Partial<Feede
  * A feeder whose picks wait for the test: `answer(n)` resolves the oldest pick out with `n`
  * rows (default: as many as it asked for); `requested` lists the limits asked, in order.
  */
-function answeredFeeder(concurrency: number, claimAhead: number) {
+function answeredFeeder(concurrency: number, claimAhead: number, now?: () => number) {
   const picks: Array<{ limit: number; resolve: (n: number) => void }> = [];
   const requested: number[] = [];
   let next = 0;
   const over = feederOver(0, concurrency, {
     claimAhead,
+    ...(now ? { now } : {}),
     claim: (limit) => {
       requested.push(limit);
       return new Promise((resolve) =>
@@ -376,6 +377,25 @@ describe('Feeder', () => {
     await answer(3); // 2 running, 1 waiting: room for 2 + 4 - 3 = 3
     await until(() => requested.length === 4);
     expect(requested).toEqual([2, 1, 3, 3]);
+    await stop();
+  });
+
+  it.each([
+    ['ran for at most half a pick, a round of them waits ahead', 2.5, [4, 4, 4]],
+    ['ran for longer than half a pick, none waits ahead', 3, [4, 4]],
+  ])('when steps that all finish at once %s', async (_, stepMs, picks) => {
+    let clock = 0;
+    const { feeder, requested, answer, stop } = answeredFeeder(4, 20, () => clock);
+    feeder.start();
+    await answer(4); // 4 running (as one batch on one thread)
+    clock += stepMs;
+    feeder.stepsFinished(4); // all at once: the pick for the 4 free slots goes out with none running
+    await until(() => requested.length === 2);
+    clock += 5; // that pick's round trip
+    await answer(4); // 4 running
+    for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
+    expect(requested).toEqual(picks);
+    expect(feeder.running).toBe(4);
     await stop();
   });
 
