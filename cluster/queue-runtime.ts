@@ -150,7 +150,7 @@ export class QueueRuntime {
 
   /** A claimed row's result, to commit (with the row its next step runs ahead on, if any). */
   #commit(row: ClaimedRow, result: StepResult, continuation: ClaimedRow | null = null): void {
-    this.#o.push({
+    const entry: { -readonly [K in keyof FlushEntry]: FlushEntry[K] } = {
       id: result.id,
       claim: row.claim,
       queue: this.#o.queue,
@@ -158,7 +158,9 @@ export class QueueRuntime {
       hadInbox: (row.inbox ?? null) !== null,
       concurrencyKey: row.concurrency_key,
       result,
-      ...(continuation ? { continuation } : {}),
-    });
+    };
+    // Set after, not spread in: a conditional spread costs V8 microseconds per row.
+    if (continuation) entry.continuation = continuation;
+    this.#o.push(entry);
   }
 }

@@ -56,8 +56,11 @@ export function consequencesOf(entries: readonly FlushEntry[], committed: Commit
     // Only a `next` carries one (the flusher drops it from an outcome it turns into a stop).
     if (entry.continuation) {
       // Still claimed here, its key's slot held: nothing for anyone else to pick.
-      const has_inbox = committed.withInbox.has(entry.id);
-      out.continued.push({ queue: entry.queue, row: { ...entry.continuation, has_inbox } });
+      // The continuation is this commit's own (built by `continuationOf`): set in place, as
+      // a spread that overrides a field costs V8 microseconds per row.
+      const row = entry.continuation;
+      row.has_inbox = committed.withInbox.has(entry.id);
+      out.continued.push({ queue: entry.queue, row });
       continue;
     }
     // A step of a concurrency key ended: rows of that key the picks skipped may run now.

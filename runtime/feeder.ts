@@ -13,7 +13,7 @@
  *   The buffer holds at most twice what this queue finished during the last pick's round
  *   trip, or twice what it held before when every step finished and nothing was left to
  *   start while that pick was out, and at least `concurrency` when every step had finished
- *   before the pick went out and ran for at most half its round trip (capped by
+ *   before the pick went out and ran for at most half a usual round trip (capped by
  *   `claimAhead`): short steps keep a batch ready
  *   and the batches grow until they cover a round trip (one pick is out at a time, so each
  *   must carry what runs until the next returns); long steps claim (almost) nothing ahead,
@@ -93,6 +93,11 @@ export class Feeder implements Service {
   #busySince = 0;
   /** How long the last stretch of running steps lasted, from the first start to the last result. */
   #busyMs: number | undefined;
+  /**
+   * A pick's round trip as it usually is: the fastest of late, rising by a quarter per pick
+   * while picks are slower (so one slow pick under a passing load does not move it).
+   */
+  #pickFloorMs: number | undefined;
   readonly #now: () => number;
   #wanted = false;
   #backlog = false;
@@ -256,11 +261,14 @@ export class Feeder implements Service {
       }
       // What finished while this pick was out is about what the next one should find ready.
       // Steps that all finish at once (one batch on one thread) finish between picks, never
-      // during one: when the slots sat idle for this round trip at least twice as long as
-      // those steps ran, a round of them (`concurrency`) should be ready the next time. Once
-      // rows wait ahead, picks overlap running steps and the rule above keeps them coming.
+      // during one: when the slots sit idle for a pick's usual round trip at least twice as
+      // long as those steps ran, a round of them (`concurrency`) should be ready the next
+      // time. Once rows wait ahead, picks overlap running steps and the rule above keeps
+      // them coming.
+      const took = this.#now() - pickedAt;
+      this.#pickFloorMs = Math.min(took, this.#pickFloorMs === undefined ? took : 1.25 * this.#pickFloorMs);
       const quick =
-        starved && this.#busyMs !== undefined && AHEAD_PER_FINISHED * this.#busyMs <= this.#now() - pickedAt;
+        starved && this.#busyMs !== undefined && AHEAD_PER_FINISHED * this.#busyMs <= this.#pickFloorMs;
       this.#ahead = Math.min(
         this.#o.claimAhead,
         Math.max(

@@ -111,17 +111,20 @@ export function next<const K extends string, S>(
   state: S,
   opts: NextOptions = {},
 ): NextOutcome<K, S> {
-  return {
+  // Options set one by one: conditional spreads cost V8 microseconds per call, and every
+  // step of a machine calls this.
+  const outcome: { -readonly [P in keyof NextOutcome<K, S>]: NextOutcome<K, S>[P] } = {
     [OUTCOME_BRAND]: true,
     kind: 'next',
     step,
     state,
-    ...(opts.delay === undefined ? {} : { delay: opts.delay }),
-    ...(opts.concurrencyKey === undefined ? {} : { concurrencyKey: opts.concurrencyKey }),
-    ...(opts.rateLimit === undefined ? {} : { rateLimit: opts.rateLimit }),
-    ...(opts.weight === undefined ? {} : { weight: opts.weight }),
-    ...(opts.inline === undefined ? {} : { inline: opts.inline }),
   };
+  if (opts.delay !== undefined) outcome.delay = opts.delay;
+  if (opts.concurrencyKey !== undefined) outcome.concurrencyKey = opts.concurrencyKey;
+  if (opts.rateLimit !== undefined) outcome.rateLimit = opts.rateLimit;
+  if (opts.weight !== undefined) outcome.weight = opts.weight;
+  if (opts.inline !== undefined) outcome.inline = opts.inline;
+  return outcome;
 }
 
 /** Run the same step again after `delay` with `attempt + 1` (the poll/backoff primitive). */

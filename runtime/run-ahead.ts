@@ -25,14 +25,22 @@ export function continuationOf(row: ClaimedRow, result: StepResult): ClaimedRow 
   if (result.kind !== 'next' || result.inline !== true) return null;
   if (result.delayMs > 0 || result.rate !== undefined) return null;
   if (result.concurrencyKey !== undefined && result.concurrencyKey !== row.concurrency_key) return null;
+  // Field by field: an object spread with fields overridden costs V8 microseconds per row.
   return {
-    ...row,
+    id: row.id,
     claim: nextClaim(row.claim),
+    fsm: row.fsm,
+    version: row.version,
     step: result.step,
     state: result.state,
     attempt: 0,
+    max_attempts: row.max_attempts,
+    correlation_key: row.correlation_key,
+    concurrency_key: row.concurrency_key,
+    parent_id: row.parent_id,
     awaiting: null,
     timed_out: false,
+    has_inbox: row.has_inbox,
     joined: false,
     inbox: null,
     children: null,

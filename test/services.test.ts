@@ -381,17 +381,25 @@ describe('Feeder', () => {
   });
 
   it.each([
-    ['ran for at most half a pick, a round of them waits ahead', 2.5, [4, 4, 4]],
-    ['ran for longer than half a pick, none waits ahead', 3, [4, 4]],
-  ])('when steps that all finish at once %s', async (_, stepMs, picks) => {
+    ['ran for at most half a pick, a round of them waits ahead', 2.5, 5, [4, 4, 4]],
+    ['ran for longer than half a pick, none waits ahead', 3, 5, [4, 4]],
+    [
+      'ran for less than half of one slow pick but longer than half the usual, none waits ahead',
+      30,
+      100,
+      [4, 4],
+    ],
+  ])('when steps that all finish at once %s', async (_, stepMs, pickMs, picks) => {
     let clock = 0;
     const { feeder, requested, answer, stop } = answeredFeeder(4, 20, () => clock);
     feeder.start();
+    await until(() => requested.length === 1);
+    clock += 5; // a pick's usual round trip
     await answer(4); // 4 running (as one batch on one thread)
     clock += stepMs;
     feeder.stepsFinished(4); // all at once: the pick for the 4 free slots goes out with none running
     await until(() => requested.length === 2);
-    clock += 5; // that pick's round trip
+    clock += pickMs; // that pick's round trip
     await answer(4); // 4 running
     for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
     expect(requested).toEqual(picks);

@@ -346,11 +346,8 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
 }
 
 /** `next()`'s rate limit, validated (a bad one fails the step as an invalid outcome). */
-function nextRate(
-  limit: unknown,
-  weight: unknown,
-): { rate?: { limit: string; partition: string | null; weight: number } } {
-  if (limit === undefined && weight === undefined) return {};
+function nextRate(limit: unknown, weight: unknown): NextResult['rate'] {
+  if (limit === undefined && weight === undefined) return undefined;
   if (limit === undefined) throw new Failure('invalid_outcome', 'next() weight: give rateLimit too');
   const parsedLimit = rateLimitSchema.safeParse(limit);
   if (!parsedLimit.success) {
@@ -359,8 +356,10 @@ function nextRate(
   const parsedWeight = weightSchema.optional().safeParse(weight);
   if (!parsedWeight.success) throw new Failure('invalid_outcome', 'next() weight: must be an integer >= 1');
   const { rateLimit, ratePartition, weight: w } = rateColumns(parsedLimit.data, parsedWeight.data);
-  return { rate: { limit: rateLimit!, partition: ratePartition, weight: w } };
+  return { limit: rateLimit!, partition: ratePartition, weight: w };
 }
+
+type NextResult = Extract<StepResult, { kind: 'next' }>;
 
 const NO_INBOX: InboxView = { awaited: [], seen: [] };
 
@@ -388,17 +387,20 @@ export function toResult(
       }
       if (value.inline !== undefined && typeof value.inline !== 'boolean')
         throw new Failure('invalid_outcome', 'next() inline: must be true or false');
-      return {
+      // Set one by one: conditional spreads cost V8 microseconds per step.
+      const result: { -readonly [P in keyof NextResult]: NextResult[P] } = {
         id,
         kind: 'next',
         step: knownStep(def, value.step, 'next'),
         state: serializeState(def, value.state),
         delayMs: delayMs(value.delay),
         consumed: inbox.awaited,
-        ...(key === undefined ? {} : { concurrencyKey: key }),
-        ...nextRate(value.rateLimit, value.weight),
-        ...((value.inline ?? def.inline) === true ? { inline: true } : {}),
       };
+      if (key !== undefined) result.concurrencyKey = key;
+      const rate = nextRate(value.rateLimit, value.weight);
+      if (rate !== undefined) result.rate = rate;
+      if ((value.inline ?? def.inline) === true) result.inline = true;
+      return result;
     }
     case 'await': {
       const step = knownStep(def, value.step, 'awaitSignals');
