@@ -91,7 +91,49 @@ BEGIN
   PERFORM setval(pg_get_serial_sequence(':schema.gen_durable', 'id'), last_value, called);
 END $$;
 
+-- What else belongs to the table and its identity goes over too: the privileges granted
+-- on them (so nodes that connect as another role keep their access) and the comments.
+-- Objects of the user's that depend on the table (a view, a foreign key to it) make the
+-- DROP below fail, and the whole migration with it: drop them first, recreate them after.
+DO $$
+DECLARE
+  old_table regclass := ':schema.gen_durable_before_010'::regclass;
+  old_seq regclass := pg_get_serial_sequence(':schema.gen_durable_before_010', 'id')::regclass;
+  new_seq text := pg_get_serial_sequence(':schema.gen_durable', 'id');
+  g record;
+BEGIN
+  FOR g IN
+    SELECT 'TABLE :schema.gen_durable' AS target, a.privilege_type, a.grantee, a.is_grantable
+      FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = old_table AND a.grantee <> c.relowner
+    UNION ALL
+    SELECT 'SEQUENCE ' || new_seq, a.privilege_type, a.grantee, a.is_grantable
+      FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = old_seq AND a.grantee <> c.relowner
+  LOOP
+    EXECUTE format('GRANT %s ON %s TO %s%s', g.privilege_type, g.target,
+                   CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
+                   CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+  END LOOP;
+  IF obj_description(old_table, 'pg_class') IS NOT NULL THEN
+    EXECUTE format('COMMENT ON TABLE :schema.gen_durable IS %L', obj_description(old_table, 'pg_class'));
+  END IF;
+  FOR g IN
+    SELECT a.attname, col_description(old_table, a.attnum) AS comment
+      FROM pg_attribute a
+     WHERE a.attrelid = old_table AND a.attnum > 0 AND NOT a.attisdropped
+       AND col_description(old_table, a.attnum) IS NOT NULL
+  LOOP
+    EXECUTE format('COMMENT ON COLUMN :schema.gen_durable.%I IS %L', g.attname, g.comment);
+  END LOOP;
+END $$;
+
 DROP TABLE :schema.gen_durable_before_010;
+
+-- The identity's sequence was created while the old one still held its name.
+DO $$
+BEGIN
+  EXECUTE format('ALTER SEQUENCE %s RENAME TO gen_durable_id_seq',
+                 pg_get_serial_sequence(':schema.gen_durable', 'id'));
+END $$;
 
 ALTER TABLE :schema.gen_durable
   ADD CONSTRAINT gen_durable_pkey PRIMARY KEY (id),

@@ -15,8 +15,11 @@ const url = inject('databaseUrl');
 const pool = new pg.Pool({ connectionString: url, max: 4 });
 const schemas: string[] = [];
 
+const roles: string[] = [];
+
 afterAll(async () => {
   for (const schema of schemas) await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  for (const role of roles) await pool.query(`DROP OWNED BY ${role}; DROP ROLE ${role}`);
   await pool.end();
 });
 
@@ -94,6 +97,16 @@ describe('migration 010: the row rebuilt in a new column order', () => {
        INSERT INTO ${t} (fsm, step, state, queue) VALUES ('gone', 's', '{}', 'q');
        DELETE FROM ${t} WHERE fsm = 'gone';`,
     );
+    // Privileges and comments on the table and its identity go over too.
+    const role = `layout_reader_${randomBytes(4).toString('hex')}`;
+    roles.push(role);
+    await pool.query(
+      `CREATE ROLE ${role};
+       GRANT SELECT, UPDATE ON ${t} TO ${role};
+       GRANT USAGE ON SEQUENCE "${schema}".gen_durable_id_seq TO ${role};
+       COMMENT ON TABLE ${t} IS 'the instances';
+       COMMENT ON COLUMN ${t}.state IS 'the state';`,
+    );
     const before = {
       rows: await rowsOf(schema),
       catalog: await catalogOf(schema),
@@ -113,6 +126,24 @@ describe('migration 010: the row rebuilt in a new column order', () => {
       `INSERT INTO ${t} (fsm, step, state, queue) VALUES ('new', 's', '{}', 'q') RETURNING id::text AS id`,
     );
     expect(rows[0]!.id).toBe('6');
+    const kept = await pool.query<Record<string, unknown>>(
+      `SELECT has_table_privilege($2, $1, 'SELECT') AS can_select, has_table_privilege($2, $1, 'UPDATE') AS can_update,
+              has_table_privilege($2, $1, 'DELETE') AS can_delete,
+              pg_get_serial_sequence($1, 'id') AS seq,
+              has_sequence_privilege($2, pg_get_serial_sequence($1, 'id'), 'USAGE') AS can_use_seq,
+              obj_description($1::regclass, 'pg_class') AS comment,
+              col_description($1::regclass, (SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'state')) AS state_comment`,
+      [t, role],
+    );
+    expect(kept.rows[0]).toEqual({
+      can_select: true,
+      can_update: true,
+      can_delete: false,
+      seq: `${schema}.gen_durable_id_seq`,
+      can_use_seq: true,
+      comment: 'the instances',
+      state_comment: 'the state',
+    });
   });
 
   it('puts the columns every claim and outcome changes last, and leaves half of each page free', async () => {
