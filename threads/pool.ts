@@ -74,9 +74,10 @@ function threadOf(task: TaskState): number | undefined {
 export const TASK_WORTH_US = 1_000;
 
 /**
- * How many tasks (threads) a batch of `items` steps is split into, given how long a step
- * took its worker of late (`usPerStep`, undefined before the first reply or after a thread
- * died): every thread the batch has steps for while that is unknown, else as many as carry
+ * How many tasks (threads) a batch of `items` steps is split into, given how long its steps
+ * took their worker of late (`usPerStep`, the mean over the batch; undefined while one of its
+ * machines has no estimate, before its first reply or after a thread died under it): every
+ * thread the batch has steps for while that is unknown, else as many as carry
  * `TASK_WORTH_US` each, at least one.
  */
 export function taskCount(items: number, threads: number, usPerStep: number | undefined): number {
@@ -104,7 +105,12 @@ function itemOf(r: StepRequest, module: string): StepItem {
   };
 }
 
-/** Weight of the latest batch in the running estimate of a step's time. */
+/** What the time of a step is estimated for: its machine version. */
+function stepKind(item: StepItem): string {
+  return `${item.machine}@${item.version}`;
+}
+
+/** Weight of a faster batch in the running estimate of a step's time (a slower one counts at once). */
 const STEP_TIME_WEIGHT = 0.2;
 
 const here = import.meta.url;
@@ -124,8 +130,11 @@ export class QueuePool implements StepExecutor {
   readonly #ports = new ThreadPorts();
   readonly #slots: ControlSlots;
   #tasks = 0;
-  /** A step's time in its worker of late (µs per step of the batches that replied), if known. */
-  #usPerStep: number | undefined;
+  /**
+   * A step's time in its worker of late, per machine version (µs per step of the batches that
+   * replied): up at once when a batch was slower, down by `STEP_TIME_WEIGHT` when faster.
+   */
+  readonly #usPerStep = new Map<string, number>();
   #lastKillAt = 0;
   #running = 0;
 
@@ -191,7 +200,7 @@ export class QueuePool implements StepExecutor {
         items.push(itemOf(request, module));
       }
     }
-    const parts = taskCount(items.length, this.#options.threads, this.#usPerStep);
+    const parts = taskCount(items.length, this.#options.threads, this.#usPerStepOf(items));
     const size = Math.ceil(items.length / parts);
     for (let i = 0; i < items.length; i += size) {
       void this.#runTask(items.slice(i, i + size), deliver, false);
@@ -270,13 +279,11 @@ export class QueuePool implements StepExecutor {
       this.#slots.release(slot);
     }
     if (replied) {
-      const sample = replied.elapsedUs / items.length;
-      const before = this.#usPerStep;
-      this.#usPerStep = before === undefined ? sample : before + STEP_TIME_WEIGHT * (sample - before);
+      this.#learn(items, replied.elapsedUs / items.length);
       for (const result of replied.results) if (pending.delete(result.id)) deliver(result);
     } else {
-      // The thread died under the batch: how long steps take is not known any more.
-      this.#usPerStep = undefined;
+      // The thread died under the batch: how long these steps take is not known any more.
+      for (const item of items) this.#usPerStep.delete(stepKind(item));
     }
     if (pending.size === 0) return;
 
@@ -305,6 +312,29 @@ export class QueuePool implements StepExecutor {
       else failed.push({ ...item, failure });
     }
     if (failed.length > 0) await this.#runTask(failed, deliver, true);
+  }
+
+  /** The mean time of a step of `items` of late, or undefined if a machine of them has none yet. */
+  #usPerStepOf(items: readonly StepItem[]): number | undefined {
+    let sum = 0;
+    for (const item of items) {
+      const us = this.#usPerStep.get(stepKind(item));
+      if (us === undefined) return undefined;
+      sum += us;
+    }
+    return items.length === 0 ? undefined : sum / items.length;
+  }
+
+  /** A batch of `items` replied after `sample` µs per step. */
+  #learn(items: readonly StepItem[], sample: number): void {
+    if (!Number.isFinite(sample) || sample < 0) return;
+    for (const kind of new Set(items.map(stepKind))) {
+      const before = this.#usPerStep.get(kind);
+      this.#usPerStep.set(
+        kind,
+        before === undefined || sample > before ? sample : before + STEP_TIME_WEIGHT * (sample - before),
+      );
+    }
   }
 
   /**
