@@ -93,6 +93,8 @@ export class Feeder implements Service {
   #busySince = 0;
   /** How long the last stretch of running steps lasted, from the first start to the last result. */
   #busyMs: number | undefined;
+  /** When that stretch ended (its last result came in). */
+  #busyEnded = 0;
   /**
    * A pick's round trip as it usually is: the fastest of late, rising by a quarter per pick
    * while picks are slower (so one slow pick under a passing load does not move it).
@@ -178,7 +180,10 @@ export class Feeder implements Service {
    */
   stepsFinished(n: number): void {
     this.#running -= n;
-    if (this.#running === 0) this.#busyMs = this.#now() - this.#busySince;
+    if (this.#running === 0) {
+      this.#busyEnded = this.#now();
+      this.#busyMs = this.#busyEnded - this.#busySince;
+    }
     this.#committing += n;
     this.#finished += n;
     if (this.#backlog) this.#wanted = true;
@@ -245,9 +250,17 @@ export class Feeder implements Service {
       const limit = this.#room();
       this.#finished = 0;
       this.#drained = false;
-      // Nothing runs or waits: the slots stay idle for this whole round trip.
-      const starved = this.#running === 0 && this.#buffer.length === 0;
+      // Nothing runs or waits: the slots stay idle for this whole round trip. It counts only
+      // when steps were running until just now (this pick went out as they ended), not after
+      // a pause in which nothing was due.
       const pickedAt = this.#now();
+      const busyMs = this.#busyMs;
+      this.#busyMs = undefined;
+      const starved =
+        this.#running === 0 &&
+        this.#buffer.length === 0 &&
+        busyMs !== undefined &&
+        pickedAt - this.#busyEnded <= (this.#pickFloorMs ?? 0);
       let rows: ClaimedRow[];
       let full: boolean;
       try {
@@ -267,14 +280,13 @@ export class Feeder implements Service {
       // them coming.
       const took = this.#now() - pickedAt;
       this.#pickFloorMs = Math.min(took, this.#pickFloorMs === undefined ? took : 1.25 * this.#pickFloorMs);
-      const quick =
-        starved && this.#busyMs !== undefined && AHEAD_PER_FINISHED * this.#busyMs <= this.#pickFloorMs;
+      const quick = starved && AHEAD_PER_FINISHED * busyMs <= this.#pickFloorMs;
       this.#ahead = Math.min(
         this.#o.claimAhead,
         Math.max(
           AHEAD_PER_FINISHED * this.#finished,
           this.#drained ? 2 * this.#ahead : 0,
-          quick ? Math.max(2 * this.#ahead, this.#o.concurrency) : 0,
+          quick ? this.#o.concurrency : 0,
         ),
       );
       this.#backlog = full;

@@ -407,6 +407,26 @@ describe('Feeder', () => {
     await stop();
   });
 
+  it('counts a round of quick steps once: the picks after it, with nothing run since, claim nothing ahead', async () => {
+    let clock = 0;
+    const { feeder, requested, answer, stop } = answeredFeeder(4, 20, () => clock);
+    feeder.start();
+    await until(() => requested.length === 1);
+    clock += 5;
+    await answer(4);
+    clock += 2.5;
+    feeder.stepsFinished(4); // quick, all at once: the next pick may bring a round ahead
+    await until(() => requested.length === 2);
+    clock += 5;
+    await answer(0); // nothing due after all
+    await until(() => requested.length === 3); // asks for the 4 slots and the 4 ahead
+    clock += 100; // a pause in which nothing ran
+    await answer(0);
+    await until(() => requested.length === 4);
+    expect(requested).toEqual([4, 4, 8, 4]);
+    await stop();
+  });
+
   it('gives back a claimed row that waited past bufferWaitMs for a slot', async () => {
     vi.useFakeTimers();
     let calls = 0;
