@@ -116,6 +116,35 @@ describe('defineMachine', () => {
   });
 });
 
+describe("a job's step", () => {
+  const job = (perform: (args: { n: number }) => unknown) =>
+    defineJob({
+      module: import.meta.url,
+      name: 'step-shape',
+      queue: 'q',
+      args: z.object({ n: z.number() }),
+      perform,
+    });
+  const ctx = {} as Parameters<ReturnType<typeof job>['steps']['perform']>[1];
+
+  it('is synchronous when perform is (no promise, so no timeout timer for a quick job), and async when it is', async () => {
+    const sync = job((a) => a.n + 1).steps.perform({ n: 1 }, ctx);
+    expect(typeof (sync as { then?: unknown }).then).toBe('undefined');
+    expect(sync).toEqual(done(2));
+    const later = job(async (a) => a.n + 2).steps.perform({ n: 1 }, ctx);
+    expect(later).toBeInstanceOf(Promise);
+    expect(await later).toEqual(done(3));
+    // An outcome returned as is; anything else is the job's result.
+    expect(job(() => stop('no')).steps.perform({ n: 1 }, ctx)).toEqual(stop('no'));
+    // A synchronous throw stays a throw (the thread's step runner turns it into a failure).
+    expect(() =>
+      job(() => {
+        throw new Error('boom');
+      }).steps.perform({ n: 1 }, ctx),
+    ).toThrow('boom');
+  });
+});
+
 describe('durations and backoff', () => {
   it('parses milliseconds and unit strings, rejecting negative or malformed ones', () => {
     expect(parseDuration(250)).toBe(250);

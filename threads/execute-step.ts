@@ -7,6 +7,7 @@
  * while attempts remain, then `stop`). If `onError` itself fails, the instance stops with a
  * message naming both problems, so no input can produce an endless crash loop.
  */
+import { isThenable } from '../runtime/thenable.js';
 import { AsyncLocalStorage, createHook } from 'node:async_hooks';
 import { defaultBackoff } from '../runtime/backoff.js';
 import { parseDuration } from '../runtime/duration.js';
@@ -205,6 +206,8 @@ function inboxView(item: StepItem, ctx: StepContext): InboxView {
 }
 
 /** The step's `ctx`, with the effects it records; `seal` ends recording (the step returned). */
+const NONE: readonly never[] = Object.freeze([]);
+
 function contextFor(
   item: StepItem,
   abort: StepAbort,
@@ -213,10 +216,15 @@ function contextFor(
   effects: { inserts: StepEffects['inserts'][number][]; signals: StepEffects['signals'][number][] };
   seal: () => void;
 } {
-  const all: Signal[] = item.inbox === null ? [] : parseInbox(item.inbox);
+  // Most steps have no inbox and no children: they share one frozen empty list.
+  const all: readonly Signal[] = item.inbox === null ? NONE : Object.freeze(parseInbox(item.inbox));
   const awaiting = item.awaiting;
-  const awaited = awaiting === null ? [] : all.filter((s) => awaiting.includes(s.name));
-  const children: ChildInfo[] = item.children === null ? [] : (JSON.parse(item.children) as ChildInfo[]);
+  const awaited: readonly Signal[] =
+    awaiting === null || all.length === 0
+      ? NONE
+      : Object.freeze(all.filter((s) => awaiting.includes(s.name)));
+  const children: readonly ChildInfo[] =
+    item.children === null ? NONE : Object.freeze(JSON.parse(item.children) as ChildInfo[]);
   const effects = {
     inserts: [] as StepEffects['inserts'][number][],
     signals: [] as StepEffects['signals'][number][],
@@ -236,10 +244,10 @@ function contextFor(
     get abortSignal() {
       return abort.signal;
     },
-    awaited: Object.freeze(awaited),
-    all: Object.freeze(all),
+    awaited,
+    all,
     timedOut: item.timedOut,
-    children: Object.freeze(children),
+    children,
     enqueue(machine, options) {
       open('enqueue');
       if (typeof options === 'object' && options !== null && 'tx' in options) {
@@ -335,14 +343,6 @@ async function withTimeout<T>(
   } finally {
     clearTimeout(timer);
   }
-}
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return (
-    (typeof value === 'object' || typeof value === 'function') &&
-    value !== null &&
-    typeof (value as { then?: unknown }).then === 'function'
-  );
 }
 
 /** `next()`'s rate limit, validated (a bad one fails the step as an invalid outcome). */
