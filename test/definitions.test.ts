@@ -131,7 +131,7 @@ describe("a job's step", () => {
     const sync = job((a) => a.n + 1).steps.perform({ n: 1 }, ctx);
     expect(typeof (sync as { then?: unknown }).then).toBe('undefined');
     expect(sync).toEqual(done(2));
-    const later = job(async (a) => a.n + 2).steps.perform({ n: 1 }, ctx);
+    const later = job((a) => Promise.resolve(a.n + 2)).steps.perform({ n: 1 }, ctx);
     expect(later).toBeInstanceOf(Promise);
     expect(await later).toEqual(done(3));
     // An outcome returned as is; anything else is the job's result.
