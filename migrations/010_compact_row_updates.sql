@@ -91,8 +91,9 @@ BEGIN
   PERFORM setval(pg_get_serial_sequence(':schema.gen_durable', 'id'), last_value, called);
 END $$;
 
--- What else belongs to the table and its identity goes over too: the privileges granted
--- on them (so nodes that connect as another role keep their access) and the comments.
+-- What else belongs to the table and its identity goes over too: the owner, the privileges
+-- granted on them and on its columns (so nodes that connect as another role keep their
+-- access), and the table's and columns' comments (not those of indexes or the sequence).
 -- Objects of the user's that depend on the table (a view, a foreign key to it) make the
 -- DROP below fail, and the whole migration with it: drop them first, recreate them after.
 DO $$
@@ -102,12 +103,20 @@ DECLARE
   new_seq text := pg_get_serial_sequence(':schema.gen_durable', 'id');
   g record;
 BEGIN
+  -- The owner first (the migration may run as another role, a superuser say): it keeps the
+  -- table, and with it the identity's sequence and the indexes.
+  EXECUTE format('ALTER TABLE :schema.gen_durable OWNER TO %I',
+                 (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = old_table));
   FOR g IN
     SELECT 'TABLE :schema.gen_durable' AS target, a.privilege_type, a.grantee, a.is_grantable
       FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = old_table AND a.grantee <> c.relowner
     UNION ALL
     SELECT 'SEQUENCE ' || new_seq, a.privilege_type, a.grantee, a.is_grantable
       FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = old_seq AND a.grantee <> c.relowner
+    UNION ALL
+    SELECT 'TABLE :schema.gen_durable', format('%s (%I)', a.privilege_type, c.attname), a.grantee, a.is_grantable
+      FROM pg_attribute c, aclexplode(c.attacl) a
+     WHERE c.attrelid = old_table AND c.attnum > 0 AND NOT c.attisdropped AND c.attacl IS NOT NULL
   LOOP
     EXECUTE format('GRANT %s ON %s TO %s%s', g.privilege_type, g.target,
                    CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
@@ -131,8 +140,11 @@ DROP TABLE :schema.gen_durable_before_010;
 -- The identity's sequence was created while the old one still held its name.
 DO $$
 BEGIN
-  EXECUTE format('ALTER SEQUENCE %s RENAME TO gen_durable_id_seq',
-                 pg_get_serial_sequence(':schema.gen_durable', 'id'));
+  IF (SELECT relname FROM pg_class
+       WHERE oid = pg_get_serial_sequence(':schema.gen_durable', 'id')::regclass) <> 'gen_durable_id_seq' THEN
+    EXECUTE format('ALTER SEQUENCE %s RENAME TO gen_durable_id_seq',
+                   pg_get_serial_sequence(':schema.gen_durable', 'id'));
+  END IF;
 END $$;
 
 ALTER TABLE :schema.gen_durable

@@ -103,6 +103,7 @@ describe('migration 010: the row rebuilt in a new column order', () => {
     await pool.query(
       `CREATE ROLE ${role};
        GRANT SELECT, UPDATE ON ${t} TO ${role};
+       GRANT INSERT (fsm) ON ${t} TO ${role};
        GRANT USAGE ON SEQUENCE "${schema}".gen_durable_id_seq TO ${role};
        COMMENT ON TABLE ${t} IS 'the instances';
        COMMENT ON COLUMN ${t}.state IS 'the state';`,
@@ -129,6 +130,8 @@ describe('migration 010: the row rebuilt in a new column order', () => {
     const kept = await pool.query<Record<string, unknown>>(
       `SELECT has_table_privilege($2, $1, 'SELECT') AS can_select, has_table_privilege($2, $1, 'UPDATE') AS can_update,
               has_table_privilege($2, $1, 'DELETE') AS can_delete,
+              has_column_privilege($2, $1, 'fsm', 'INSERT') AS can_insert_fsm,
+              has_column_privilege($2, $1, 'queue', 'INSERT') AS can_insert_queue,
               pg_get_serial_sequence($1, 'id') AS seq,
               has_sequence_privilege($2, pg_get_serial_sequence($1, 'id'), 'USAGE') AS can_use_seq,
               obj_description($1::regclass, 'pg_class') AS comment,
@@ -139,11 +142,43 @@ describe('migration 010: the row rebuilt in a new column order', () => {
       can_select: true,
       can_update: true,
       can_delete: false,
+      can_insert_fsm: true,
+      can_insert_queue: false,
       seq: `${schema}.gen_durable_id_seq`,
       can_use_seq: true,
       comment: 'the instances',
       state_comment: 'the state',
     });
+  });
+
+  it('leaves the table, its identity and indexes with their owner when another role migrates', async () => {
+    const owner = `layout_owner_${randomBytes(4).toString('hex')}`;
+    roles.push(owner);
+    const schema = `layout_${randomBytes(5).toString('hex')}`;
+    schemas.push(schema);
+    await pool.query(
+      `CREATE ROLE ${owner}; CREATE SCHEMA "${schema}" AUTHORIZATION ${owner};
+       GRANT CREATE ON DATABASE "${new URL(url).pathname.slice(1)}" TO ${owner}`,
+    );
+    // Versions 1-9 as the owner, 10 as this (superuser) connection.
+    const asOwner = new pg.Pool({ connectionString: url, max: 1 });
+    asOwner.on('connect', (c) => void c.query(`SET ROLE ${owner}`));
+    try {
+      await migrate({ pool: asOwner, schema, toVersion: 9 });
+    } finally {
+      await asOwner.end();
+    }
+    await migrate({ pool, schema });
+    const { rows } = await pool.query<{ relname: string; owner: string }>(
+      `SELECT c.relname, pg_get_userbyid(c.relowner) AS owner FROM pg_class c
+        WHERE c.relnamespace = $1::regnamespace AND c.relname LIKE 'gen_durable%'
+          AND c.relname NOT IN ('gen_durable_migrations', 'gen_durable_migrations_pkey')
+          AND (c.relname = 'gen_durable' OR c.relname = 'gen_durable_id_seq' OR c.relkind = 'i' AND c.relname IN (
+            SELECT indexname FROM pg_indexes WHERE schemaname = $2 AND tablename = 'gen_durable'))`,
+      [`"${schema}"`, schema],
+    );
+    expect(rows.length).toBeGreaterThanOrEqual(11); // the table, its sequence, 9 indexes
+    expect(new Set(rows.map((r) => r.owner))).toEqual(new Set([owner]));
   });
 
   it('puts the columns every claim and outcome changes last, and leaves half of each page free', async () => {

@@ -205,9 +205,10 @@ function inboxView(item: StepItem, ctx: StepContext): InboxView {
   };
 }
 
-/** The step's `ctx`, with the effects it records; `seal` ends recording (the step returned). */
+/** The lists of a step's context that are empty for most steps, shared (frozen). */
 const NONE: readonly never[] = Object.freeze([]);
 
+/** The step's `ctx`, with the effects it records; `seal` ends recording (the step returned). */
 function contextFor(
   item: StepItem,
   abort: StepAbort,
