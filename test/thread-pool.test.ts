@@ -6,7 +6,8 @@
 import { describe, expect, it } from 'vitest';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { MachineRegistry } from '../runtime/registry.js';
-import { QueuePool, TASK_WORTH_US, taskCount } from '../threads/pool.js';
+import { QueuePool } from '../threads/pool.js';
+import { TASK_WORTH_US, taskCount } from '../threads/step-times.js';
 import { all, busy, exiter, later, quick, whereAmI } from './fixtures/pool-machines.js';
 
 let next = 0;

@@ -4,7 +4,8 @@
  *
  * A batch is split evenly over as many threads as it is worth (`taskCount`: one thread for a
  * batch of quick steps, all of them for slow ones, judged by how long recent batches took
- * their worker); each part crosses the thread boundary as one task. The worker streams the results of steps that finish while others of the part still
+ * their worker, `StepTimes`); each part crosses the thread boundary as one task. The
+ * worker streams the results of steps that finish while others of the part still
  * run on its thread's port (`ThreadPorts`); the rest come back as the task's reply. When a
  * task settles, that port is drained synchronously, so no result posted before a thread
  * died is lost. Which thread runs a part, and which of its steps holds the thread, the
@@ -41,6 +42,7 @@ import {
   type TaskControl,
   type TaskReply,
 } from './protocol.js';
+import { StepTimes, taskCount } from './step-times.js';
 import { ThreadPorts, isThreadPortMessage } from './thread-ports.js';
 
 export interface QueuePoolOptions {
@@ -66,26 +68,6 @@ function threadOf(task: TaskState): number | undefined {
   return Atomics.load(task.control.flags, THREAD) || undefined;
 }
 
-/**
- * How much of a thread's time a task should carry before a batch is spread over one more
- * thread. A hop to a thread and back costs tens of microseconds of CPU on each side and
- * wakes a thread; a batch of quick steps runs in less on the thread it lands on.
- */
-export const TASK_WORTH_US = 1_000;
-
-/**
- * How many tasks (threads) a batch of `items` steps is split into, given how long its steps
- * took their worker of late (`usPerStep`, the mean over the batch; undefined while one of its
- * machines has no estimate, before its first reply or after a thread died under it): every
- * thread the batch has steps for while that is unknown, else as many as carry
- * `TASK_WORTH_US` each, at least one.
- */
-export function taskCount(items: number, threads: number, usPerStep: number | undefined): number {
-  const most = Math.max(1, Math.min(threads, items));
-  if (usPerStep === undefined) return most;
-  return Math.max(1, Math.min(most, Math.floor((items * usPerStep) / TASK_WORTH_US)));
-}
-
 /** A request as sent to its worker, field by field (a spread costs V8 microseconds per step). */
 function itemOf(r: StepRequest, module: string): StepItem {
   return {
@@ -105,14 +87,6 @@ function itemOf(r: StepRequest, module: string): StepItem {
   };
 }
 
-/** What the time of a step is estimated for: its machine version. */
-function stepKind(item: StepItem): string {
-  return `${item.machine}@${item.version}`;
-}
-
-/** Weight of a faster batch in the running estimate of a step's time (a slower one counts at once). */
-const STEP_TIME_WEIGHT = 0.2;
-
 const here = import.meta.url;
 const workerEntry = new URL(here.endsWith('.ts') ? './worker.ts' : './worker.js', here).href;
 const bootstrapFile = fileURLToPath(new URL('./bootstrap.mjs', here));
@@ -130,11 +104,8 @@ export class QueuePool implements StepExecutor {
   readonly #ports = new ThreadPorts();
   readonly #slots: ControlSlots;
   #tasks = 0;
-  /**
-   * A step's time in its worker of late, per machine version (µs per step of the batches that
-   * replied): up at once when a batch was slower, down by `STEP_TIME_WEIGHT` when faster.
-   */
-  readonly #usPerStep = new Map<string, number>();
+  /** How long a step of each machine version took its worker of late. */
+  readonly #stepTimes = new StepTimes();
   #lastKillAt = 0;
   #running = 0;
 
@@ -200,7 +171,7 @@ export class QueuePool implements StepExecutor {
         items.push(itemOf(request, module));
       }
     }
-    const parts = taskCount(items.length, this.#options.threads, this.#usPerStepOf(items));
+    const parts = taskCount(items.length, this.#options.threads, this.#stepTimes.meanOf(items));
     const size = Math.ceil(items.length / parts);
     for (let i = 0; i < items.length; i += size) {
       void this.#runTask(items.slice(i, i + size), deliver, false);
@@ -279,11 +250,11 @@ export class QueuePool implements StepExecutor {
       this.#slots.release(slot);
     }
     if (replied) {
-      this.#learn(items, replied.elapsedUs / items.length);
+      this.#stepTimes.learn(items, replied.elapsedUs / items.length);
       for (const result of replied.results) if (pending.delete(result.id)) deliver(result);
     } else {
       // The thread died under the batch: how long these steps take is not known any more.
-      for (const item of items) this.#usPerStep.delete(stepKind(item));
+      this.#stepTimes.forget(items);
     }
     if (pending.size === 0) return;
 
@@ -312,29 +283,6 @@ export class QueuePool implements StepExecutor {
       else failed.push({ ...item, failure });
     }
     if (failed.length > 0) await this.#runTask(failed, deliver, true);
-  }
-
-  /** The mean time of a step of `items` of late, or undefined if a machine of them has none yet. */
-  #usPerStepOf(items: readonly StepItem[]): number | undefined {
-    let sum = 0;
-    for (const item of items) {
-      const us = this.#usPerStep.get(stepKind(item));
-      if (us === undefined) return undefined;
-      sum += us;
-    }
-    return items.length === 0 ? undefined : sum / items.length;
-  }
-
-  /** A batch of `items` replied after `sample` µs per step. */
-  #learn(items: readonly StepItem[], sample: number): void {
-    if (!Number.isFinite(sample) || sample < 0) return;
-    for (const kind of new Set(items.map(stepKind))) {
-      const before = this.#usPerStep.get(kind);
-      this.#usPerStep.set(
-        kind,
-        before === undefined || sample > before ? sample : before + STEP_TIME_WEIGHT * (sample - before),
-      );
-    }
   }
 
   /**
