@@ -7,6 +7,7 @@
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import { Feeder } from '../runtime/feeder.js';
 import type { FlushEntry } from '../runtime/flusher.js';
+import type { Mutable } from '../runtime/mutable.js';
 import type { MachineRegistry } from '../runtime/registry.js';
 import { continuationOf } from '../runtime/run-ahead.js';
 import type { Claimed } from '../runtime/claimer.js';
@@ -150,7 +151,7 @@ export class QueueRuntime {
 
   /** A claimed row's result, to commit (with the row its next step runs ahead on, if any). */
   #commit(row: ClaimedRow, result: StepResult, continuation: ClaimedRow | null = null): void {
-    const entry: { -readonly [K in keyof FlushEntry]: FlushEntry[K] } = {
+    const entry: Mutable<FlushEntry> = {
       id: result.id,
       claim: row.claim,
       queue: this.#o.queue,

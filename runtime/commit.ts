@@ -23,6 +23,7 @@ import type { FlushEntry } from './flusher.js';
 import { compareIds } from './instance.js';
 import { storableText } from './json.js';
 import { assertNever } from './outcome.js';
+import type { Mutable } from './mutable.js';
 import { setBarriers } from './sql/children.js';
 import { type Queryable, inTransaction } from './sql/db.js';
 import { ATTEMPT, type OutcomeRow, flushOutcomes, shapeOf } from './sql/flush.js';
@@ -197,8 +198,6 @@ function outcome(
 ): Mutable<OutcomeRow> {
   return { id, claim, status, step, state, attempt, delayMs, result: null, lastError: null, error };
 }
-
-type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
 /**
  * The one place a step result becomes the row it writes. Built field by field, without

@@ -4,7 +4,6 @@
  * by itself. The same definition object is used by the client (to validate inserts) and by
  * worker threads (to run steps).
  */
-import { isThenable } from './thenable.js';
 import { z } from 'zod';
 import { DEFAULT_MAX_ATTEMPTS } from './backoff.js';
 import { type Duration, timerDurationSchema } from './duration.js';
@@ -27,6 +26,7 @@ import {
   type ZodLike,
   zodSchemaField,
 } from './zod-schema.js';
+import { isThenable } from './thenable.js';
 
 /** A signal in an instance's inbox. */
 export interface Signal {

@@ -20,6 +20,7 @@
 import type { Duration } from './duration.js';
 import type { InsertOptions, RateLimitRef } from './insert-options.js';
 import type { AnyMachine } from './machine.js';
+import type { Mutable } from './mutable.js';
 
 export const OUTCOME_BRAND = '@@gen-durable/outcome';
 
@@ -113,7 +114,7 @@ export function next<const K extends string, S>(
 ): NextOutcome<K, S> {
   // Options set one by one: conditional spreads cost V8 microseconds per call, and every
   // step of a machine calls this.
-  const outcome: { -readonly [P in keyof NextOutcome<K, S>]: NextOutcome<K, S>[P] } = {
+  const outcome: Mutable<NextOutcome<K, S>> = {
     [OUTCOME_BRAND]: true,
     kind: 'next',
     step,

@@ -7,7 +7,6 @@
  * while attempts remain, then `stop`). If `onError` itself fails, the instance stops with a
  * message naming both problems, so no input can produce an endless crash loop.
  */
-import { isThenable } from '../runtime/thenable.js';
 import { AsyncLocalStorage, createHook } from 'node:async_hooks';
 import { defaultBackoff } from '../runtime/backoff.js';
 import { parseDuration } from '../runtime/duration.js';
@@ -29,6 +28,7 @@ import {
   weightSchema,
 } from '../runtime/insert-options.js';
 import { findNonJson, toJson } from '../runtime/json.js';
+import type { Mutable } from '../runtime/mutable.js';
 import type {
   AnyMachine,
   ChildInfo,
@@ -39,6 +39,7 @@ import type {
 } from '../runtime/machine.js';
 import { type Outcome, assertNever, isOutcome, retry, stop } from '../runtime/outcome.js';
 import { signalNameSchema, toSignalRequest } from '../runtime/signal-input.js';
+import { isThenable } from '../runtime/thenable.js';
 import type { StepItem, StepResult } from './protocol.js';
 
 /** A failure with a classification, thrown inside this module. */
@@ -389,7 +390,7 @@ export function toResult(
       if (value.inline !== undefined && typeof value.inline !== 'boolean')
         throw new Failure('invalid_outcome', 'next() inline: must be true or false');
       // Set one by one: conditional spreads cost V8 microseconds per step.
-      const result: { -readonly [P in keyof NextResult]: NextResult[P] } = {
+      const result: Mutable<NextResult> = {
         id,
         kind: 'next',
         step: knownStep(def, value.step, 'next'),
