@@ -12,6 +12,8 @@ export interface Worker {
   readonly exited: Promise<void>;
   /** The resident set it last reported, MiB. */
   readonly rss: () => number;
+  /** Units it last reported finished. */
+  readonly finished: () => number;
 }
 
 export function spawnWorker(
@@ -42,12 +44,15 @@ export function spawnWorker(
       reject(new Error(`${subject.name} worker exited (${code}) before it was ready`)),
     );
     let rss = Number.NaN;
-    proc.on('message', (m: { type: string; rss: number }) => {
-      rss = m.rss / 2 ** 20;
+    let finished = 0;
+    proc.on('message', (m: { type: string; rss: number; units: number }) => {
+      if (m.type === 'finished') finished = m.units;
+      else rss = m.rss / 2 ** 20;
       if (m.type !== 'ready') return;
       resolve({
         exited,
         rss: () => rss,
+        finished: () => finished,
         stop: () =>
           new Promise<number>((done) => {
             proc.on('message', (s: { type: string; rss: number }) => {

@@ -17,8 +17,18 @@ if (!subject || !connectionString || !schema || !settings) {
 // Latency jobs find their table through the environment (worker threads inherit it).
 process.env.BENCH_URL = connectionString;
 process.env.BENCH_SCHEMA = schema;
-const stop = await subject.work(connectionString, schema, JSON.parse(settings) as RunSettings);
+let finished = 0;
+const stop = await subject.work(connectionString, schema, JSON.parse(settings) as RunSettings, (n) => {
+  finished += n;
+});
 process.send?.({ type: 'ready', rss: process.memoryUsage().rss });
+// Units finished so far, for the parent's progress (it polls the table only to end the run).
+let reported = 0;
+setInterval(() => {
+  if (finished === reported) return;
+  reported = finished;
+  process.send?.({ type: 'finished', units: finished });
+}, 20).unref();
 // The resident set as the run goes (workload 5 prints its trend).
 setInterval(() => process.send?.({ type: 'rss', rss: process.memoryUsage().rss }), 500).unref();
 process.on('message', (m: { type?: string }) => {

@@ -3,6 +3,7 @@
  * Two subjects: plain, and with run-ahead (its 5-step machine runs each next step ahead on
  * the claim it holds); for the drain they are the same, so only the first drains.
  */
+import diagnostics from 'node:diagnostics_channel';
 import pg from 'pg';
 import { CHAIN_STEPS, chain, chainAhead, latencyProbe, noop } from '../jobs.mjs';
 import { CHAIN_LENGTH, type RunSettings, type Subject, type Workload, countOf } from './subject.js';
@@ -81,8 +82,11 @@ function engineSubject(name: string, runAhead: boolean): Subject {
         [parked],
       );
     },
-    async work(connectionString, schema, { concurrency }) {
+    async work(connectionString, schema, { concurrency }, finished) {
       const { Cluster } = await engine();
+      // A unit (a job, a step) is finished when its outcome is committed.
+      const flushed = (e: unknown): void => finished((e as { applied: number }).applied);
+      diagnostics.subscribe('gen_durable:flush', flushed);
       const node = await Cluster.join({
         connectionString,
         schema,
@@ -90,7 +94,10 @@ function engineSubject(name: string, runAhead: boolean): Subject {
         machines: [noop, machine, latencyProbe],
         queues: { [noop.queue]: { concurrency, threads: THREADS } },
       });
-      return () => node.stop({ timeout: 10_000 });
+      return async () => {
+        await node.stop({ timeout: 10_000 });
+        diagnostics.unsubscribe('gen_durable:flush', flushed);
+      };
     },
     async producer(db, schema) {
       const { createClient } = await engine();

@@ -75,14 +75,18 @@ export const graphileWorker: Subject = {
       `SELECT ${workload === 'drain' ? 'count(*)' : `sum(${CHAIN_LENGTH + 1} - (payload->>'step')::int)`} AS n
        FROM "${schema}"._private_jobs`,
     ),
-  async work(connectionString, schema, s) {
+  async work(connectionString, schema, s, finished) {
     const runner = await run({
       noHandleSignals: true,
       taskList: {
-        [NOOP_JOBS]: () => Promise.resolve(),
+        [NOOP_JOBS]: () => {
+          finished(1);
+          return Promise.resolve();
+        },
         [CHAIN_JOBS]: async (payload, helpers) => {
           const { i, step } = payload as { i: number; step: number };
           if (step < CHAIN_LENGTH) await helpers.addJob(CHAIN_JOBS, { i, step: step + 1 });
+          finished(1);
         },
         [LATENCY_JOBS]: async (payload, helpers) => {
           const started = monotonicMs();

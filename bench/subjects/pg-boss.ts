@@ -66,7 +66,7 @@ export const pgBoss: Subject = {
       `SELECT ${workload === 'drain' ? 'count(*)' : `sum(${CHAIN_LENGTH + 1} - (data->>'step')::int)`} AS n
        FROM "${schema}".job WHERE state IN ('created', 'retry', 'active')`,
     ),
-  async work(connectionString, schema, s) {
+  async work(connectionString, schema, s, finished) {
     const { workers, batchSize } = shape(s);
     const b = boss(connectionString, schema, workers + 2);
     b.on('error', (e: unknown) => process.stderr.write(`pg-boss error: ${String(e)}\n`));
@@ -75,7 +75,10 @@ export const pgBoss: Subject = {
     const queue = { drain: NOOP_JOBS, steps: CHAIN_JOBS, latency: LATENCY_JOBS }[s.workload];
     const handler =
       s.workload === 'drain'
-        ? () => Promise.resolve()
+        ? (jobs: readonly unknown[]) => {
+            finished(jobs.length);
+            return Promise.resolve();
+          }
         : s.workload === 'latency'
           ? async (jobs: ReadonlyArray<{ data: object }>) => {
               const started = monotonicMs();
@@ -88,6 +91,7 @@ export const pgBoss: Subject = {
                 .filter((d) => d.step < CHAIN_LENGTH)
                 .map((d) => ({ name: CHAIN_JOBS, data: { i: d.i, step: d.step + 1 } }));
               if (next.length > 0) await b.insert(next);
+              finished(jobs.length);
             };
     for (let i = 0; i < workers; i++) {
       await b.work(queue, { batchSize, pollingIntervalSeconds: 0.5 }, handler);

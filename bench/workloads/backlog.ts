@@ -5,8 +5,9 @@
  * - 2, `steps`: N instances of a 5-step machine whose steps do nothing (units: steps; peers
  *   chain jobs).
  * Each run: a fresh schema with the work inserted, a CHECKPOINT (so every run starts with the
- * same full-page-image debt), the worker processes spawned, the table polled until no unit
- * is left; then WAL, CPU and rates are read and the schema dropped.
+ * same full-page-image debt), the worker processes spawned, their progress followed (each
+ * reports the units it finished) until the table says no unit is left; then WAL, CPU and
+ * rates are read and the schema dropped.
  *
  * Rates: `steady` is the units finished between 10% and 90% of the run, over the time
  * between (interpolated between polls): start-up and the tail are left out, so it compares
@@ -68,6 +69,8 @@ export interface BacklogRun {
 }
 
 const POLL_MS = 50;
+/** How often the table is counted while the workers still report units to do. */
+const COUNT_MS = 1_000;
 /** When `done` first reached `target`, interpolated between the polls around it. */
 function crossing(samples: ReadonlyArray<readonly [number, number]>, target: number): number {
   for (let i = 1; i < samples.length; i++) {
@@ -111,16 +114,23 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
     const rssSeries: Array<readonly [number, number]> = [];
     let rssAt = 0;
     let left = units;
+    let countedAt = started;
     while (left > 0) {
       // Out of time: the run is reported on what was done (marked incomplete), not dropped.
       if (performance.now() - started > p.timeoutMs) break;
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      left = await subject.remaining(db, schema, p.workload);
-      samples.push([performance.now(), units - left]);
-      progress.update(units - left);
+      const reported = workers.reduce((sum, w) => sum + w.finished(), 0);
+      // The table decides when the run is over (and counts for a subject that reports less).
+      if (reported >= units || performance.now() - countedAt >= COUNT_MS) {
+        left = await subject.remaining(db, schema, p.workload);
+        countedAt = performance.now();
+      }
+      const finishedNow = left === 0 ? units : Math.min(units - 1, Math.max(reported, units - left));
+      samples.push([performance.now(), finishedNow]);
+      progress.update(finishedNow);
       if (performance.now() - rssAt >= 500) {
         rssAt = performance.now();
-        rssSeries.push([units - left, workers.reduce((sum, w) => sum + w.rss(), 0)]);
+        rssSeries.push([finishedNow, workers.reduce((sum, w) => sum + w.rss(), 0)]);
       }
     }
     progress.done();
