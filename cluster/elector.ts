@@ -37,7 +37,9 @@
  * tells it, two nodes may both believe they lead. Leadership is an efficiency device, not a
  * correctness one: every leader service is safe to run twice at once.
  */
-import pg, { type ClientConfig } from 'pg';
+import type pg from 'pg';
+import type { ClientConfig } from 'pg';
+import { loadPg } from '../runtime/pg.js';
 import { dropConnection } from '../runtime/connection.js';
 import {
   holdsLeaderLock,
@@ -163,7 +165,7 @@ export class Elector extends PeriodicService {
   }
 
   async #open(): Promise<Session> {
-    const client = new pg.Client(this.#config);
+    const client = new (loadPg().Client)(this.#config);
     const session: Session = { client, pid: undefined, locked: false };
     // Attached before connecting and never removed: no error of this connection may crash
     // the process (a Postgres restart, a terminated backend).

@@ -3,7 +3,8 @@
  * frozen configuration (`NodeConfig`, the zod output). A bad option is a `ValidationError`
  * naming its path, e.g. `queues.checkout.threads`.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { loadPg } from '../runtime/pg.js';
 import { z } from 'zod';
 import { connectionStringSchema } from '../runtime/connection.js';
 import { durationSchema, timerDurationSchema } from '../runtime/duration.js';
@@ -65,7 +66,7 @@ const queueSchema = z
 export const joinOptionsSchema = z
   .object({
     connectionString: connectionStringSchema.optional(),
-    pool: z.custom<pg.Pool>((v) => v instanceof pg.Pool, 'must be a pg.Pool').optional(),
+    pool: z.custom<pg.Pool>((v) => v instanceof loadPg().Pool, 'must be a pg.Pool').optional(),
     schema: z
       .string()
       .default('public')

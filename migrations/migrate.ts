@@ -7,7 +7,8 @@
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
+import type pg from 'pg';
+import { loadPg } from '../runtime/pg.js';
 import { GenDurableError, ValidationError } from '../runtime/errors.js';
 import { quoteIdent, validateSchemaName } from '../runtime/sql/db.js';
 
@@ -56,7 +57,7 @@ export async function migrate(options: MigrateOptions = {}): Promise<number[]> {
   }
   const ownPool = options.pool
     ? undefined
-    : new pg.Pool({ connectionString: options.connectionString, max: 1 });
+    : new (loadPg().Pool)({ connectionString: options.connectionString, max: 1 });
   const pool = options.pool ?? ownPool!;
   const client = await pool.connect();
   const q = quoteIdent(schema);

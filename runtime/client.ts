@@ -2,7 +2,8 @@
  * The client: inserting, addressing, waiting for and cancelling instances. Needs no worker
  * role; a joined node exposes one as `node.client`.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { loadPg } from './pg.js';
 import { z } from 'zod';
 import { connectionStringSchema } from './connection.js';
 import { durationSchema } from './duration.js';
@@ -75,7 +76,7 @@ export interface ClientOptions {
 const clientOptionsSchema = z
   .object({
     connectionString: connectionStringSchema.optional(),
-    pool: z.custom<pg.Pool>((v) => v instanceof pg.Pool, 'must be a pg.Pool').optional(),
+    pool: z.custom<pg.Pool>((v) => v instanceof loadPg().Pool, 'must be a pg.Pool').optional(),
     schema: z.string().optional(),
     onError: z
       .custom<(error: unknown) => void>((v) => typeof v === 'function', 'must be a function')
@@ -134,7 +135,7 @@ export interface ClientInternals {
 export function createClient(options: ClientOptions): Client {
   const o = parseInput(clientOptionsSchema, options, '');
   const schema = validateSchemaName(o.schema ?? 'public');
-  const pool = o.pool ?? new pg.Pool({ connectionString: o.connectionString, max: 10 });
+  const pool = o.pool ?? new (loadPg().Pool)({ connectionString: o.connectionString, max: 10 });
   const report = (where: string, error: unknown): void => {
     publish(telemetry.clientError, () => ({ schema, where, error, message: errorMessage(error) }));
     try {

@@ -12,7 +12,9 @@
  */
 import { destroySocket } from './connection.js';
 import { createHash } from 'node:crypto';
-import pg, { type ClientConfig } from 'pg';
+import type pg from 'pg';
+import type { ClientConfig } from 'pg';
+import { loadPg } from './pg.js';
 import { trackResource } from './resources.js';
 import type { Queryable } from './sql/db.js';
 import { sendNotifications } from './sql/notify.js';
@@ -245,7 +247,7 @@ export class NotificationListener {
 
   /** Opens a connection and LISTENs on it; on any failure the connection is ended. */
   #connect(): Promise<pg.Client> {
-    const client = new pg.Client(this.#config);
+    const client = new (loadPg().Client)(this.#config);
     // Attached before connecting and never removed: a late error on a dead connection is
     // routed here instead of crashing the process.
     client.on('error', (error: Error) => this.#lost(client, error));

@@ -3,7 +3,8 @@
  * transaction) and a schema-qualified, prepared-once statement per schema.
  */
 import { createHash } from 'node:crypto';
-import pg, { type QueryResultRow } from 'pg';
+import type { QueryResultRow } from 'pg';
+import { loadPg } from '../pg.js';
 import { ValidationError } from '../errors.js';
 
 export interface Queryable {
@@ -79,7 +80,7 @@ export async function run<R extends QueryResultRow>(
  * is discarded rather than returned to the pool.
  */
 export async function inTransaction<T>(db: Queryable, fn: (tx: Queryable) => Promise<T>): Promise<T> {
-  const client = db instanceof pg.Pool ? await db.connect() : undefined;
+  const client = db instanceof loadPg().Pool ? await db.connect() : undefined;
   const tx: Queryable = client ?? db;
   let failed: Error | undefined;
   try {

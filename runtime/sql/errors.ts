@@ -2,11 +2,12 @@
  * Errors of statements, classified in one place: which ones are worth sending again as they
  * were (transient), and which mean the values sent are at fault.
  */
-import pg from 'pg';
+import { loadedPg } from '../pg.js';
 
 /** The SQLSTATE of an error Postgres reported, or undefined for any other error. */
 export function sqlState(error: unknown): string | undefined {
-  if (!(error instanceof pg.DatabaseError)) return undefined;
+  const pg = loadedPg();
+  if (!pg || !(error instanceof pg.DatabaseError)) return undefined;
   return typeof error.code === 'string' && /^[0-9A-Z]{5}$/.test(error.code) ? error.code : undefined;
 }
 

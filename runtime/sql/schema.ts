@@ -1,10 +1,10 @@
 /** Whole-schema statements (the CLI's demo cleans up after itself). */
-import pg from 'pg';
+import { loadPg } from '../pg.js';
 import { quoteIdent, validateSchemaName } from './db.js';
 
 /** Drops a schema and everything in it (used for throw-away schemas only). */
 export async function dropSchema(connectionString: string, schema: string): Promise<void> {
-  const client = new pg.Client({ connectionString });
+  const client = new (loadPg().Client)({ connectionString });
   client.on('error', () => undefined);
   await client.connect();
   try {
