@@ -12,7 +12,8 @@
  */
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
+import type pg from 'pg';
+import { loadPg } from '../runtime/pg.js';
 import { Client } from '../runtime/client.js';
 import { z } from 'zod';
 import { durationSchema } from '../runtime/duration.js';
@@ -83,7 +84,7 @@ export class GenDurableNode {
     this.#ownsDb = config.pool === undefined;
     this.#db =
       config.pool ??
-      new pg.Pool({
+      new (loadPg().Pool)({
         connectionString: config.connectionString,
         max: config.poolSize,
         application_name: this.#connectionName(''),
@@ -261,6 +262,8 @@ export class GenDurableNode {
       this.#flusher.start();
       this.#heartbeat.start();
       this.#elector.start();
+      // Threads start with the node; a queue claims once its threads can run what it claims.
+      await Promise.all([...this.#queues.values()].map(({ pool }) => pool.ready));
       for (const { feeder } of this.#queues.values()) feeder.start();
       warnUnservedQueues(this.id, this.queues, this.#registry.definitions);
       publish(telemetry.nodeJoined, () => ({ node: this.id, queues: this.queues }));

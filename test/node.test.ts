@@ -1,7 +1,7 @@
 /** A node's life: joining with validated options, backpressure, graceful drain, migrations. */
 import { randomUUID } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join as join_ } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -10,11 +10,12 @@ import { LATEST_VERSION } from '../migrations/migrate.js';
 import { claimBatch } from '../runtime/sql/claim.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
 import { all, gated, slow } from './fixtures/machines.js';
+import { imported } from './fixtures/ready-machines.js';
 import { eventually, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 
 const db = useTestSchema('node');
-const { join } = useNodes(db);
+const { join, client } = useNodes(db);
 
 describe('Cluster.join', () => {
   it('rejects bad options with an error naming the option path, before connecting', async () => {
@@ -42,6 +43,41 @@ describe('Cluster.join', () => {
 
   // With claim-ahead off: with it on (the default), rows finishing while a pick is out let
   // the next pick claim twice as many ahead, by design (test/services.test.ts covers when).
+  it('resolves once every thread has imported the machine modules (without pg), and claims nothing before', async () => {
+    const log = join_(tmpdir(), `gen-durable-imports-${randomUUID()}.jsonl`);
+    writeFileSync(log, '');
+    const imports = (): Array<{ thread: number; pgLoaded: boolean }> =>
+      readFileSync(log, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as { thread: number; pgLoaded: boolean });
+    // Rows wait before the node joins: its first pick claims them at once.
+    const waiting = await client().insertAll(
+      Array.from({ length: 4 }, () => ({ machine: imported, args: {} })),
+    );
+    const importsAtPick: number[] = [];
+    const onPick = (): void => {
+      importsAtPick.push(imports().length);
+    };
+    subscribe('gen_durable:pick', onPick);
+    process.env.GEN_DURABLE_TEST_IMPORTS = log;
+    try {
+      const node = await join({ machines: [imported], queues: { ready: { concurrency: 4, threads: 2 } } });
+      const atJoin = imports();
+      expect(new Set(atJoin.map((i) => i.thread)).size).toBe(2);
+      // A thread runs machine code; it never connects, so it does not load pg.
+      expect(atJoin.map((i) => i.pgLoaded)).toEqual([false, false]);
+      for (const r of waiting)
+        expect(await node.client.waitFor(r.id, { timeout: '20s' })).toMatchObject({ status: 'done' });
+      expect(importsAtPick.length).toBeGreaterThan(0);
+      expect(importsAtPick.every((n) => n === 2)).toBe(true);
+    } finally {
+      delete process.env.GEN_DURABLE_TEST_IMPORTS;
+      unsubscribe('gen_durable:pick', onPick);
+      rmSync(log, { force: true });
+    }
+  });
+
   it('claims only for free slots (backpressure) and runs everything', async () => {
     const picks: Array<{ requested: number; claimed: number }> = [];
     const onPick = (message: unknown): void => {

@@ -39,8 +39,10 @@ import {
   type StepItem,
   type StepTask,
   THREAD,
+  THREAD_READY,
   type TaskControl,
   type TaskReply,
+  type ThreadReadyMessage,
 } from './protocol.js';
 import { StepTimes, taskCount } from './step-times.js';
 import { ThreadPorts, isThreadPortMessage } from './thread-ports.js';
@@ -87,6 +89,17 @@ function itemOf(r: StepRequest, module: string): StepItem {
   };
 }
 
+/**
+ * How long `ready` waits for threads at most: a thread that never gets through its start
+ * (piscina replaces one that dies) does not keep the node from joining; its steps then wait
+ * in piscina's queue for a thread, as they would have anyway.
+ */
+const READY_WAIT_MS = 10_000;
+
+function isThreadReady(message: unknown): message is ThreadReadyMessage {
+  return (message as { type?: unknown } | null)?.type === THREAD_READY;
+}
+
 const here = import.meta.url;
 const workerEntry = new URL(here.endsWith('.ts') ? './worker.ts' : './worker.js', here).href;
 const bootstrapFile = fileURLToPath(new URL('./bootstrap.mjs', here));
@@ -108,6 +121,13 @@ export class QueuePool implements StepExecutor {
   readonly #stepTimes = new StepTimes();
   #lastKillAt = 0;
   #running = 0;
+  /**
+   * Resolves once every thread has started and imported the registered machine modules (or
+   * a thread failed, or `READY_WAIT_MS` passed): the node claims nothing before, so rows are
+   * not held here while threads start (~0.1–0.3 s of CPU each) and other nodes could run them.
+   */
+  readonly ready: Promise<void>;
+  #markReady: () => void = () => undefined;
 
   constructor(options: QueuePoolOptions) {
     this.#options = options;
@@ -133,9 +153,19 @@ export class QueuePool implements StepExecutor {
       workerData,
       ...(options.memoryLimitMb ? { resourceLimits: { maxOldGenerationSizeMb: options.memoryLimitMb } } : {}),
     });
-    this.#piscina.on('error', (error: unknown) => options.onError?.(error));
+    this.ready = new Promise<void>((resolve) => (this.#markReady = resolve));
+    const readyThreads = new Set<number>();
+    setTimeout(() => this.#markReady(), READY_WAIT_MS).unref();
+    this.#piscina.on('error', (error: unknown) => {
+      this.#markReady();
+      options.onError?.(error);
+    });
     this.#piscina.on('message', (message: unknown) => {
       if (isThreadPortMessage(message)) this.#ports.attach(message);
+      else if (isThreadReady(message)) {
+        readyThreads.add(message.threadId);
+        if (readyThreads.size >= options.threads) this.#markReady();
+      }
     });
     this.#untrack = trackResource(this, 'thread-pool', options.queue);
   }
@@ -335,6 +365,7 @@ export class QueuePool implements StepExecutor {
   }
 
   async close(): Promise<void> {
+    this.#markReady();
     this.#aborts.close();
     await this.#piscina.destroy();
     this.#ports.close();

@@ -95,6 +95,14 @@ export interface ThreadPortMessage {
   readonly port: MessagePort;
 }
 
+export const THREAD_READY = 'gen-durable:thread-ready';
+
+/** A worker's message (on piscina's channel) once it imported the registered machine modules. */
+export interface ThreadReadyMessage {
+  readonly type: typeof THREAD_READY;
+  readonly threadId: number;
+}
+
 /** What every worker thread of a pool is started with. */
 export interface PoolWorkerData {
   /** URL of the worker module that `bootstrap.mjs` hands over to. */

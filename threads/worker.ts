@@ -17,6 +17,8 @@ import {
   THREAD,
   THREAD_PORT,
   type ThreadPortMessage,
+  THREAD_READY,
+  type ThreadReadyMessage,
   taskControl,
 } from './protocol.js';
 import { ensureTypeScriptLoader, isTypeScriptModule } from './typescript-loader.js';
@@ -73,6 +75,8 @@ aborts.unref();
 // Import the registered machine modules while the thread starts, not on its first batch. A
 // module that fails here fails again, with its error recorded, when a step needs it.
 await Promise.all(data.preload.map((url) => moduleAt(url).catch(() => undefined)));
+const ready: ThreadReadyMessage = { type: THREAD_READY, threadId };
+parentPort!.postMessage(ready);
 
 /** Runs a batch; returns the results not posted on its port while it ran, and how long it took. */
 export default async function runBatch(task: StepTask): Promise<TaskReply> {
