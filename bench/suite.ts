@@ -11,7 +11,7 @@
  *                    [--finished 1000000] [--future 200000] [--parked 50000] [--full-concurrency 64]
  *                    [--rss-steps 1000000]
  *                    [--subjects gen-durable,gen-durable+run-ahead,graphile-worker,pg-boss]
- *                    [--pgbench-seconds 5] [--skip-pgbench] [--timeout 60]
+ *                    [--pgbench-seconds 5] [--skip-pgbench] [--timeout 60] [--rounds 1]
  *
  * Workloads: 1 `drain` (no-op jobs, jobs/s), 2 `steps` (instances of a 5-step machine,
  * steps/s; gen-durable with and without run-ahead, peers chaining jobs), 3 `latency`
@@ -20,7 +20,10 @@
  * only), 5 `rss` (the worker process's resident set over a run of 1,000,000 steps, 5-step
  * machines run ahead; gen-durable only).
  * --timeout bounds each run (seconds): a subject that has not drained by then is reported on
- * what it finished.
+ * what it finished. --rounds runs each backlog cell (workload, processes, concurrency) that
+ * many times, the subjects taking turns; its row is the run with the median steady rate, the
+ * ratio the median of the rounds' ratios (each round's runs are minutes apart), and the
+ * range of the steady rates is printed beside it.
  */
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -38,7 +41,7 @@ const USAGE = `usage: npm run bench -- [--workloads drain,steps,latency,full,rss
                         [--concurrency 16,64] [--processes 1,3] [--steps-processes 1]
                         [--rate 200] [--latency-seconds 15] [--latency-concurrency 16]
                         [--subjects ${Object.keys(SUBJECTS).join(',')}]
-                        [--pgbench-seconds S] [--skip-pgbench] [--timeout S]`;
+                        [--pgbench-seconds S] [--skip-pgbench] [--timeout S] [--rounds N]`;
 
 const { values: flags } = parseArgs({
   options: {
@@ -60,6 +63,7 @@ const { values: flags } = parseArgs({
     'pgbench-seconds': { type: 'string', default: '5' },
     'skip-pgbench': { type: 'boolean', default: false },
     timeout: { type: 'string', default: '60' },
+    rounds: { type: 'string', default: '1' },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
@@ -102,6 +106,7 @@ const params = {
   rssSteps: positive('rss-steps', flags['rss-steps']),
   pgbenchSeconds: positive('pgbench-seconds', flags['pgbench-seconds']),
   timeoutMs: positive('timeout', flags.timeout) * 1000,
+  rounds: positive('rounds', flags.rounds),
 };
 
 const connectionString = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -137,22 +142,25 @@ if (!flags['skip-pgbench']) {
 }
 
 for (const workload of (['drain', 'steps'] as const).filter((w) => workloads.includes(w))) {
-  const runs: BacklogRun[] = [];
+  const runs: RoundRun[] = [];
   const count = workload === 'drain' ? params.jobs : params.instances;
   for (const processes of workload === 'drain' ? params.processes : params.stepsProcesses) {
     for (const concurrency of params.concurrency) {
-      for (const subject of subjects.filter((s) => s.workloads.includes(workload))) {
-        const run = await runBacklog(subject, {
-          workload,
-          connectionString,
-          count,
-          concurrency,
-          processes,
-          walInspect,
-          timeoutMs: params.timeoutMs,
-        });
-        runs.push(run);
-        await record(workload, { ...run, cpu: { ...run.cpu } });
+      // Rounds alternate the subjects, so that each round's runs are minutes apart at most.
+      for (let round = 1; round <= params.rounds; round++) {
+        for (const subject of subjects.filter((s) => s.workloads.includes(workload))) {
+          const run = await runBacklog(subject, {
+            workload,
+            connectionString,
+            count,
+            concurrency,
+            processes,
+            walInspect,
+            timeoutMs: params.timeoutMs,
+          });
+          runs.push({ ...run, round });
+          await record(workload, { ...run, round, cpu: { ...run.cpu } });
+        }
       }
     }
   }
@@ -270,22 +278,50 @@ function referenceOf(runs: readonly BacklogRun[]): string {
   return runs.some((r) => r.subject === 'gen-durable+run-ahead') ? 'gen-durable+run-ahead' : 'gen-durable';
 }
 
-function printBacklog(workload: Workload, runs: readonly BacklogRun[]): void {
+/** A backlog run and the round of its cell it was (1 unless `--rounds`). */
+type RoundRun = BacklogRun & { readonly round: number };
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function printBacklog(workload: Workload, all: readonly RoundRun[]): void {
   const unit = workload === 'drain' ? 'job' : 'step';
+  const cellOf = (r: BacklogRun): string => `${r.processes}/${r.concurrency}`;
+  // One row per subject and cell: the round with the median steady rate.
+  const groups = new Map<string, RoundRun[]>();
+  for (const r of all) {
+    const key = `${r.subject}@${cellOf(r)}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  const runs = [...groups.values()].map((g) => {
+    const sorted = [...g].sort((a, b) => a.steadyRate - b.steadyRate);
+    return { run: sorted[(sorted.length - 1) >> 1]!, rounds: g };
+  });
+  const rounds = params.rounds;
   console.log(
     workload === 'drain'
-      ? `\nworkload 1: drain ${num(params.jobs)} no-op jobs (steady: 10%→90% of the drain; wall: spawn → last done)`
+      ? `\nworkload 1: drain ${num(params.jobs)} no-op jobs (steady: 10%→90% of the drain, from when every process is ready; wall: spawn → last done)`
       : `\nworkload 2: ${num(params.instances)} instances of a 5-step machine, steps/s (peers chain jobs; steady: 10%→90%)`,
   );
-  const reference = referenceOf(runs);
+  const reference = referenceOf(all);
   const perJob = (n: number | undefined, r: BacklogRun): string =>
     n === undefined ? 'n/a' : num(n / r.done, 2);
   const tpsAt = (c: number): number | undefined =>
     baseline?.runs.find((b) => b.clients === Math.min(c, 64))?.tps;
-  const rows = runs.map((r) => {
-    const gd = runs.find(
-      (o) => o.subject === reference && o.concurrency === r.concurrency && o.processes === r.processes,
-    );
+  /** The reference's steady rate ÷ this subject's, round by round: the median. */
+  const ratioOf = (r: BacklogRun, mine: readonly RoundRun[]): number | undefined => {
+    const theirs = all.filter((o) => o.subject === reference && cellOf(o) === cellOf(r));
+    const ratios = mine.flatMap((m) => {
+      const gd = theirs.find((o) => o.round === m.round);
+      return gd ? [gd.steadyRate / m.steadyRate] : [];
+    });
+    return ratios.length > 0 ? median(ratios) : undefined;
+  };
+  const rows = runs.map(({ run: r, rounds: mine }) => {
+    const range = mine.map((m) => m.steadyRate);
     return [
       r.done < r.units
         ? `${r.subject} (${num((100 * r.done) / r.units)}% in ${num(r.wallMs / 1000)} s)`
@@ -293,8 +329,10 @@ function printBacklog(workload: Workload, runs: readonly BacklogRun[]): void {
       String(r.processes),
       String(r.concurrency),
       num(r.steadyRate),
+      ...(rounds > 1 ? [`${num(Math.min(...range))}–${num(Math.max(...range))}`] : []),
       num(r.wallRate),
-      r.subject === reference ? '' : ratio(gd?.steadyRate, r.steadyRate),
+      num(r.readyMs / 1000, 2),
+      r.subject === reference ? '' : ratio(ratioOf(r, mine), 1),
       ratio(r.steadyRate, tpsAt(r.concurrency)),
       num(r.wal.bytes / r.done),
       num((r.wal.bytes - (r.wal.fpiBytes ?? 0)) / r.done),
@@ -311,7 +349,9 @@ function printBacklog(workload: Workload, runs: readonly BacklogRun[]): void {
       'procs',
       'conc',
       'steady/s',
+      ...(rounds > 1 ? [`of ${rounds} rounds`] : []),
       'wall/s',
+      'ready s',
       `${reference === 'gen-durable' ? 'gd' : 'gd+ra'} ×`,
       '÷ pgbench',
       `WAL B/${unit}`,
@@ -324,10 +364,14 @@ function printBacklog(workload: Workload, runs: readonly BacklogRun[]): void {
     ],
     rows,
   );
-  console.log(`  ${reference} steady rate ÷ this subject's, same concurrency and processes`);
+  console.log(
+    rounds > 1
+      ? `  each row: the median of ${rounds} rounds by steady rate; ${reference}'s steady rate ÷ this subject's in the same round, the median over the rounds`
+      : `  ${reference} steady rate ÷ this subject's, same concurrency and processes`,
+  );
   console.log('  settings:');
   const seen = new Set<string>();
-  for (const r of runs) {
+  for (const { run: r } of runs) {
     const line = `    ${r.subject} c=${r.concurrency} ×${r.processes}: ${Object.entries(r.settings)
       .map(([k, v]) => `${k}=${v}`)
       .join(' ')}`;

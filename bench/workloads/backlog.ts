@@ -11,7 +11,9 @@
  *
  * Rates: `steady` is the units finished between 10% and 90% of the run, over the time
  * between (interpolated between polls): start-up and the tail are left out, so it compares
- * the loops themselves. `wall` runs from spawning the processes until the last unit is done,
+ * the loops themselves. With several processes, the first ready drains alone while the
+ * others start: the window opens no earlier than the moment every process is ready (if that
+ * is later than 10%). `wall` runs from spawning the processes until the last unit is done,
  * start-up (process, imports, connections) included. A run that is not done by the timeout
  * stops there and is reported on the units it finished (steady from 10% to where it got).
  */
@@ -58,6 +60,10 @@ export interface BacklogRun {
   readonly steadyRate: number;
   readonly wallRate: number;
   readonly wallMs: number;
+  /** From spawning the processes until every one of them was ready, ms. */
+  readonly readyMs: number;
+  /** Units finished by then (by the first processes ready). */
+  readonly unitsAtReady: number;
   readonly wal: WalWindow;
   readonly cpu: CpuWindow;
   /** Resident set of each worker process when it stopped, MiB. */
@@ -110,7 +116,15 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
     const workers = await Promise.all(
       Array.from({ length: p.processes }, () => spawnWorker(subject, p, schema)),
     );
-    const samples: Array<readonly [number, number]> = [[started, 0]];
+    const readyAt = performance.now();
+    const unitsAtReady = Math.min(
+      units - 1,
+      workers.reduce((sum, w) => sum + w.finished(), 0),
+    );
+    const samples: Array<readonly [number, number]> = [
+      [started, 0],
+      [readyAt, unitsAtReady],
+    ];
     const rssSeries: Array<readonly [number, number]> = [];
     let rssAt = 0;
     let left = units;
@@ -140,9 +154,10 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
     const rssMiB = await Promise.all(workers.map((w) => w.stop()));
     await Promise.all(workers.map((w) => w.exited));
     const done = units - left;
-    const t10 = crossing(samples, 0.1 * units);
+    const from = Math.max(0.1 * units, unitsAtReady);
     const to = Math.min(0.9 * units, done);
-    const t90 = crossing(samples, to);
+    const tFrom = crossing(samples, from);
+    const tTo = crossing(samples, to);
     return {
       workload: p.workload,
       subject: subject.name,
@@ -153,11 +168,13 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
       processes: p.processes,
       done,
       steadyRate:
-        done >= 0.2 * units
-          ? (to - 0.1 * units) / ((t90 - t10) / 1000)
+        to - from >= 0.1 * units
+          ? (to - from) / ((tTo - tFrom) / 1000)
           : done / ((finished - started) / 1000),
       wallRate: done / ((finished - started) / 1000),
       wallMs: finished - started,
+      readyMs: readyAt - started,
+      unitsAtReady,
       wal,
       cpu,
       rssMiB,
