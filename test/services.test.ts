@@ -286,7 +286,7 @@ describe('Feeder', () => {
     await feeder.stop();
   });
 
-  it('claims ahead twice what finished during its last pick, and starts it from the buffer without a claim', async () => {
+  it('claims ahead four times what finished during its last pick, and starts it from the buffer without a claim', async () => {
     // Picks resolve when the test says, so steps can finish while one is out.
     const { feeder, state: counts, requested, answer, stop } = answeredFeeder(4, 10);
     feeder.start();
@@ -295,22 +295,22 @@ describe('Feeder', () => {
     await until(() => requested.length === 2); // a pick for the 2 free slots is out...
     feeder.stepsFinished(2); // ...while 2 more steps finish
     await answer();
-    // That pick saw 2 steps finish while it was out: 4 rows may wait ahead, so the next pick
-    // asks for the 2 free slots and the 4 ahead.
+    // That pick saw 2 steps finish while it was out: 8 rows may wait ahead, so the next pick
+    // asks for the 2 free slots and the 8 ahead.
     await answer();
-    expect(requested).toEqual([4, 2, 6]);
+    expect(requested).toEqual([4, 2, 10]);
     expect({ running: feeder.running, buffered: feeder.buffered, dispatched: counts.dispatched }).toEqual({
       running: 4,
-      buffered: 4,
+      buffered: 8,
       dispatched: 8,
     });
     // A slot frees: a buffered row starts at once, with no claim in between.
     feeder.stepsFinished(1);
     await until(() => counts.dispatched === 9);
-    expect(feeder.buffered).toBe(3);
+    expect(feeder.buffered).toBe(7);
     // Stop gives the buffered rows back (uncharged, committed as releases) and runs nothing more.
     await stop();
-    expect(counts.givenBack).toHaveLength(3);
+    expect(counts.givenBack).toHaveLength(7);
     expect(counts.dispatched).toBe(9);
   });
 
@@ -323,26 +323,26 @@ describe('Feeder', () => {
     await answer(10); // 10 running
     feeder.stepsFinished(5); // a pick for the 5 free slots goes out...
     await until(() => requested.length === 2);
-    feeder.stepsFinished(5); // ...while the other 5 finish: 10 may wait ahead
-    await answer(5); // 5 running; room for 10 + 10 - 5 = 15
+    feeder.stepsFinished(5); // ...while the other 5 finish: 20 may wait ahead
+    await answer(5); // 5 running; room for 10 + 20 - 5 = 25
     await until(() => requested.length === 3);
-    feeder.stepsFinished(2); // 2 finish while that pick is out: 4 may wait ahead, so 2 are worth a pick
+    feeder.stepsFinished(2); // 2 finish while that pick is out: 8 may wait ahead, so 4 are worth a pick
     await answer(15); // 7 of them start (10 running), 8 wait: no room
-    expect(requested.slice(0, 3)).toEqual([10, 5, 15]);
+    expect(requested.slice(0, 3)).toEqual([10, 5, 25]);
     const before = requested.length;
     // Slots free one at a time, each taking a buffered row: room grows by one each time.
-    while (10 + 4 - feeder.running - feeder.buffered < 1) {
+    while (10 + 8 - feeder.running - feeder.buffered < 3) {
       feeder.stepsFinished(1);
       await turns();
     }
-    // Room for 1 row: not worth a pick yet.
-    expect({ room: 10 + 4 - feeder.running - feeder.buffered, picks: requested.length }).toEqual({
-      room: 1,
+    // Room for 3 rows: not worth a pick yet.
+    expect({ room: 10 + 8 - feeder.running - feeder.buffered, picks: requested.length }).toEqual({
+      room: 3,
       picks: before,
     });
     feeder.stepsFinished(1);
     await until(() => requested.length === before + 1);
-    expect(requested.at(-1)).toBe(2);
+    expect(requested.at(-1)).toBe(4);
     await stop();
   });
 
@@ -368,15 +368,15 @@ describe('Feeder', () => {
     await answer(2); // 2 running
     feeder.stepsFinished(1); // a pick for the free slot goes out
     await until(() => requested.length === 2);
-    feeder.stepsFinished(1); // nothing runs or waits while it is out: 1 finished, 2 may wait ahead
+    feeder.stepsFinished(1); // nothing runs or waits while it is out: 1 finished, 4 may wait ahead
     await new Promise((resolve) => setImmediate(resolve));
-    await answer(1); // 1 running: room for 2 + 2 - 1 = 3
+    await answer(1); // 1 running: room for 2 + 4 - 1 = 5
     await until(() => requested.length === 3);
-    feeder.stepsFinished(1); // drained again, with 1 finished: twice the 2 that could wait, not 2 x 1
+    feeder.stepsFinished(1); // drained again, with 1 finished: twice the 4 that could wait, not 4 x 1
     await new Promise((resolve) => setImmediate(resolve));
-    await answer(3); // 2 running, 1 waiting: room for 2 + 4 - 3 = 3
+    await answer(5); // 2 running, 3 waiting: room for 2 + 8 - 5 = 5
     await until(() => requested.length === 4);
-    expect(requested).toEqual([2, 1, 3, 3]);
+    expect(requested).toEqual([2, 1, 5, 5]);
     await stop();
   });
 
@@ -434,8 +434,8 @@ describe('Feeder', () => {
       claimAhead: 5,
       bufferWaitMs: 1_000,
       // The first pick fills both slots; one step finishes and a second pick goes out, while
-      // it is out the other step finishes, so 2 rows may wait ahead: the third pick takes 3,
-      // one for the free slot and two for the buffer.
+      // it is out the other step finishes, so 4 rows may wait ahead: the third pick takes 5,
+      // one for the free slot and four for the buffer.
       claim: (limit) => {
         calls++;
         const rows = Array.from({ length: limit }, (_, i) => row(calls * 10 + i));
@@ -447,17 +447,17 @@ describe('Feeder', () => {
     await vi.advanceTimersByTimeAsync(0);
     feeder.stepsFinished(1);
     await vi.advanceTimersByTimeAsync(0);
-    expect({ calls, buffered: feeder.buffered }).toEqual({ calls: 3, buffered: 2 });
+    expect({ calls, buffered: feeder.buffered }).toEqual({ calls: 3, buffered: 4 });
     await vi.advanceTimersByTimeAsync(999);
     expect(state.givenBack).toEqual([]);
     await vi.advanceTimersByTimeAsync(2);
     expect({ givenBack: state.givenBack, buffered: feeder.buffered }).toEqual({
-      givenBack: ['31', '32'],
+      givenBack: ['31', '32', '33', '34'],
       buffered: 0,
     });
     // Counted as results to commit until their releases are committed: 2 running, 2 results
-    // and the 2 given-back rows waiting for their commit.
-    expect({ running: feeder.running, inFlight: feeder.inFlight }).toEqual({ running: 2, inFlight: 6 });
+    // and the 4 given-back rows waiting for their commit.
+    expect({ running: feeder.running, inFlight: feeder.inFlight }).toEqual({ running: 2, inFlight: 8 });
     await feeder.stop();
   });
 
