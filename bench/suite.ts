@@ -30,6 +30,7 @@ import pg from 'pg';
 import { positiveInt } from './lib/args.js';
 import { num, printTable, ratio } from './lib/format.js';
 import { record } from './lib/results.js';
+import { median, middleBy } from './lib/stats.js';
 import { enableWalInspect } from './lib/wal.js';
 import { type PgbenchReport, runPgbench } from './pgbench.js';
 import { SUBJECTS } from './subjects/index.js';
@@ -281,12 +282,6 @@ function referenceOf(runs: readonly BacklogRun[]): string {
 /** A backlog run and the round of its cell it was (1 unless `--rounds`). */
 type RoundRun = BacklogRun & { readonly round: number };
 
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
 function printBacklog(workload: Workload, all: readonly RoundRun[]): void {
   const unit = workload === 'drain' ? 'job' : 'step';
   const cellOf = (r: BacklogRun): string => `${r.processes}/${r.concurrency}`;
@@ -294,12 +289,11 @@ function printBacklog(workload: Workload, all: readonly RoundRun[]): void {
   const groups = new Map<string, RoundRun[]>();
   for (const r of all) {
     const key = `${r.subject}@${cellOf(r)}`;
-    groups.set(key, [...(groups.get(key) ?? []), r]);
+    const group = groups.get(key);
+    if (group) group.push(r);
+    else groups.set(key, [r]);
   }
-  const runs = [...groups.values()].map((g) => {
-    const sorted = [...g].sort((a, b) => a.steadyRate - b.steadyRate);
-    return { run: sorted[(sorted.length - 1) >> 1]!, rounds: g };
-  });
+  const runs = [...groups.values()].map((g) => ({ run: middleBy(g, (r) => r.steadyRate), rounds: g }));
   const rounds = params.rounds;
   console.log(
     workload === 'drain'

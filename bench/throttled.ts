@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { migrate } from '../migrations/migrate.js';
 import { CLAIM_GUARDED_SQL, UNKNOWN_LIMIT_DEFER_MS, claimGuarded } from '../runtime/sql/claim.js';
+import { median } from './lib/stats.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -37,7 +38,6 @@ interface Plan {
   Plan: { 'Shared Hit Blocks'?: number; 'Shared Read Blocks'?: number };
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const cell = (v: number | string, width: number): string =>
   (typeof v === 'number' ? v.toFixed(2) : v).padStart(width);
 

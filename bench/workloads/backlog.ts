@@ -117,10 +117,8 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
       Array.from({ length: p.processes }, () => spawnWorker(subject, p, schema)),
     );
     const readyAt = performance.now();
-    const unitsAtReady = Math.min(
-      units - 1,
-      workers.reduce((sum, w) => sum + w.finished(), 0),
-    );
+    const reported = (): number => workers.reduce((sum, w) => sum + w.finished(), 0);
+    const unitsAtReady = Math.min(units - 1, reported());
     const samples: Array<readonly [number, number]> = [
       [started, 0],
       [readyAt, unitsAtReady],
@@ -133,13 +131,13 @@ export async function runBacklog(subject: Subject, p: BacklogParams): Promise<Ba
       // Out of time: the run is reported on what was done (marked incomplete), not dropped.
       if (performance.now() - started > p.timeoutMs) break;
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      const reported = workers.reduce((sum, w) => sum + w.finished(), 0);
+      const reportedNow = reported();
       // The table decides when the run is over (and counts for a subject that reports less).
-      if (reported >= units || performance.now() - countedAt >= COUNT_MS) {
+      if (reportedNow >= units || performance.now() - countedAt >= COUNT_MS) {
         left = await subject.remaining(db, schema, p.workload);
         countedAt = performance.now();
       }
-      const finishedNow = left === 0 ? units : Math.min(units - 1, Math.max(reported, units - left));
+      const finishedNow = left === 0 ? units : Math.min(units - 1, Math.max(reportedNow, units - left));
       samples.push([performance.now(), finishedNow]);
       progress.update(finishedNow);
       if (performance.now() - rssAt >= 500) {
