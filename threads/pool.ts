@@ -39,13 +39,16 @@ import {
   type StepItem,
   type StepTask,
   THREAD,
+  THREAD_PORT,
   THREAD_READY,
   type TaskControl,
   type TaskReply,
+  type ThreadPortMessage,
   type ThreadReadyMessage,
+  isThreadMessage,
 } from './protocol.js';
 import { StepTimes, taskCount } from './step-times.js';
-import { ThreadPorts, isThreadPortMessage } from './thread-ports.js';
+import { ThreadPorts } from './thread-ports.js';
 
 export interface QueuePoolOptions {
   readonly queue: string;
@@ -95,10 +98,6 @@ function itemOf(r: StepRequest, module: string): StepItem {
  * in piscina's queue for a thread, as they would have anyway.
  */
 const READY_WAIT_MS = 10_000;
-
-function isThreadReady(message: unknown): message is ThreadReadyMessage {
-  return (message as { type?: unknown } | null)?.type === THREAD_READY;
-}
 
 const here = import.meta.url;
 const workerEntry = new URL(here.endsWith('.ts') ? './worker.ts' : './worker.js', here).href;
@@ -161,8 +160,8 @@ export class QueuePool implements StepExecutor {
       options.onError?.(error);
     });
     this.#piscina.on('message', (message: unknown) => {
-      if (isThreadPortMessage(message)) this.#ports.attach(message);
-      else if (isThreadReady(message)) {
+      if (isThreadMessage<ThreadPortMessage>(message, THREAD_PORT)) this.#ports.attach(message);
+      else if (isThreadMessage<ThreadReadyMessage>(message, THREAD_READY)) {
         readyThreads.add(message.threadId);
         if (readyThreads.size >= options.threads) this.#markReady();
       }

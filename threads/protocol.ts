@@ -103,6 +103,14 @@ export interface ThreadReadyMessage {
   readonly threadId: number;
 }
 
+/** A message a worker posted on piscina's channel (`ThreadPortMessage`, `ThreadReadyMessage`) of `type`. */
+export function isThreadMessage<T extends { readonly type: string }>(
+  message: unknown,
+  type: T['type'],
+): message is T {
+  return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === type;
+}
+
 /** What every worker thread of a pool is started with. */
 export interface PoolWorkerData {
   /** URL of the worker module that `bootstrap.mjs` hands over to. */

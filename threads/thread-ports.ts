@@ -6,16 +6,10 @@
  * behind: messages on one port arrive in order, but not in order with piscina's reply.
  */
 import { type MessagePort, receiveMessageOnPort } from 'node:worker_threads';
-import { type PortMessage, THREAD_PORT, type ThreadPortMessage } from './protocol.js';
+import { type PortMessage, type ThreadPortMessage } from './protocol.js';
 
 /** How long a settled task waits for its thread's port to arrive before giving up on it. */
 const PORT_WAIT_MS = 5_000;
-
-export function isThreadPortMessage(message: unknown): message is ThreadPortMessage {
-  return (
-    typeof message === 'object' && message !== null && (message as { type?: unknown }).type === THREAD_PORT
-  );
-}
 
 export class ThreadPorts {
   readonly #ports = new Map<number, MessagePort>();
