@@ -35,7 +35,7 @@ import {
   insertInstances,
   listInstances,
 } from './sql/instances.js';
-import { channelFor } from './notifications.js';
+import { channelFor, wakePayloads } from './notifications.js';
 import { parseTarget, toSignalRequest } from './signal-input.js';
 import { deliverSignals, findSignalByDedup } from './sql/signals.js';
 import { sendNotifications } from './sql/notify.js';
@@ -292,8 +292,10 @@ export class Client {
     const groups = [now, later].filter((g) => g.size > 0);
     if (groups.length === 0) return;
     if (tx) {
-      // Inside the caller's transaction the notification must be transactional too.
-      const payloads = groups.map((w) => JSON.stringify({ w: Object.fromEntries(w) }));
+      // Inside the caller's transaction the notification must be transactional too. Split
+      // as the sender splits its own: one payload for a few dozen long queue names would be
+      // over Postgres's 8000 bytes, and the caller's insert would fail with it.
+      const payloads = wakePayloads(now.keys(), later);
       await sendNotifications(tx, this.schema, channelFor(this.schema), payloads);
     } else {
       for (const group of groups)

@@ -37,6 +37,33 @@ export function channelFor(schema: string): string {
     : `gen_durable_${createHash('sha1').update(schema).digest('hex').slice(0, 24)}`;
 }
 
+/**
+ * The payloads that wake `now` (work due now) and `later` (queue → ms until its earliest
+ * work is due), each within the size Postgres takes. Due-now and due-later wakes of one queue
+ * go in separate payloads (one key per queue).
+ */
+export function wakePayloads(
+  now: Iterable<string>,
+  later: Iterable<readonly [queue: string, delayMs: number]>,
+): string[] {
+  const payloads: string[] = [];
+  for (const wakes of [[...now].map((q) => [q, 0] as const), [...later]]) {
+    let chunk: Record<string, number> = {};
+    let size = 0;
+    for (const [queue, delay] of wakes) {
+      if (size > 0 && size + queue.length + 24 > MAX_PAYLOAD) {
+        payloads.push(JSON.stringify({ w: chunk } satisfies NotificationPayload));
+        chunk = {};
+        size = 0;
+      }
+      chunk[queue] = delay;
+      size += queue.length + 24;
+    }
+    if (size > 0) payloads.push(JSON.stringify({ w: chunk } satisfies NotificationPayload));
+  }
+  return payloads;
+}
+
 export class NotificationSender {
   readonly #db: Queryable;
   readonly #schema: string;
@@ -118,22 +145,7 @@ export class NotificationSender {
   }
 
   #drain(): string[] {
-    const payloads: string[] = [];
-    // Due-now and due-later wakes of one queue go in separate payloads (one key per queue).
-    for (const wakes of [[...this.#wakeNow].map((q) => [q, 0] as const), [...this.#wakeLater]]) {
-      let chunk: Record<string, number> = {};
-      let size = 0;
-      for (const [queue, delay] of wakes) {
-        if (size > 0 && size + queue.length + 24 > MAX_PAYLOAD) {
-          payloads.push(JSON.stringify({ w: chunk } satisfies NotificationPayload));
-          chunk = {};
-          size = 0;
-        }
-        chunk[queue] = delay;
-        size += queue.length + 24;
-      }
-      if (size > 0) payloads.push(JSON.stringify({ w: chunk } satisfies NotificationPayload));
-    }
+    const payloads = wakePayloads(this.#wakeNow, this.#wakeLater);
     this.#wakeNow = new Set();
     this.#wakeLater = new Map();
     let ids: string[] = [];
