@@ -13,7 +13,7 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { customPlannedPool } from '../runtime/sql/db.js';
+import { loadPg } from '../runtime/pg.js';
 import { Client } from '../runtime/client.js';
 import { z } from 'zod';
 import { durationSchema } from '../runtime/duration.js';
@@ -82,11 +82,9 @@ export class GenDurableNode {
       ? null
       : this.#registry.definitions.map((d) => machineKey(d.name, d.version));
     this.#ownsDb = config.pool === undefined;
-    // The node's own connections plan every execution afresh, so its picks and flushes can
-    // be prepared (parsed once per connection) without ever getting a generic plan.
     this.#db =
       config.pool ??
-      customPlannedPool({
+      new (loadPg().Pool)({
         connectionString: config.connectionString,
         max: config.poolSize,
         application_name: this.#connectionName(''),

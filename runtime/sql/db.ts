@@ -3,7 +3,6 @@
  * transaction) and a schema-qualified, prepared-once statement per schema.
  */
 import { createHash } from 'node:crypto';
-import type pg from 'pg';
 import type { QueryResultRow } from 'pg';
 import { loadPg } from '../pg.js';
 import { ValidationError } from '../errors.js';
@@ -35,47 +34,12 @@ export function quoteIdent(name: string): string {
 
 /**
  * A statement text with `:schema` resolved. A prepared statement is named, so that each
- * connection parses it once; an unprepared one is parsed and planned afresh with its actual
- * parameter values on every execution (see `flushOutcomes` for why that matters).
- * `customPlansOnly`: prepared only where Postgres plans every execution with its values
- * (connections of a pool made by `customPlannedPool`), unprepared anywhere else.
+ * connection parses it once; an unprepared one is planned afresh with its actual parameter
+ * values on every execution (see `flushOutcomes` for why that matters).
  */
 export interface Statement {
   readonly name: string | undefined;
   readonly text: string;
-  readonly customPlansOnly: boolean;
-}
-
-/** Pools made by `customPlannedPool` (while their connections take the setting), and their connections. */
-const customPlanned = new WeakSet<object>();
-
-/**
- * A pool whose connections plan every execution of a prepared statement with its actual
- * values (`plan_cache_mode = force_custom_plan`, set before a new connection is first
- * handed out), so statements whose generic plan is unsafe (`customPlansOnly`) can be
- * prepared on it: parsed once per connection instead of on every execution, and planned as
- * an unprepared statement is. Only for pools gen-durable makes itself: a caller's pool keeps
- * its own settings, and those statements stay unprepared on it. If a server refuses the
- * setting (older than 12), the connection still serves and the pool leaves the set, before
- * any statement could be planned generically (a generic plan comes after five executions).
- */
-export function customPlannedPool(config: pg.PoolConfig): pg.Pool {
-  const pool: pg.Pool = new (loadPg().Pool)({
-    ...config,
-    // pg-pool (3.14 on) awaits a promise this returns before it hands the connection out;
-    // its types say void.
-    // eslint-disable-next-line @typescript-eslint/no-misused-promises
-    onConnect: async (client: pg.ClientBase) => {
-      try {
-        await client.query('SET plan_cache_mode = force_custom_plan');
-        customPlanned.add(client);
-      } catch {
-        customPlanned.delete(pool);
-      }
-    },
-  });
-  customPlanned.add(pool);
-  return pool;
 }
 
 const cache = new Map<string, Statement>();
@@ -84,22 +48,16 @@ export function statement(
   schema: string,
   id: string,
   text: string,
-  /** `'custom-plans'`: see `Statement.customPlansOnly`. Default true. */
-  options: { prepared?: boolean | 'custom-plans' } = {},
+  options: { prepared?: boolean } = {},
 ): Statement {
-  const prepared = options.prepared ?? true;
   // Keyed by the text too: two statements sharing an id (or a text built from parameters)
   // never answer with each other's SQL.
-  const key = `${schema}\u0000${id}\u0000${String(prepared)}\u0000${text}`;
+  const key = `${schema}\u0000${id}\u0000${options.prepared === false ? 'u' : 'p'}\u0000${text}`;
   let found = cache.get(key);
   if (!found) {
     const resolved = text.replaceAll(':schema', quoteIdent(schema));
     const hash = createHash('sha1').update(resolved).digest('hex').slice(0, 12);
-    found = {
-      name: prepared === false ? undefined : `gd_${id}_${hash}`,
-      text: resolved,
-      customPlansOnly: prepared === 'custom-plans',
-    };
+    found = { name: options.prepared === false ? undefined : `gd_${id}_${hash}`, text: resolved };
     cache.set(key, found);
   }
   return found;
@@ -110,8 +68,9 @@ export async function run<R extends QueryResultRow>(
   stmt: Statement,
   values: unknown[],
 ): Promise<R[]> {
-  const name = stmt.customPlansOnly && !customPlanned.has(db) ? undefined : stmt.name;
-  const result = await db.query<R>(name ? { name, text: stmt.text, values } : { text: stmt.text, values });
+  const result = await db.query<R>(
+    stmt.name ? { name: stmt.name, text: stmt.text, values } : { text: stmt.text, values },
+  );
   return result.rows;
 }
 

@@ -228,11 +228,10 @@ function claimSet(shape: FlushShape): string {
  * `status = 'executing'`; measured: 5,000 in flight, 10 outcomes, 49,990 rows filtered,
  * ~13-16 ms), or (b) for a large batch, scanned the table as the outer side of a nested loop
  * that compared every row in flight with every outcome (1,000 outcomes among 60,000 rows:
- * 999,000 rows removed by the join filter, ~240 ms). Both `EXPLAIN`-tested. Never generically
- * planned, so it is planned with the actual arrays: a generic plan guesses the arrays' sizes
- * and was seen to rescan them per executing row (and, prepared while the table was small,
- * kept a seq scan as the table grew: ~40 ms per flush of 16 rows among 100,000); prepared
- * only where every execution is planned with its values (`customPlannedPool`). Planned on every
+ * 999,000 rows removed by the join filter, ~240 ms). Both `EXPLAIN`-tested. Not prepared, so it
+ * is planned with the actual arrays: a generic plan guesses the arrays' sizes and was seen
+ * to rescan them per executing row (and, prepared while the table was small, kept a seq
+ * scan as the table grew: ~40 ms per flush of 16 rows among 100,000). Planned on every
  * flush, so it carries only what its batch uses (`columnsOf`, `actorSet`, the shape's
  * `moves`/`delays`/`results`/`errors`): the plain drain measured ~0.35 ms slower per flush
  * when every batch sent every column, and a flush of 16 `done`s ~0.5 → ~0.4 ms once the
@@ -341,7 +340,7 @@ export async function flushOutcomes(
   } = {},
 ): Promise<FlushRow[]> {
   const shape = extra.shape ?? shapeOf(rows);
-  const stmt = statement(schema, 'flush', flushSql(shape), { prepared: 'custom-plans' });
+  const stmt = statement(schema, 'flush', flushSql(shape), { prepared: false });
   const values = flushOutcomeValues(nodeId, rows, shape);
   if (shape.lock) values.push(extra.lockIds ?? []);
   if (shape.consume) {
