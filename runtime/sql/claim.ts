@@ -5,6 +5,7 @@
  */
 import { type Queryable, run, statement } from './db.js';
 import { type RateReport, rateCtes, RATE_REPORT } from './rates.js';
+import { noteTableSize } from './table-size.js';
 export interface ClaimedRow {
   id: string;
   claim: string;
@@ -102,9 +103,10 @@ export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
      UPDATE :schema.gen_durable AS t
      SET status = 'executing', locked_by = $3, claim = t.claim + 1, concurrency_slot = NULL,
          lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
-     FROM picked WHERE t.id = picked.id
+     WHERE t.id = ANY (ARRAY(SELECT id FROM picked))
      RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
-               t.attempt, t.max_attempts, t.correlation_key, t.concurrency_key, ${CLAIM_EXTRAS}`;
+               t.attempt, t.max_attempts, t.correlation_key, t.concurrency_key, ${CLAIM_EXTRAS},
+               (SELECT pg_relation_size(':schema.gen_durable')) AS heap_bytes`;
 
 /**
  * How many steps of a row's concurrency key may run at once: a configured gate's limit for
@@ -205,11 +207,14 @@ export const CLAIM_GUARDED_SQL = `${PRIORITY_WALK},
  */
 export async function claimBatch(db: Queryable, schema: string, args: ClaimArgs): Promise<ClaimedRow[]> {
   if (args.guarded) return (await claimGuarded(db, schema, args)).rows;
-  // Not prepared: a generic plan cannot know `$1` is one queue of many nor how many rows
-  // `$2` asks for, and was seen to seq-scan (34.9 ms against 1.2 ms custom-planned). Planned
-  // with its values each time it costs a parse and a plan (~0.1 ms) per batch.
-  const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: false });
-  return run<ClaimedRow>(db, stmt, plainValues(args));
+  // Prepared by the table's size class (`table-size.ts`): a generic plan made while the table
+  // was small scans it, and must not outlive that size. The rows to update are found by
+  // primary key from the picked ids (`= ANY (ARRAY(...))`), so the generic plan of a large
+  // table is index-driven too (joined to `picked`, it hashed the whole table: ~20 ms).
+  const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: 'by-size' });
+  const rows = await run<ClaimedRow & { heap_bytes?: string }>(db, stmt, plainValues(args));
+  if (rows.length > 0) noteTableSize(schema, Number(rows[0]!.heap_bytes));
+  return rows;
 }
 
 export interface ClaimArgs {
@@ -231,7 +236,7 @@ function plainValues(args: ClaimArgs): unknown[] {
   return [args.queue, args.limit, args.nodeId, args.leaseMs, args.machines ?? null];
 }
 
-/** The guarded claim (unprepared, as the plain one): the rows claimed and the admission report. */
+/** The guarded claim (unprepared: its generic plan took 376 ms): the rows claimed and the admission report. */
 export async function claimGuarded(
   db: Queryable,
   schema: string,

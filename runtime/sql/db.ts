@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import type { QueryResultRow } from 'pg';
 import { loadPg } from '../pg.js';
 import { ValidationError } from '../errors.js';
+import { freshSizeClass } from './table-size.js';
 
 export interface Queryable {
   query<R extends QueryResultRow = QueryResultRow>(config: {
@@ -34,12 +35,16 @@ export function quoteIdent(name: string): string {
 
 /**
  * A statement text with `:schema` resolved. A prepared statement is named, so that each
- * connection parses it once; an unprepared one is planned afresh with its actual parameter
- * values on every execution (see `flushOutcomes` for why that matters).
+ * connection parses it once (and Postgres may keep a generic plan for it); an unprepared one
+ * is parsed and planned afresh with its actual parameter values on every execution (see
+ * `flushOutcomes` for why that matters). `bySize`: prepared under a name per size class of
+ * the schema's instance table while a fresh reading of it exists, else unprepared (see
+ * `table-size.ts`).
  */
 export interface Statement {
   readonly name: string | undefined;
   readonly text: string;
+  readonly bySize?: { readonly schema: string; readonly names: string[] };
 }
 
 const cache = new Map<string, Statement>();
@@ -48,19 +53,39 @@ export function statement(
   schema: string,
   id: string,
   text: string,
-  options: { prepared?: boolean } = {},
+  /** Default true; `'by-size'`: see `Statement.bySize`. */
+  options: { prepared?: boolean | 'by-size' } = {},
 ): Statement {
+  const prepared = options.prepared ?? true;
   // Keyed by the text too: two statements sharing an id (or a text built from parameters)
   // never answer with each other's SQL.
-  const key = `${schema}\u0000${id}\u0000${options.prepared === false ? 'u' : 'p'}\u0000${text}`;
+  const key = `${schema}\u0000${id}\u0000${String(prepared)}\u0000${text}`;
   let found = cache.get(key);
   if (!found) {
     const resolved = text.replaceAll(':schema', quoteIdent(schema));
     const hash = createHash('sha1').update(resolved).digest('hex').slice(0, 12);
-    found = { name: options.prepared === false ? undefined : `gd_${id}_${hash}`, text: resolved };
+    const name = `gd_${id}_${hash}`;
+    found =
+      prepared === 'by-size'
+        ? { name: undefined, text: resolved, bySize: { schema, names: [] } }
+        : { name: prepared ? name : undefined, text: resolved };
+    if (found.bySize) {
+      const names = found.bySize.names;
+      for (let c = 0; c <= MAX_SIZE_CLASS; c++) names.push(`${name}_s${c}`);
+    }
     cache.set(key, found);
   }
   return found;
+}
+
+/** Classes beyond this (2^40 bytes and up) share the last one's name. */
+const MAX_SIZE_CLASS = 28;
+
+/** The name `stmt` runs under now: its own, its size class's, or none (unprepared). */
+function nameOf(stmt: Statement): string | undefined {
+  if (!stmt.bySize) return stmt.name;
+  const sizeClass = freshSizeClass(stmt.bySize.schema);
+  return sizeClass === undefined ? undefined : stmt.bySize.names[Math.min(sizeClass, MAX_SIZE_CLASS)];
 }
 
 export async function run<R extends QueryResultRow>(
@@ -68,9 +93,8 @@ export async function run<R extends QueryResultRow>(
   stmt: Statement,
   values: unknown[],
 ): Promise<R[]> {
-  const result = await db.query<R>(
-    stmt.name ? { name: stmt.name, text: stmt.text, values } : { text: stmt.text, values },
-  );
+  const name = nameOf(stmt);
+  const result = await db.query<R>(name ? { name, text: stmt.text, values } : { text: stmt.text, values });
   return result.rows;
 }
 

@@ -228,11 +228,11 @@ function claimSet(shape: FlushShape): string {
  * `status = 'executing'`; measured: 5,000 in flight, 10 outcomes, 49,990 rows filtered,
  * ~13-16 ms), or (b) for a large batch, scanned the table as the outer side of a nested loop
  * that compared every row in flight with every outcome (1,000 outcomes among 60,000 rows:
- * 999,000 rows removed by the join filter, ~240 ms). Both `EXPLAIN`-tested. Not prepared, so it
- * is planned with the actual arrays: a generic plan guesses the arrays' sizes and was seen
- * to rescan them per executing row (and, prepared while the table was small, kept a seq
- * scan as the table grew: ~40 ms per flush of 16 rows among 100,000). Planned on every
- * flush, so it carries only what its batch uses (`columnsOf`, `actorSet`, the shape's
+ * 999,000 rows removed by the join filter, ~240 ms). Both `EXPLAIN`-tested, planned with the
+ * batch's values and generically. A generic plan made while the table was small scans it,
+ * and kept doing so as the table grew (~40 ms per flush of 16 rows among 100,000): the plain
+ * shapes are prepared by the table's size class (`isPlain`, `table-size.ts`), the others
+ * planned with their values every time. Either way it carries only what its batch uses (`columnsOf`, `actorSet`, the shape's
  * `moves`/`delays`/`results`/`errors`): the plain drain measured ~0.35 ms slower per flush
  * when every batch sent every column, and a flush of 16 `done`s ~0.5 → ~0.4 ms once the
  * columns they leave alone (step, state, delay, errors) were left out.
@@ -328,6 +328,25 @@ export interface FlushRow {
  * Commits a batch of outcomes in one statement; returns the outcomes that applied, and the
  * parents that became runnable because their last children ended here.
  */
+/**
+ * A flush of outcomes that only move their own rows (no settling, locking, signals, actor
+ * state, keys or limits): the hot statement of plain jobs and machines, prepared by the
+ * table's size class (`table-size.ts`). Its generic plan probes the primary key for the
+ * batch's ids (`EXPLAIN`-tested in `test/size-classed-plans.test.ts`); the other shapes, rarer
+ * and with more joins, are planned with their values every time.
+ */
+function isPlain(shape: FlushShape): boolean {
+  return !(
+    shape.terminal ||
+    shape.lock ||
+    shape.consume ||
+    shape.park ||
+    shape.actor ||
+    shape.key ||
+    shape.rate
+  );
+}
+
 export async function flushOutcomes(
   db: Queryable,
   schema: string,
@@ -340,7 +359,7 @@ export async function flushOutcomes(
   } = {},
 ): Promise<FlushRow[]> {
   const shape = extra.shape ?? shapeOf(rows);
-  const stmt = statement(schema, 'flush', flushSql(shape), { prepared: false });
+  const stmt = statement(schema, 'flush', flushSql(shape), { prepared: isPlain(shape) ? 'by-size' : false });
   const values = flushOutcomeValues(nodeId, rows, shape);
   if (shape.lock) values.push(extra.lockIds ?? []);
   if (shape.consume) {
