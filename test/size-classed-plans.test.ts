@@ -103,10 +103,13 @@ describe('size classes', () => {
   it('one up to 8 pages, then one per doubling; a reading stands for FRESH_MS', () => {
     expect([0, 8191, 8 * 8192 - 1].map(sizeClassOf)).toEqual([0, 0, 0]);
     expect([8 * 8192, 16 * 8192 - 1, 16 * 8192, 1024 * 8192].map(sizeClassOf)).toEqual([1, 1, 2, 8]);
-    noteTableSize('sizes_unit', 16 * 8192, 1_000);
-    expect(freshSizeClass('sizes_unit', 1_000 + FRESH_MS)).toBe(2);
-    expect(freshSizeClass('sizes_unit', 1_001 + FRESH_MS)).toBeUndefined();
-    expect(freshSizeClass('sizes_never_read')).toBeUndefined();
+    const pool = {};
+    noteTableSize(pool, 'sizes_unit', 16 * 8192, 1_000);
+    expect(freshSizeClass(pool, 'sizes_unit', 1_000 + FRESH_MS)).toBe(2);
+    expect(freshSizeClass(pool, 'sizes_unit', 1_001 + FRESH_MS)).toBeUndefined();
+    expect(freshSizeClass(pool, 'sizes_never_read', 1_000)).toBeUndefined();
+    // Read through another pool (another database, maybe): no reading here.
+    expect(freshSizeClass({}, 'sizes_unit', 1_000)).toBeUndefined();
   });
 });
 
@@ -114,7 +117,6 @@ describe('the pick and the plain flush', () => {
   it('run unprepared until the size is read, then under their size class; stale again, unprepared', async () => {
     await seed('named', 40);
     const { db: q, names } = recording();
-    noteTableSize(db.schema, 0, performance.now() - 2 * FRESH_MS);
     const first = await claimBatch(q, db.schema, {
       queue: 'named',
       limit: 10,
@@ -124,7 +126,7 @@ describe('the pick and the plain flush', () => {
     expect(first).toHaveLength(10);
     const sizeClass = sizeClassOf(await heapBytes());
     // The pick read the size: the next one and the flush are prepared under its class.
-    expect(freshSizeClass(db.schema)).toBe(sizeClass);
+    expect(freshSizeClass(q, db.schema)).toBe(sizeClass);
     const second = await claimBatch(q, db.schema, {
       queue: 'named',
       limit: 10,
@@ -141,7 +143,7 @@ describe('the pick and the plain flush', () => {
     expect(names[1]).toMatch(new RegExp(`^gd_claim_[0-9a-f]+_s${sizeClass}$`));
     expect(names[2]).toMatch(new RegExp(`^gd_flush_[0-9a-f]+_s${sizeClass}$`));
     // A reading older than FRESH_MS is none: planned with its values again.
-    noteTableSize(db.schema, await heapBytes(), performance.now() - 2 * FRESH_MS);
+    noteTableSize(q, db.schema, await heapBytes(), performance.now() - 2 * FRESH_MS);
     await flushOutcomes(
       q,
       db.schema,
@@ -155,11 +157,11 @@ describe('the pick and the plain flush', () => {
     await seed('grow', 20);
     const { db: q, names } = recording();
     await claimBatch(q, db.schema, { queue: 'grow', limit: 5, nodeId: 'n1', leaseMs: 60_000 });
-    const before = freshSizeClass(db.schema)!;
+    const before = freshSizeClass(q, db.schema)!;
     await seed('grow', 4 * Math.max(1_000, (await heapBytes()) / 60));
     await claimBatch(q, db.schema, { queue: 'grow', limit: 5, nodeId: 'n1', leaseMs: 60_000 });
     await claimBatch(q, db.schema, { queue: 'grow', limit: 5, nodeId: 'n1', leaseMs: 60_000 });
-    const after = freshSizeClass(db.schema)!;
+    const after = freshSizeClass(q, db.schema)!;
     expect(after).toBeGreaterThanOrEqual(before + 2);
     expect(after).toBe(sizeClassOf(await heapBytes()));
     // The pick right after the growth ran under the old class (it read the new size), the next under the new.

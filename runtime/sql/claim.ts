@@ -213,7 +213,7 @@ export async function claimBatch(db: Queryable, schema: string, args: ClaimArgs)
   // table is index-driven too (joined to `picked`, it hashed the whole table: ~20 ms).
   const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: 'by-size' });
   const rows = await run<ClaimedRow & { heap_bytes?: string }>(db, stmt, plainValues(args));
-  if (rows.length > 0) noteTableSize(schema, Number(rows[0]!.heap_bytes));
+  if (rows.length > 0) noteTableSize(db, schema, Number(rows[0]!.heap_bytes));
   return rows;
 }
 

@@ -38,8 +38,8 @@ export function quoteIdent(name: string): string {
  * connection parses it once (and Postgres may keep a generic plan for it); an unprepared one
  * is parsed and planned afresh with its actual parameter values on every execution (see
  * `flushOutcomes` for why that matters). `bySize`: prepared under a name per size class of
- * the schema's instance table while a fresh reading of it exists, else unprepared (see
- * `table-size.ts`).
+ * the schema's instance table while a fresh reading of it through the same pool exists, else
+ * unprepared (see `table-size.ts`).
  */
 export interface Statement {
   readonly name: string | undefined;
@@ -81,10 +81,10 @@ export function statement(
 /** Classes beyond this (2^40 bytes and up) share the last one's name. */
 const MAX_SIZE_CLASS = 28;
 
-/** The name `stmt` runs under now: its own, its size class's, or none (unprepared). */
-function nameOf(stmt: Statement): string | undefined {
+/** The name `stmt` runs under on `db` now: its own, its size class's, or none (unprepared). */
+function nameOf(stmt: Statement, db: Queryable): string | undefined {
   if (!stmt.bySize) return stmt.name;
-  const sizeClass = freshSizeClass(stmt.bySize.schema);
+  const sizeClass = freshSizeClass(db, stmt.bySize.schema);
   return sizeClass === undefined ? undefined : stmt.bySize.names[Math.min(sizeClass, MAX_SIZE_CLASS)];
 }
 
@@ -93,7 +93,7 @@ export async function run<R extends QueryResultRow>(
   stmt: Statement,
   values: unknown[],
 ): Promise<R[]> {
-  const name = nameOf(stmt);
+  const name = nameOf(stmt, db);
   const result = await db.query<R>(name ? { name, text: stmt.text, values } : { text: stmt.text, values });
   return result.rows;
 }

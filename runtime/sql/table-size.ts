@@ -23,21 +23,27 @@ interface Reading {
   readonly at: number;
 }
 
-const readings = new Map<string, Reading>();
+/**
+ * Per connection pool (or client) the pick ran on, per schema: two databases may hold
+ * schemas of one name, and each pool reaches one database.
+ */
+const readings = new WeakMap<object, Map<string, Reading>>();
 
 /** The class of a table of `bytes`: 0 up to 8 pages, then one per doubling. */
 export function sizeClassOf(bytes: number): number {
   return bytes < SMALLEST ? 0 : Math.floor(Math.log2(bytes / SMALLEST)) + 1;
 }
 
-/** `schema`'s instance table measured `bytes` (its heap, `pg_relation_size`) at `at`. */
-export function noteTableSize(schema: string, bytes: number, at = performance.now()): void {
+/** `schema`'s instance table, read through `db`, measured `bytes` (its heap, `pg_relation_size`) at `at`. */
+export function noteTableSize(db: object, schema: string, bytes: number, at = performance.now()): void {
   if (!Number.isFinite(bytes) || bytes < 0) return;
-  readings.set(schema, { sizeClass: sizeClassOf(bytes), at });
+  let bySchema = readings.get(db);
+  if (!bySchema) readings.set(db, (bySchema = new Map<string, Reading>()));
+  bySchema.set(schema, { sizeClass: sizeClassOf(bytes), at });
 }
 
-/** The size class of `schema`'s instance table, if it was read within `FRESH_MS`. */
-export function freshSizeClass(schema: string, now = performance.now()): number | undefined {
-  const reading = readings.get(schema);
+/** The size class of `schema`'s instance table as read through `db`, if read within `FRESH_MS`. */
+export function freshSizeClass(db: object, schema: string, now = performance.now()): number | undefined {
+  const reading = readings.get(db)?.get(schema);
   return reading !== undefined && now - reading.at <= FRESH_MS ? reading.sizeClass : undefined;
 }
