@@ -27,22 +27,16 @@ import {
 import { registerNode } from '../runtime/sql/nodes.js';
 import { toOutcomeRow } from '../runtime/commit.js';
 import { all, hugeError, plain } from './fixtures/loop-machines.js';
-import { eventually, useTestSchema } from './support/db.js';
+import { eventually, seedRunnable, useTestSchema } from './support/db.js';
 import { useNodes } from './support/node.js';
 import { z } from 'zod';
-import { type PlanNode, planNodes } from './support/plan.js';
+import { type PlanNode, planNodes, removedBy } from './support/plan.js';
 
 const db = useTestSchema('lh');
 const { join, client } = useNodes(db);
 const T = (): string => `"${db.schema}".gen_durable`;
 
-async function seed(queue: string, n: number): Promise<void> {
-  await db.pool.query(
-    `INSERT INTO ${T()} (fsm, step, state, queue, max_attempts)
-     SELECT 'lh-plain', 'perform', '{}'::jsonb, $1, 5 FROM generate_series(1, $2)`,
-    [queue, n],
-  );
-}
+const seed = (queue: string, n: number): Promise<void> => seedRunnable(db, queue, n, 'lh-plain');
 
 function claim(queue: string, limit: number, nodeId: string): ReturnType<typeof claimBatch> {
   return claimBatch(db.pool, db.schema, { queue, limit, nodeId, leaseMs: 60_000 });
@@ -130,13 +124,6 @@ async function explainFlush(batch: OutcomeRow[], shape: FlushShape): Promise<Pla
     conn.release();
   }
 }
-
-/** Rows the plan's filters and join filters looked at and dropped. */
-const removedBy = (nodes: readonly PlanNode[]): number =>
-  nodes.reduce(
-    (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
-    0,
-  );
 
 describe('the flush plan', () => {
   // Run ahead: half the batch keeps its claims (`executing`), which changes only what is set.

@@ -22,19 +22,13 @@ import {
 } from '../runtime/sql/flush.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
 import { FRESH_MS, freshSizeClass, noteTableSize, sizeClassOf } from '../runtime/sql/table-size.js';
-import { useTestSchema } from './support/db.js';
-import { type PlanNode, planNodes } from './support/plan.js';
+import { seedRunnable, useTestSchema } from './support/db.js';
+import { type PlanNode, planNodes, removedBy } from './support/plan.js';
 
 const db = useTestSchema('sizes');
 const T = (): string => `"${db.schema}".gen_durable`;
 
-async function seed(queue: string, n: number): Promise<void> {
-  await db.pool.query(
-    `INSERT INTO ${T()} (fsm, step, state, queue, max_attempts)
-     SELECT 'm', 'perform', '{}'::jsonb, $1, 5 FROM generate_series(1, $2)`,
-    [queue, n],
-  );
-}
+const seed = (queue: string, n: number): Promise<void> => seedRunnable(db, queue, n);
 
 /** A queryable over the test pool that records the name each statement ran under. */
 function recording(): { db: Queryable; names: Array<string | undefined> } {
@@ -93,11 +87,6 @@ async function genericPlan(text: string, values: unknown[]): Promise<PlanNode[]>
 
 const seqScans = (nodes: readonly PlanNode[]) =>
   nodes.filter((n) => n['Node Type'] === 'Seq Scan' && n['Relation Name'] === 'gen_durable');
-const removedBy = (nodes: readonly PlanNode[]): number =>
-  nodes.reduce(
-    (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
-    0,
-  );
 
 describe('size classes', () => {
   it('one up to 8 pages, then one per doubling; a reading stands for FRESH_MS', () => {

@@ -48,3 +48,12 @@ export async function queryAnswered<T extends pg.QueryResultRow>(
     }
   }, `an answer to ${text}`);
 }
+
+/** Inserts `n` runnable rows of machine `fsm` (step `perform`, empty state) into `queue`. */
+export async function seedRunnable(db: TestDb, queue: string, n: number, fsm = 'm'): Promise<void> {
+  await db.pool.query(
+    `INSERT INTO "${db.schema}".gen_durable (fsm, step, state, queue, max_attempts)
+     SELECT $3, 'perform', '{}'::jsonb, $1, 5 FROM generate_series(1, $2)`,
+    [queue, n, fsm],
+  );
+}

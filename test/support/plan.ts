@@ -18,3 +18,11 @@ export interface PlanNode {
 export function planNodes(plan: PlanNode): PlanNode[] {
   return [plan, ...(plan.Plans ?? []).flatMap(planNodes)];
 }
+
+/** Rows the plan's filters and join filters looked at and dropped. */
+export function removedBy(nodes: readonly PlanNode[]): number {
+  return nodes.reduce(
+    (sum, n) => sum + (n['Rows Removed by Filter'] ?? 0) + (n['Rows Removed by Join Filter'] ?? 0),
+    0,
+  );
+}
