@@ -78,7 +78,7 @@ export function statement(
   return found;
 }
 
-/** Classes beyond this (2^40 bytes and up) share the last one's name. */
+/** Classes beyond this (a heap of 8 TiB and more) share the last one's name. */
 const MAX_SIZE_CLASS = 28;
 
 /** The name `stmt` runs under on `db` now: its own, its size class's, or none (unprepared). */

@@ -229,13 +229,14 @@ function claimSet(shape: FlushShape): string {
  * ~13-16 ms), or (b) for a large batch, scanned the table as the outer side of a nested loop
  * that compared every row in flight with every outcome (1,000 outcomes among 60,000 rows:
  * 999,000 rows removed by the join filter, ~240 ms). Both `EXPLAIN`-tested, planned with the
- * batch's values and generically. A generic plan made while the table was small scans it,
- * and kept doing so as the table grew (~40 ms per flush of 16 rows among 100,000): the plain
- * shapes are prepared by the table's size class (`isPlain`, `table-size.ts`), the others
- * planned with their values every time. Either way it carries only what its batch uses (`columnsOf`, `actorSet`, the shape's
- * `moves`/`delays`/`results`/`errors`): the plain drain measured ~0.35 ms slower per flush
- * when every batch sent every column, and a flush of 16 `done`s ~0.5 → ~0.4 ms once the
- * columns they leave alone (step, state, delay, errors) were left out.
+ * batch's values and as a generic plan. A generic plan made while the table was small scans
+ * it, and kept doing so as the table grew (~40 ms per flush of 16 rows among 100,000): the
+ * plain shapes are prepared by the table's size class (`isPlain`, `table-size.ts`), the
+ * others planned with their values every time. Either way the statement carries only what
+ * its batch uses (`columnsOf`, `actorSet`, the shape's `moves`/`delays`/`results`/`errors`):
+ * the plain drain measured ~0.35 ms slower per flush when every batch sent every column, and
+ * a flush of 16 `done`s ~0.5 → ~0.4 ms once the columns they leave alone (step, state,
+ * delay, errors) were left out.
  */
 function outcomeUpdate(shape: FlushShape, columns: readonly Column[], returning: string): string {
   const arrays = columns.map((c, i) => `$${i + 2}::${c.type}[]`).join(', ');
