@@ -10,7 +10,7 @@
  *                    [--rate 200] [--latency-seconds 15] [--latency-concurrency 16]
  *                    [--finished 1000000] [--future 200000] [--parked 50000] [--full-concurrency 64]
  *                    [--rss-steps 1000000]
- *                    [--subjects gen-durable,gen-durable+run-ahead,graphile-worker,pg-boss]
+ *                    [--subjects gen-durable,gen-durable+run-ahead,gen-durable+retention-0,graphile-worker,pg-boss]
  *                    [--pgbench-seconds 5] [--skip-pgbench] [--timeout 60] [--rounds 1]
  *
  * Workloads: 1 `drain` (no-op jobs, jobs/s), 2 `steps` (instances of a 5-step machine,

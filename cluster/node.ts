@@ -118,6 +118,8 @@ export class GenDurableNode {
       maxBatch: config.flushBatch,
       // Past this, the leases have long expired: the reaper hands the rows on (attempt + 1).
       retryLimitMs: Math.max(2 * config.lease, 60_000),
+      // Kept for nothing: a row that ends done is deleted as it ends, where nothing reads it.
+      deleteDone: config.gc !== false && config.gc.retention === 0,
       onFlushed: (entries, committed) => this.#afterFlush(entries, committed),
       onAbandoned: (entries, error) => this.#afterAbandon(entries, error),
       onError: (e) => this.#reportError('flush', e),

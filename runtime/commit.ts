@@ -47,6 +47,8 @@ export async function commitBatch(
   schema: string,
   nodeId: string,
   batch: readonly FlushEntry[],
+  /** Delete the rows that end `done` where nothing reads them after (`FlushShape.deletes`). */
+  options: { readonly deleteDone?: boolean } = {},
 ): Promise<Committed> {
   const rows = batch.map(toOutcomeRow);
   // Rows that end are settled in the statement when there is something to settle: a parent
@@ -72,7 +74,10 @@ export async function commitBatch(
   const lockIds = lock
     ? [...new Set([...batch.map((e) => e.id), ...parents, ...targets])].sort(compareIds)
     : [];
-  const shape = { ...shapeOf(rows), terminal, lock, consume: consumed.length > 0 };
+  const consume = consumed.length > 0;
+  const deletes =
+    options.deleteDone === true && !terminal && !lock && !consume && rows.some((r) => r.status === 'done');
+  const shape = { ...shapeOf(rows), terminal, lock, consume, deletes };
   const transactional = batch.some(
     (e) => e.result.kind === 'await' || e.result.kind === 'spawn' || e.result.effects !== undefined,
   );

@@ -58,6 +58,8 @@ export interface FlusherOptions {
   readonly maxBatch: number;
   /** How long a batch may keep failing transiently before it is given up. */
   readonly retryLimitMs: number;
+  /** Rows that end `done` are deleted where nothing reads them after (GC's `retention: 0`). */
+  readonly deleteDone?: boolean;
   /**
    * Called after each commit with the entries it carried and what it did: for each id that
    * applied, whether the instance is watched (someone waits for it to settle); the queues it
@@ -132,7 +134,9 @@ export class Flusher implements Service {
   }
 
   #commit(batch: readonly FlushEntry[]): Promise<CommitResult> {
-    return commitBatch(this.#o.db, this.#o.schema, this.#o.nodeId, batch);
+    return commitBatch(this.#o.db, this.#o.schema, this.#o.nodeId, batch, {
+      deleteDone: this.#o.deleteDone === true,
+    });
   }
 
   /**

@@ -1,7 +1,8 @@
 /**
  * gen-durable itself, as users run it: the compiled package (`npm run bench` builds it).
- * Two subjects: plain, and with run-ahead (its 5-step machine runs each next step ahead on
- * the claim it holds); for the drain they are the same, so only the first drains.
+ * Three subjects: plain; with run-ahead (its 5-step machine runs each next step ahead on
+ * the claim it holds), for the steps only; and keeping no finished row (`retention: 0`), for
+ * the drain only.
  */
 import diagnostics from 'node:diagnostics_channel';
 import pg from 'pg';
@@ -22,11 +23,15 @@ const CHUNK = 5_000;
 /** Steps left of a row at `step` (its own included). */
 const STEPS_LEFT = `CASE step ${CHAIN_STEPS.map((s, i) => `WHEN '${s}' THEN ${CHAIN_LENGTH - i}`).join(' ')} END`;
 
-function engineSubject(name: string, runAhead: boolean): Subject {
+/**
+ * `runAhead`: the 5-step machine runs each next step ahead (steps only). `keepNothing`: GC's
+ * `retention: 0`, a row that ends done deleted as it ends (drain only).
+ */
+function engineSubject(name: string, { runAhead = false, keepNothing = false } = {}): Subject {
   const machine = runAhead ? chainAhead : chain;
   return {
     name,
-    workloads: runAhead ? ['steps'] : ['drain', 'steps', 'latency'],
+    workloads: runAhead ? ['steps'] : keepNothing ? ['drain'] : ['drain', 'steps', 'latency'],
     settings: ({ concurrency }: RunSettings) => ({
       concurrency,
       threads: THREADS,
@@ -36,6 +41,7 @@ function engineSubject(name: string, runAhead: boolean): Subject {
       }))(feederLimits({ concurrency })),
       flushBatch: 'default (1000)',
       inline: runAhead,
+      ...(keepNothing ? { gc: '{ retention: 0 }' } : {}),
     }),
     async prepare(db: pg.Pool, schema: string, workload: Workload, count: number) {
       const { migrate, createClient } = await engine();
@@ -93,6 +99,7 @@ function engineSubject(name: string, runAhead: boolean): Subject {
         migrate: false,
         machines: [noop, machine, latencyProbe],
         queues: { [noop.queue]: { concurrency, threads: THREADS } },
+        ...(keepNothing ? { gc: { retention: 0 } } : {}),
       });
       return async () => {
         await node.stop({ timeout: 10_000 });
@@ -110,7 +117,8 @@ function engineSubject(name: string, runAhead: boolean): Subject {
   };
 }
 
-export const genDurable = engineSubject('gen-durable', false);
-export const genDurableRunAhead = engineSubject('gen-durable+run-ahead', true);
+export const genDurable = engineSubject('gen-durable');
+export const genDurableRunAhead = engineSubject('gen-durable+run-ahead', { runAhead: true });
+export const genDurableKeepNothing = engineSubject('gen-durable+retention-0', { keepNothing: true });
 
 export type { pg };
