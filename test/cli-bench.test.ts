@@ -25,7 +25,9 @@ describe('gen-durable bench', () => {
     const { code, out } = await cli(['bench', '--help']);
     expect(code).toBe(0);
     expect(out).toMatch(/--workloads drain,steps,latency,full,rss/);
-    expect(out).toMatch(/--subjects gen-durable,gen-durable\+run-ahead,gen-durable\+retention-0,graphile-worker,pg-boss/);
+    expect(out).toMatch(
+      /--subjects gen-durable,gen-durable\+run-ahead,gen-durable\+retention-0,graphile-worker,pg-boss/,
+    );
   });
 
   it("fails with the suite's usage error on a workload it does not have", async () => {
