@@ -74,10 +74,9 @@ export async function commitBatch(
   const lockIds = lock
     ? [...new Set([...batch.map((e) => e.id), ...parents, ...targets])].sort(compareIds)
     : [];
-  const consume = consumed.length > 0;
-  const deletes =
-    options.deleteDone === true && !terminal && !lock && !consume && rows.some((r) => r.status === 'done');
-  const shape = { ...shapeOf(rows), terminal, lock, consume, deletes };
+  // `flushSql` deletes only in a plain shape (nothing to settle, lock or consume).
+  const deletes = options.deleteDone === true && rows.some((r) => r.status === 'done');
+  const shape = { ...shapeOf(rows), terminal, lock, consume: consumed.length > 0, deletes };
   const transactional = batch.some(
     (e) => e.result.kind === 'await' || e.result.kind === 'spawn' || e.result.effects !== undefined,
   );

@@ -44,10 +44,13 @@ export function quoteIdent(name: string): string {
 export interface Statement {
   readonly name: string | undefined;
   readonly text: string;
-  readonly bySize?: { readonly schema: string; readonly names: string[] };
+  readonly bySize?: { readonly schema: string; readonly names: readonly string[] };
 }
 
 const cache = new Map<string, Statement>();
+
+/** Classes beyond this (a heap of 8 TiB and more) share the last one's name. */
+const MAX_SIZE_CLASS = 28;
 
 export function statement(
   schema: string,
@@ -67,19 +70,16 @@ export function statement(
     const name = `gd_${id}_${hash}`;
     found =
       prepared === 'by-size'
-        ? { name: undefined, text: resolved, bySize: { schema, names: [] } }
+        ? {
+            name: undefined,
+            text: resolved,
+            bySize: { schema, names: Array.from({ length: MAX_SIZE_CLASS + 1 }, (_, c) => `${name}_s${c}`) },
+          }
         : { name: prepared ? name : undefined, text: resolved };
-    if (found.bySize) {
-      const names = found.bySize.names;
-      for (let c = 0; c <= MAX_SIZE_CLASS; c++) names.push(`${name}_s${c}`);
-    }
     cache.set(key, found);
   }
   return found;
 }
-
-/** Classes beyond this (a heap of 8 TiB and more) share the last one's name. */
-const MAX_SIZE_CLASS = 28;
 
 /** The name `stmt` runs under on `db` now: its own, its size class's, or none (unprepared). */
 function nameOf(stmt: Statement, db: Queryable): string | undefined {

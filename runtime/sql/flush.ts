@@ -248,10 +248,12 @@ function outcomeUpdate(
   shape: FlushShape,
   columns: readonly Column[],
   returning: string,
-  /** Appended to the guard: rows to leave alone. */
-  except = '',
-  /** Find the rows by `t.id = ANY ($2)` (else by their outcomes' ids alone). */
-  byIds = true,
+  /**
+   * A condition on the outcomes `o` that leaves some out. The rows are then found from the
+   * outcomes alone: beside `t.id = ANY ($2)` it made the planner rescan the batch's rows
+   * per outcome (see `deletingFlush`).
+   */
+  onlyOutcomes?: string,
 ): string {
   const arrays = columns.map((c, i) => `$${i + 2}::${c.type}[]`).join(', ');
   const names = columns.map((c) => c.name).join(', ');
@@ -283,8 +285,9 @@ function outcomeUpdate(
        ${claimSet(shape)}
        updated_at = now()
      FROM unnest(${arrays}) AS o(${names})
-     WHERE ${shape.lock ? '(SELECT count(*) FROM locked) >= 0 AND ' : ''}${byIds ? 't.id = ANY ($2::bigint[]) AND ' : ''}t.id = o.id AND t.claim = o.claim
-       AND CASE WHEN t.status = 'executing' AND t.locked_by = $1::text THEN true ELSE false END ${except}
+     WHERE ${shape.lock ? '(SELECT count(*) FROM locked) >= 0 AND ' : ''}${onlyOutcomes === undefined ? 't.id = ANY ($2::bigint[]) AND ' : ''}t.id = o.id AND t.claim = o.claim
+       AND CASE WHEN t.status = 'executing' AND t.locked_by = $1::text THEN true ELSE false END
+       ${onlyOutcomes === undefined ? '' : `AND ${onlyOutcomes}`}
      RETURNING ${returning}`;
 }
 
@@ -307,7 +310,7 @@ function deletingFlush(shape: FlushShape, columns: readonly Column[]): string {
          AND CASE WHEN t.status = 'executing' AND t.locked_by = $1::text THEN true ELSE false END
          AND NOT t.watched AND NOT t.inbox AND t.parent_id IS NULL
        RETURNING t.id
-     ), upd AS (${outcomeUpdate(shape, columns, 't.id, t.watched, t.inbox', 'AND o.id NOT IN (SELECT id FROM gone)', false)})
+     ), upd AS (${outcomeUpdate(shape, columns, 't.id, t.watched, t.inbox', 'o.id NOT IN (SELECT id FROM gone)')})
      SELECT id::text AS id, watched, inbox, NULL::text AS queue, 'applied' AS kind FROM upd
      UNION ALL SELECT id::text, false, false, NULL, 'applied' FROM gone`;
 }
@@ -365,10 +368,6 @@ export interface FlushRow {
 }
 
 /**
- * Commits a batch of outcomes in one statement; returns the outcomes that applied, and the
- * parents that became runnable because their last children ended here.
- */
-/**
  * A flush of outcomes that only move their own rows (no settling, locking, signals, actor
  * state, keys or limits): the hot statement of plain jobs and machines, prepared by the
  * table's size class (`table-size.ts`). Its generic plan probes the primary key for the
@@ -387,6 +386,10 @@ function isPlain(shape: FlushShape): boolean {
   );
 }
 
+/**
+ * Commits a batch of outcomes in one statement; returns the outcomes that applied, and the
+ * parents that became runnable because their last children ended here.
+ */
 export async function flushOutcomes(
   db: Queryable,
   schema: string,
