@@ -1,8 +1,13 @@
 /**
  * Group commit: step results from every thread of every queue gather in one buffer; a flush
  * commits up to `maxBatch` of them in one statement (see `flushOutcomes`). While a flush is
- * in flight the next batch gathers, and the next flush starts the moment the previous one
- * ends, so there is no fixed added delay at low load and large batches at high load.
+ * in flight the next batch gathers, and the next flush starts when the previous one ends:
+ * at once when no claimed row is left to report here (no added delay at low load), else
+ * once the results of the rows claimed then have arrived or one flush's duration has
+ * passed, whichever comes first (`#hold`). Without the hold a flush carries what arrived during one round
+ * trip, so with several nodes on a queue each node's share is committed in batches as
+ * small (three processes at concurrency 16: ~22 outcomes per flush, ~45 with the hold), and
+ * Postgres pays every statement's fixed cost over fewer rows.
  *
  * Failures (classified by `isTransient`):
  * - transient (connection lost, Postgres restarting, a deadlock): the same outcomes again,
@@ -24,6 +29,9 @@ import { isTransient } from './sql/errors.js';
 import { MAX_ERROR_MESSAGE, boundText, errorDetail, errorMessage } from './errors.js';
 
 export type { CommitResult };
+
+/** The longest a flush is held by default, ms (see `#hold`). */
+const MAX_HOLD_MS = 10;
 
 /** Sub-batches that committed, each with what it did. */
 type Committed = Array<[readonly FlushEntry[], CommitResult]>;
@@ -61,6 +69,13 @@ export interface FlusherOptions {
   /** Rows that end `done` are deleted where nothing reads them after (GC's `retention: 0`). */
   readonly deleteDone?: boolean;
   /**
+   * Claimed rows on this node whose results will come here (running, or waiting for a
+   * slot): a flush is held for them (`#hold`). Default: none known, never held.
+   */
+  readonly running?: () => number;
+  /** The longest a flush is held, ms (default 10); never longer than the last flush took. */
+  readonly maxHoldMs?: number;
+  /**
    * Called after each commit with the entries it carried and what it did: for each id that
    * applied, whether the instance is watched (someone waits for it to settle); the queues it
    * made work runnable in.
@@ -79,6 +94,10 @@ export class Flusher implements Service {
   #failures = 0;
   #failingSince = 0;
   #idle: Array<() => void> = [];
+  /** How long the last flush took, ms: the longest a flush is held (`#hold`). */
+  #lastFlushMs = 0;
+  /** A held flush: goes out once the buffer holds `target` outcomes. */
+  #held: { target: number; release: () => void } | undefined;
   #wakeSleeper: () => void = () => undefined;
 
   constructor(options: FlusherOptions) {
@@ -95,23 +114,50 @@ export class Flusher implements Service {
 
   push(entry: FlushEntry): void {
     this.#buffer.push(entry);
+    if (this.#held && this.#buffer.length >= this.#held.target) this.#held.release();
     if (!this.#flushing) this.#flushing = this.#run();
+  }
+
+  /**
+   * Waits, before a flush, for the results of the rows claimed here now (`running`: at most
+   * `maxBatch` outcomes in all) or for as long as the last flush took (at most `maxHoldMs`),
+   * whichever comes first; not at all when no claimed row is left to report. An outcome's
+   * commit is delayed by at most one flush's duration, and only while more outcomes are on
+   * their way to share it.
+   */
+  async #hold(): Promise<void> {
+    const running = this.#o.running?.() ?? 0;
+    const target = Math.min(this.#o.maxBatch, this.#buffer.length + running);
+    if (running === 0 || this.#buffer.length >= target || this.#lastFlushMs <= 0) return;
+    await new Promise<void>((resolve) => {
+      const release = (): void => {
+        clearTimeout(timer);
+        this.#held = undefined;
+        resolve();
+      };
+      const timer = setTimeout(release, Math.min(this.#lastFlushMs, this.#o.maxHoldMs ?? MAX_HOLD_MS));
+      this.#held = { target, release };
+    });
   }
 
   async #run(): Promise<void> {
     // Let results that arrive in the same turn of the event loop join this flush.
     await new Promise((resolve) => setImmediate(resolve));
     while (this.#buffer.length > 0 && !this.#stopped) {
+      await this.#hold();
+      if (this.#stopped) break;
       // In id order: rows are locked in one order by every flush.
       const batch = this.#buffer.splice(0, this.#o.maxBatch).sort((a, b) => compareIds(a.id, b.id));
       let committed: Committed;
       const abandoned: FlushEntry[] = [];
       let abandonedBy: unknown;
+      const started = performance.now();
       try {
         committed = await this.#isolate(batch, (entry, error) => {
           abandoned.push(entry);
           abandonedBy = error;
         });
+        this.#lastFlushMs = performance.now() - started;
       } catch (error) {
         // Transient (see `#isolate`): the same outcomes again later, while within the limit.
         this.#o.onError(error);
@@ -207,6 +253,7 @@ export class Flusher implements Service {
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#wakeSleeper();
+    this.#held?.release();
     await this.#flushing;
     this.#buffer = [];
   }
