@@ -286,31 +286,31 @@ describe('Feeder', () => {
     await feeder.stop();
   });
 
-  it('claims ahead four times what finished during its last pick, and starts it from the buffer without a claim', async () => {
+  it('claims ahead eight times what finished during its last pick, and starts it from the buffer without a claim', async () => {
     // Picks resolve when the test says, so steps can finish while one is out.
-    const { feeder, state: counts, requested, answer, stop } = answeredFeeder(4, 10);
+    const { feeder, state: counts, requested, answer, stop } = answeredFeeder(4, 20);
     feeder.start();
     await answer(); // 4 running
     feeder.stepsFinished(2);
     await until(() => requested.length === 2); // a pick for the 2 free slots is out...
     feeder.stepsFinished(2); // ...while 2 more steps finish
     await answer();
-    // That pick saw 2 steps finish while it was out: 8 rows may wait ahead, so the next pick
-    // asks for the 2 free slots and the 8 ahead.
+    // That pick saw 2 steps finish while it was out: 16 rows may wait ahead, so the next pick
+    // asks for the 2 free slots and the 16 ahead.
     await answer();
-    expect(requested).toEqual([4, 2, 10]);
+    expect(requested).toEqual([4, 2, 18]);
     expect({ running: feeder.running, buffered: feeder.buffered, dispatched: counts.dispatched }).toEqual({
       running: 4,
-      buffered: 8,
+      buffered: 16,
       dispatched: 8,
     });
     // A slot frees: a buffered row starts at once, with no claim in between.
     feeder.stepsFinished(1);
     await until(() => counts.dispatched === 9);
-    expect(feeder.buffered).toBe(7);
+    expect(feeder.buffered).toBe(15);
     // Stop gives the buffered rows back (uncharged, committed as releases) and runs nothing more.
     await stop();
-    expect(counts.givenBack).toHaveLength(7);
+    expect(counts.givenBack).toHaveLength(15);
     expect(counts.dispatched).toBe(9);
   });
 
@@ -323,11 +323,11 @@ describe('Feeder', () => {
     await answer(10); // 10 running
     feeder.stepsFinished(5); // a pick for the 5 free slots goes out...
     await until(() => requested.length === 2);
-    feeder.stepsFinished(5); // ...while the other 5 finish: 20 may wait ahead
+    feeder.stepsFinished(5); // ...while the other 5 finish: 20 may wait ahead (claimAhead)
     await answer(5); // 5 running; room for 10 + 20 - 5 = 25
     await until(() => requested.length === 3);
-    feeder.stepsFinished(2); // 2 finish while that pick is out: 8 may wait ahead, so 4 are worth a pick
-    await answer(15); // 7 of them start (10 running), 8 wait: no room
+    feeder.stepsFinished(1); // 1 finishes while that pick is out: 8 may wait ahead, so 4 are worth a pick
+    await answer(15); // 6 of them start (10 running), 9 wait: no room
     expect(requested.slice(0, 3)).toEqual([10, 5, 25]);
     const before = requested.length;
     // Slots free one at a time, each taking a buffered row: room grows by one each time.
@@ -368,15 +368,15 @@ describe('Feeder', () => {
     await answer(2); // 2 running
     feeder.stepsFinished(1); // a pick for the free slot goes out
     await until(() => requested.length === 2);
-    feeder.stepsFinished(1); // nothing runs or waits while it is out: 1 finished, 4 may wait ahead
+    feeder.stepsFinished(1); // nothing runs or waits while it is out: 1 finished, 8 may wait ahead
     await new Promise((resolve) => setImmediate(resolve));
-    await answer(1); // 1 running: room for 2 + 4 - 1 = 5
+    await answer(1); // 1 running: room for 2 + 8 - 1 = 9
     await until(() => requested.length === 3);
-    feeder.stepsFinished(1); // drained again, with 1 finished: twice the 4 that could wait, not 4 x 1
+    feeder.stepsFinished(1); // drained again, with 1 finished: twice the 8 that could wait, not 8 x 1
     await new Promise((resolve) => setImmediate(resolve));
-    await answer(5); // 2 running, 3 waiting: room for 2 + 8 - 5 = 5
+    await answer(9); // 2 running, 7 waiting: room for 2 + 16 - 9 = 9
     await until(() => requested.length === 4);
-    expect(requested).toEqual([2, 1, 5, 5]);
+    expect(requested).toEqual([2, 1, 9, 9]);
     await stop();
   });
 
@@ -431,11 +431,11 @@ describe('Feeder', () => {
     vi.useFakeTimers();
     let calls = 0;
     const { feeder, state } = feederOver(0, 2, {
-      claimAhead: 5,
+      claimAhead: 4,
       bufferWaitMs: 1_000,
       // The first pick fills both slots; one step finishes and a second pick goes out, while
-      // it is out the other step finishes, so 4 rows may wait ahead: the third pick takes 5,
-      // one for the free slot and four for the buffer.
+      // it is out the other step finishes, so 4 rows (claimAhead) may wait ahead: the third
+      // pick takes 5, one for the free slot and four for the buffer.
       claim: (limit) => {
         calls++;
         const rows = Array.from({ length: limit }, (_, i) => row(calls * 10 + i));
