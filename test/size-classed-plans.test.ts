@@ -221,7 +221,9 @@ describe('generic plans on a large table', () => {
       expect(removedBy(nodes)).toBeLessThanOrEqual(2 * batchSize);
       // A probe made once per outcome never compares with the batch's whole array as well:
       // 1,000 probes each matching 1,000 ids (and sorting them) took ~36 ms per flush.
-      const perOutcome = nodes.filter((n) => n['Index Name'] === 'gen_durable_pkey' && (n['Actual Loops'] ?? 1) > 1);
+      const perOutcome = nodes.filter(
+        (n) => n['Index Name'] === 'gen_durable_pkey' && (n['Actual Loops'] ?? 1) > 1,
+      );
       expect(perOutcome.filter((n) => n['Index Cond']?.includes('ANY'))).toEqual([]);
     }
     await releaseClaims(db.pool, db.schema, 'busy', null);
