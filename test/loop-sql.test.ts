@@ -174,6 +174,52 @@ describe('claimBatch', () => {
       client.release();
     }
   });
+
+  it("starts a priority's scan at its first runnable row, not at the index entries of rows already claimed", async () => {
+    // Claimed rows leave their entries in gen_durable_pick, dead, until vacuum removes them.
+    await db.pool.query(`ALTER TABLE ${T()} SET (autovacuum_enabled = false)`);
+    try {
+      await db.pool.query(
+        `INSERT INTO ${T()} (fsm, step, state, queue, eligible_at)
+         SELECT 'm', 's', '{}', 'claimed-ahead', now() - interval '1 hour' + g * interval '1 millisecond'
+         FROM generate_series(1, 6000) g`,
+      );
+      for (let i = 0; i < 5; i++) {
+        const claimed = await claimBatch(db.pool, db.schema, {
+          queue: 'claimed-ahead',
+          limit: 1_000,
+          nodeId: 'ahead',
+          leaseMs: 60_000,
+        });
+        expect(claimed).toHaveLength(1_000);
+      }
+      const client = await db.pool.connect();
+      try {
+        await client.query('BEGIN');
+        const stmt = statement(db.schema, 'claim', CLAIM_BATCH_SQL);
+        const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+          `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
+          ['claimed-ahead', 10, 'explain', 30_000, null],
+        );
+        await client.query('ROLLBACK');
+        const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+        const pages = (n: PlanNode): number => (n['Shared Hit Blocks'] ?? 0) + (n['Shared Read Blocks'] ?? 0);
+        const pickScans = all.filter((n) => n['Index Name'] === 'gen_durable_pick');
+        // The priority probe steps over the 5,000 claimed rows' entries (~30 pages)...
+        const probe = pickScans.filter((n) => !n['Index Cond']?.includes('now()'));
+        expect(Math.max(...probe.map(pages))).toBeGreaterThanOrEqual(15);
+        // ...and the scan that takes the batch starts where the probe found the first runnable row.
+        const batch = pickScans.filter((n) => n['Index Cond']?.includes('now()'));
+        expect(batch).toHaveLength(1);
+        expect(batch[0]!['Actual Rows']).toBe(10);
+        expect(pages(batch[0]!)).toBeLessThanOrEqual(4);
+      } finally {
+        client.release();
+      }
+    } finally {
+      await db.pool.query(`ALTER TABLE ${T()} RESET (autovacuum_enabled)`);
+    }
+  });
 });
 
 describe('flushOutcomes', () => {

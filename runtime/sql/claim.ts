@@ -69,18 +69,29 @@ export async function loadActorState(
 }
 
 /**
- * `prio(p)`: the distinct priorities of a queue's runnable rows (queue `$1`), in order, one
- * index probe each (a loose index scan of `gen_durable_pick`). Evaluated lazily: a consumer
- * that stops early stops the walk.
+ * `prio(p, e, i)`: the distinct priorities `p` of a queue's runnable rows (queue `$1`), in
+ * order, one index probe each (a loose index scan of `gen_durable_pick`), each with the
+ * `(eligible_at, id)` of its first runnable row. Evaluated lazily: a consumer that stops
+ * early stops the walk.
+ *
+ * A scan of one priority starts at that first row (`PRIORITY_FROM`), not at the start of the
+ * priority: the index entries ahead of it are those of rows already claimed (dead, but read
+ * until vacuum removes them), which the probe has just stepped over once.
  */
-const PRIORITY_WALK = `WITH RECURSIVE prio(p) AS (
-       (SELECT priority FROM :schema.gen_durable
-        WHERE queue = $1 AND status = 'runnable' ORDER BY priority LIMIT 1)
+const PRIORITY_WALK = `WITH RECURSIVE prio(p, e, i) AS (
+       (SELECT priority, eligible_at, id FROM :schema.gen_durable
+        WHERE queue = $1 AND status = 'runnable' ORDER BY priority, eligible_at, id LIMIT 1)
        UNION ALL
-       SELECT (SELECT priority FROM :schema.gen_durable
-               WHERE queue = $1 AND status = 'runnable' AND priority > prio.p ORDER BY priority LIMIT 1)
-       FROM prio WHERE prio.p IS NOT NULL
+       SELECT n.priority, n.eligible_at, n.id FROM prio CROSS JOIN LATERAL (
+         SELECT priority, eligible_at, id FROM :schema.gen_durable
+         WHERE queue = $1 AND status = 'runnable' AND priority > prio.p
+         ORDER BY priority, eligible_at, id LIMIT 1
+       ) n
      )`;
+
+/** The rows of priority `prio.p` from its first runnable row on (columns of `alias`). */
+const PRIORITY_FROM = (alias = '') =>
+  `${alias}priority = prio.p AND (${alias}eligible_at, ${alias}id) >= (prio.e, prio.i)`;
 
 /**
  * The claim of queues without concurrency keys: no key logic at all. A keyed row it meets
@@ -91,13 +102,12 @@ export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
      picked AS (
        SELECT c.id FROM prio CROSS JOIN LATERAL (
          SELECT id FROM :schema.gen_durable
-         WHERE queue = $1 AND status = 'runnable' AND priority = prio.p AND eligible_at <= now()
+         WHERE queue = $1 AND status = 'runnable' AND ${PRIORITY_FROM()} AND eligible_at <= now()
            AND ($5::text[] IS NULL OR fsm || '@' || version = ANY ($5::text[]))
          ORDER BY eligible_at, id
          LIMIT $2
          FOR NO KEY UPDATE SKIP LOCKED
        ) c
-       WHERE prio.p IS NOT NULL
        LIMIT $2
      )
      UPDATE :schema.gen_durable AS t
@@ -140,7 +150,7 @@ export const CLAIM_GUARDED_SQL = `${PRIORITY_WALK},
          SELECT x.id, x.concurrency_key, x.eligible_at, x.rate_limit, x.rate_partition, x.weight, x.rate_booked,
                 CASE WHEN x.concurrency_key IS NULL THEN NULL ELSE ${KEY_LIMIT('x.concurrency_key')} END AS k
          FROM :schema.gen_durable x
-         WHERE x.queue = $1 AND x.status = 'runnable' AND x.priority = prio.p AND x.eligible_at <= now()
+         WHERE x.queue = $1 AND x.status = 'runnable' AND ${PRIORITY_FROM('x.')} AND x.eligible_at <= now()
            AND ($5::text[] IS NULL OR x.fsm || '@' || x.version = ANY ($5::text[]))
            AND CASE WHEN x.concurrency_key IS NULL THEN true
                     ELSE (SELECT count(*) FROM :schema.gen_durable e
@@ -150,7 +160,6 @@ export const CLAIM_GUARDED_SQL = `${PRIORITY_WALK},
          LIMIT $2
          FOR NO KEY UPDATE SKIP LOCKED
        ) c
-       WHERE prio.p IS NOT NULL
        LIMIT $2
      ),
      ranked AS (
@@ -272,11 +281,10 @@ export async function nextDueIn(
      SELECT ceil(extract(epoch FROM min(n.eligible_at) - now()) * 1000)::float8 AS ms
      FROM prio CROSS JOIN LATERAL (
        SELECT eligible_at FROM :schema.gen_durable
-       WHERE queue = $1 AND status = 'runnable' AND priority = prio.p AND eligible_at > now()
+       WHERE queue = $1 AND status = 'runnable' AND ${PRIORITY_FROM()} AND eligible_at > now()
          AND ($2::text[] IS NULL OR fsm || '@' || version = ANY ($2::text[]))
        ORDER BY eligible_at LIMIT 1
-     ) n
-     WHERE prio.p IS NOT NULL`,
+     ) n`,
     { prepared: false },
   );
   const row = (await run<{ ms: number | null }>(db, stmt, [queue, machines]))[0];
