@@ -11,7 +11,7 @@ import { statement } from '../runtime/sql/db.js';
 import { CLAIM_GUARDED_SQL } from '../runtime/sql/claim.js';
 import { logged } from './fixtures/key-machines.js';
 import { useTestSchema } from './support/db.js';
-import { type PlanNode, planNodes as nodes } from './support/plan.js';
+import { type PlanNode, explainRolledBack } from './support/plan.js';
 
 const db = useTestSchema('keyplan');
 const T = (): string => `"${db.schema}".gen_durable`;
@@ -25,20 +25,13 @@ async function explainGuarded<R = undefined>(
   limit: number,
   inside?: (client: pg.PoolClient) => Promise<R>,
 ): Promise<{ plan: PlanNode[]; seen: R | undefined }> {
-  const client = await db.pool.connect();
-  try {
-    await client.query('BEGIN');
-    const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
-    const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-      `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
-      [queue, limit, 'explain', 30_000, null, [], [], 5_000],
-    );
-    const seen = inside ? await inside(client) : undefined;
-    return { plan: nodes(rows[0]!['QUERY PLAN'][0]!.Plan), seen };
-  } finally {
-    await client.query('ROLLBACK');
-    client.release();
-  }
+  const stmt = statement(db.schema, 'claim_guarded', CLAIM_GUARDED_SQL);
+  return explainRolledBack(
+    db.pool,
+    stmt.text,
+    [queue, limit, 'explain', 30_000, null, [], [], 5_000],
+    inside,
+  );
 }
 
 describe('the concurrency guard of the pick', () => {

@@ -15,10 +15,19 @@ import { MachineRegistry } from '../runtime/registry.js';
 import { registerNode } from '../runtime/sql/nodes.js';
 import { leaderLockKey, releaseLeaderLock, tryLeaderLock } from '../runtime/sql/leader.js';
 import { useTestSchema } from './support/db.js';
-import { type PlanNode, planNodes as nodes } from './support/plan.js';
+import { type PlanNode, explainRolledBack } from './support/plan.js';
 
 const db = useTestSchema('loop');
 const T = (): string => `"${db.schema}".gen_durable`;
+
+/** Index or table pages a plan node read (from the cache or not). */
+const pagesRead = (n: PlanNode): number => (n['Shared Hit Blocks'] ?? 0) + (n['Shared Read Blocks'] ?? 0);
+
+/** `EXPLAIN (ANALYZE, BUFFERS)` of the pick of `limit` rows of `queue`, rolled back: its nodes. */
+async function explainPick(queue: string, limit: number): Promise<PlanNode[]> {
+  const stmt = statement(db.schema, 'claim', CLAIM_BATCH_SQL);
+  return (await explainRolledBack(db.pool, stmt.text, [queue, limit, 'explain', 30_000, null])).plan;
+}
 
 async function seed(
   queue: string,
@@ -142,37 +151,21 @@ describe('claimBatch', () => {
       Array.from({ length: 300 }, (_, i) => ({ priority: 1 + (i % 3) })),
     );
     await db.pool.query(`ANALYZE ${T()}`);
-    const client = await db.pool.connect();
-    try {
-      await client.query('BEGIN');
-      const stmt = statement(db.schema, 'claim', CLAIM_BATCH_SQL);
-      const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-        `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
-        ['plan', 50, 'explain', 30_000, null],
-      );
-      await client.query('ROLLBACK');
-      const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-      expect(all.filter((n) => n['Node Type'] === 'Sort')).toEqual([]);
-      expect(all.filter((n) => n['Node Type'] === 'Seq Scan')).toEqual([]);
-      const pickScans = all.filter((n) => n['Index Name'] === 'gen_durable_pick');
-      expect(pickScans.length).toBeGreaterThan(0);
-      // Rows read through the pick index: the batch plus one probe per distinct priority
-      // walked — nowhere near the 10,000 future rows or the 10,000 finished ones.
-      const read = pickScans.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
-      expect(read).toBeLessThanOrEqual(50 + 10);
-      // Rows skipped inside an index scan do not show as rows, but the pages they sit on do:
-      // a plain ORDER BY over the index walks the 10,000 future rows of priority 0 (~66
-      // pages here); the pick touches a handful.
-      const pages = pickScans.reduce(
-        (sum, n) => sum + (n['Shared Hit Blocks'] ?? 0) + (n['Shared Read Blocks'] ?? 0),
-        0,
-      );
-      expect(pages).toBeLessThanOrEqual(30);
-      const update = all.find((n) => n['Node Type'] === 'ModifyTable');
-      expect(update?.['Actual Rows']).toBe(50);
-    } finally {
-      client.release();
-    }
+    const all = await explainPick('plan', 50);
+    expect(all.filter((n) => n['Node Type'] === 'Sort')).toEqual([]);
+    expect(all.filter((n) => n['Node Type'] === 'Seq Scan')).toEqual([]);
+    const pickScans = all.filter((n) => n['Index Name'] === 'gen_durable_pick');
+    expect(pickScans.length).toBeGreaterThan(0);
+    // Rows read through the pick index: the batch plus one probe per distinct priority
+    // walked — nowhere near the 10,000 future rows or the 10,000 finished ones.
+    const read = pickScans.reduce((sum, n) => sum + (n['Actual Rows'] ?? 0) * (n['Actual Loops'] ?? 1), 0);
+    expect(read).toBeLessThanOrEqual(50 + 10);
+    // Rows skipped inside an index scan do not show as rows, but the pages they sit on do:
+    // a plain ORDER BY over the index walks the 10,000 future rows of priority 0 (~66
+    // pages here); the pick touches a handful.
+    expect(pickScans.reduce((sum, n) => sum + pagesRead(n), 0)).toBeLessThanOrEqual(30);
+    const update = all.find((n) => n['Node Type'] === 'ModifyTable');
+    expect(update?.['Actual Rows']).toBe(50);
   });
 
   it("starts a priority's scan at its first runnable row, not at the index entries of rows already claimed", async () => {
@@ -193,29 +186,16 @@ describe('claimBatch', () => {
         });
         expect(claimed).toHaveLength(1_000);
       }
-      const client = await db.pool.connect();
-      try {
-        await client.query('BEGIN');
-        const stmt = statement(db.schema, 'claim', CLAIM_BATCH_SQL);
-        const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-          `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${stmt.text}`,
-          ['claimed-ahead', 10, 'explain', 30_000, null],
-        );
-        await client.query('ROLLBACK');
-        const all = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
-        const pages = (n: PlanNode): number => (n['Shared Hit Blocks'] ?? 0) + (n['Shared Read Blocks'] ?? 0);
-        const pickScans = all.filter((n) => n['Index Name'] === 'gen_durable_pick');
-        // The priority probe steps over the 5,000 claimed rows' entries (~30 pages)...
-        const probe = pickScans.filter((n) => !n['Index Cond']?.includes('now()'));
-        expect(Math.max(...probe.map(pages))).toBeGreaterThanOrEqual(15);
-        // ...and the scan that takes the batch starts where the probe found the first runnable row.
-        const batch = pickScans.filter((n) => n['Index Cond']?.includes('now()'));
-        expect(batch).toHaveLength(1);
-        expect(batch[0]!['Actual Rows']).toBe(10);
-        expect(pages(batch[0]!)).toBeLessThanOrEqual(4);
-      } finally {
-        client.release();
-      }
+      const all = await explainPick('claimed-ahead', 10);
+      const pickScans = all.filter((n) => n['Index Name'] === 'gen_durable_pick');
+      // The priority probe steps over the 5,000 claimed rows' entries (~30 pages)...
+      const probe = pickScans.filter((n) => !n['Index Cond']?.includes('now()'));
+      expect(Math.max(...probe.map(pagesRead))).toBeGreaterThanOrEqual(15);
+      // ...and the scan that takes the batch starts where the probe found the first runnable row.
+      const batch = pickScans.filter((n) => n['Index Cond']?.includes('now()'));
+      expect(batch).toHaveLength(1);
+      expect(batch[0]!['Actual Rows']).toBe(10);
+      expect(pagesRead(batch[0]!)).toBeLessThanOrEqual(4);
     } finally {
       await db.pool.query(`ALTER TABLE ${T()} RESET (autovacuum_enabled)`);
     }
