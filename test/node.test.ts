@@ -103,13 +103,24 @@ describe('Cluster.join', () => {
   });
 
   it('stop() lets in-flight steps commit, returns the rest uncharged and leaves no row executing', async () => {
+    // Started, not only claimed: a row whose pick is still on its way back when the node
+    // stops is given back unrun, as it should be, though the table shows it executing.
+    const started = new Set<string>();
+    const onStart = (message: unknown): void => {
+      started.add((message as { id: string }).id);
+    };
+    subscribe('gen_durable:step:start', onStart);
     const node = await join({ machines: all, queues: { slow: { concurrency: 4, threads: 1 } } });
     const quick = await node.client.insert(slow, { args: { ms: 50 } });
     const stuck = await node.client.insert(slow, { args: { ms: 60_000 } });
-    await eventually(
-      async () => ((await node.client.get(stuck.id))?.status === 'executing' ? true : undefined),
-      'claims',
-    );
+    try {
+      await eventually(
+        () => Promise.resolve(started.has(quick.id) && started.has(stuck.id) ? true : undefined),
+        'both steps started',
+      );
+    } finally {
+      unsubscribe('gen_durable:step:start', onStart);
+    }
     // Generous for a loaded machine (a fresh thread may take a while to start): the quick
     // step needs 50 ms, the stuck one a minute.
     await node.stop({ timeout: 4_000 });
