@@ -120,7 +120,7 @@ export class GenDurableNode {
       retryLimitMs: Math.max(2 * config.lease, 60_000),
       // Kept for nothing: a row that ends done is deleted as it ends, where nothing reads it.
       deleteDone: config.gc !== false && config.gc.retention === 0,
-      running: () => {
+      unreported: () => {
         let n = 0;
         for (const q of this.#queues.values()) n += q.feeder.running + q.feeder.buffered;
         return n;

@@ -95,7 +95,10 @@ export class Feeder implements Service {
   #buffer: Buffered[] = [];
   #running = 0;
   #committing = 0;
-  /** Rows the buffer may hold: `AHEAD_PER_FINISHED` times what finished during the last pick (≤ `claimAhead`). */
+  /**
+   * Rows the buffer may hold: `AHEAD_PER_FINISHED` times what finished during the last pick
+   * (≤ `claimAhead`).
+   */
   #ahead = 0;
   #finished = 0;
   /** Every step finished and nothing was buffered while the current pick was out. */

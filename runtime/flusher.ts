@@ -4,10 +4,10 @@
  * in flight the next batch gathers, and the next flush starts when the previous one ends:
  * at once when no claimed row is left to report here (no added delay at low load), else
  * once the results of the rows claimed then have arrived or one flush's duration has
- * passed, whichever comes first (`#hold`). Without the hold a flush carries what arrived during one round
- * trip, so with several nodes on a queue each node's share is committed in batches as
- * small (three processes at concurrency 16: ~22 outcomes per flush, ~45 with the hold), and
- * Postgres pays every statement's fixed cost over fewer rows.
+ * passed, whichever comes first (`#hold`). Without the hold a flush carries what arrived
+ * during one round trip, so with several nodes on a queue each node's share is committed in
+ * batches as small (three processes at concurrency 16: ~22 outcomes per flush, ~45 with
+ * the hold), and Postgres pays every statement's fixed cost over fewer rows.
  *
  * Failures (classified by `isTransient`):
  * - transient (connection lost, Postgres restarting, a deadlock): the same outcomes again,
@@ -72,7 +72,7 @@ export interface FlusherOptions {
    * Claimed rows on this node whose results will come here (running, or waiting for a
    * slot): a flush is held for them (`#hold`). Default: none known, never held.
    */
-  readonly running?: () => number;
+  readonly unreported?: () => number;
   /** The longest a flush is held, ms (default 10); never longer than the last flush took. */
   readonly maxHoldMs?: number;
   /**
@@ -119,16 +119,15 @@ export class Flusher implements Service {
   }
 
   /**
-   * Waits, before a flush, for the results of the rows claimed here now (`running`: at most
+   * Waits, before a flush, for the results of the rows claimed here now (`unreported`: at most
    * `maxBatch` outcomes in all) or for as long as the last flush took (at most `maxHoldMs`),
    * whichever comes first; not at all when no claimed row is left to report. An outcome's
    * commit is delayed by at most one flush's duration, and only while more outcomes are on
    * their way to share it.
    */
   async #hold(): Promise<void> {
-    const running = this.#o.running?.() ?? 0;
-    const target = Math.min(this.#o.maxBatch, this.#buffer.length + running);
-    if (running === 0 || this.#buffer.length >= target || this.#lastFlushMs <= 0) return;
+    const target = Math.min(this.#o.maxBatch, this.#buffer.length + (this.#o.unreported?.() ?? 0));
+    if (this.#buffer.length >= target || this.#lastFlushMs <= 0) return;
     await new Promise<void>((resolve) => {
       const release = (): void => {
         clearTimeout(timer);

@@ -31,7 +31,7 @@ const done = (row: ClaimedRow): FlushEntry => ({
 async function slowStart(
   first: ClaimedRow,
   later: ClaimedRow,
-  running: () => number,
+  unreported: () => number,
   blockMs: number,
   onBatch: (ids: string[]) => void = () => undefined,
 ): Promise<{ flusher: Flusher; batches: string[][] }> {
@@ -45,7 +45,7 @@ async function slowStart(
     nodeId: NODE,
     maxBatch: 1_000,
     retryLimitMs: 60_000,
-    running,
+    unreported,
     maxHoldMs: 60_000,
     onFlushed: (entries) => {
       const ids = entries.map((e) => e.id);
