@@ -49,6 +49,7 @@ import {
 } from './protocol.js';
 import { StepTimes, taskCount } from './step-times.js';
 import { ThreadPorts } from './thread-ports.js';
+import { decodeResults, encodeItems } from './wire.js';
 
 export interface QueuePoolOptions {
   readonly queue: string;
@@ -239,10 +240,13 @@ export class QueuePool implements StepExecutor {
       );
       watchdog.unref();
     };
+    const settle = (result: StepResult): void => {
+      if (pending.delete(result.id)) deliver(result);
+    };
     const receive = (message: PortMessage): void => {
       switch (message.type) {
         case 'results':
-          for (const result of message.results) if (pending.delete(result.id)) deliver(result);
+          decodeResults(message.results, settle);
           return;
         case 'deadlines':
           if (!settled) arm(message.timeouts);
@@ -261,7 +265,7 @@ export class QueuePool implements StepExecutor {
     try {
       const message: StepTask = {
         task: taskNo,
-        items,
+        items: encodeItems(items),
         slot: slot.slot,
         ...(slot.own ? { control: slot.own } : {}),
         deadlinesKnown: known !== null,
@@ -280,7 +284,7 @@ export class QueuePool implements StepExecutor {
     }
     if (replied) {
       this.#stepTimes.learn(items, replied.elapsedUs / items.length);
-      for (const result of replied.results) if (pending.delete(result.id)) deliver(result);
+      decodeResults(replied.results, settle);
     } else {
       // The thread died under the batch: how long these steps take is not known any more.
       this.#stepTimes.forget(items);

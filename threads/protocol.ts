@@ -8,11 +8,14 @@
  * finish while others of the batch still run are posted on its port (those of one turn of
  * its event loop in one message, naming the task); the rest come back as the task's own
  * reply, so a batch of quick steps costs the task and its reply and no message more. States
- * and results cross as JSON text, so the main thread never parses or re-serialises them.
+ * and results cross as JSON text, so the main thread never parses or re-serialises them, and
+ * batches and results cross as a few strings and typed arrays, not one object per step
+ * (`wire.ts`).
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { StepRequest, StepResult } from '../runtime/executor.js';
 import type { StepFailure } from '../runtime/machine.js';
+import type { WireItems, WireResults } from './wire.js';
 
 export type { StepResult };
 
@@ -26,7 +29,8 @@ export interface StepItem extends StepRequest {
 export interface StepTask {
   /** Names the task in the messages posted for it. */
   readonly task: number;
-  readonly items: readonly StepItem[];
+  /** The batch's steps (`encodeItems`). */
+  readonly items: WireItems;
   /** The task's block in the pool's `controls` (`PoolWorkerData`), or -1: it is in `control`. */
   readonly slot: number;
   /** A block of its own (`CONTROL_BYTES`), when the pool's were all taken. */
@@ -74,7 +78,7 @@ export type PortMessage =
       readonly task: number;
       readonly timeouts: ReadonlyArray<readonly [string, number]>;
     }
-  | { readonly type: 'results'; readonly task: number; readonly results: readonly StepResult[] };
+  | { readonly type: 'results'; readonly task: number; readonly results: WireResults };
 
 /**
  * A task's reply: the results not posted while it ran, and how long the worker took over the
@@ -82,7 +86,8 @@ export type PortMessage =
  * many threads its next batches are worth (`taskCount`).
  */
 export interface TaskReply {
-  readonly results: readonly StepResult[];
+  /** The results (`encodeResults`). */
+  readonly results: WireResults;
   readonly elapsedUs: number;
 }
 

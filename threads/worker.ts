@@ -22,6 +22,7 @@ import {
   taskControl,
 } from './protocol.js';
 import { ensureTypeScriptLoader, isTypeScriptModule } from './typescript-loader.js';
+import { decodeItems, encodeResults } from './wire.js';
 
 const modules = new Map<string, Promise<Map<string, AnyMachine>>>();
 
@@ -80,7 +81,8 @@ parentPort!.postMessage(ready);
 
 /** Runs a batch; returns the results not posted on its port while it ran, and how long it took. */
 export default async function runBatch(task: StepTask): Promise<TaskReply> {
-  const { items, deadlinesKnown } = task;
+  const { deadlinesKnown } = task;
+  const items = decodeItems(task.items);
   const { flags, startedAt } = task.control
     ? taskControl(task.control)
     : taskControl(data.controls, task.slot);
@@ -110,7 +112,7 @@ export default async function runBatch(task: StepTask): Promise<TaskReply> {
     if (finished || buffer.length === 0) return;
     const results = buffer;
     buffer = [];
-    post({ type: 'results', task: task.task, results });
+    post({ type: 'results', task: task.task, results: encodeResults(results) });
   };
   await Promise.all(
     items.map(async (item, i) => {
@@ -135,5 +137,5 @@ export default async function runBatch(task: StepTask): Promise<TaskReply> {
   );
   // What finished since the last post goes back with the task's reply.
   finished = true;
-  return { results: buffer, elapsedUs: (performance.now() - began) * 1_000 };
+  return { results: encodeResults(buffer), elapsedUs: (performance.now() - began) * 1_000 };
 }
