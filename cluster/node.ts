@@ -29,6 +29,7 @@ import type { ClaimedRow } from '../runtime/sql/claim.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
 import { declareRateLimits } from '../runtime/sql/rates.js';
 import { Claimer } from '../runtime/claimer.js';
+import { pickPool } from '../runtime/sql/pick-pool.js';
 import { warnUnservedQueues } from './unserved-queues.js';
 import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
@@ -56,6 +57,8 @@ export class GenDurableNode {
   readonly client: Client;
   readonly #config: NodeConfig;
   readonly #db: pg.Pool;
+  /** The plain pick's connections (`pick-pool.ts`): always this node's own. */
+  readonly #pickDb: pg.Pool;
   readonly #ownsDb: boolean;
   readonly #queues = new Map<string, QueueRuntime>();
   readonly #flusher: Flusher;
@@ -90,9 +93,19 @@ export class GenDurableNode {
         application_name: this.#connectionName(''),
       });
     this.#db.on('error', (error) => this.#reportError('pool', error));
+    // One connection per queue at most: a queue has one pick in flight at a time.
+    this.#pickDb = pickPool(
+      {
+        ...this.#db.options,
+        max: Math.max(1, Object.keys(config.queues).length),
+        application_name: this.#connectionName('pick'),
+      },
+      (error) => this.#reportError('pool', error),
+    );
     const schema = config.schema;
     this.#claimer = new Claimer({
       db: this.#db,
+      pickDb: this.#pickDb,
       schema,
       nodeId: this.id,
       leaseMs: config.lease,
@@ -459,6 +472,7 @@ export class GenDurableNode {
     await this.client.close();
     await this.#sender.flush();
     await this.#listener.close();
+    await this.#pickDb.end();
     if (this.#ownsDb) await this.#db.end();
     publish(telemetry.nodeLeft, () => ({ node: this.id, released: released.length }));
     this.#untrack();

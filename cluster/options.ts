@@ -146,7 +146,11 @@ export const joinOptionsSchema = z
     timeoutGrace: timerDurationSchema.default(1_000),
     /** Outcomes committed by one flush at most. */
     flushBatch: z.number().int().min(1).max(10_000).default(1_000),
-    /** Connections of the node's pool (picks, flushes, heartbeats, the client). */
+    /**
+     * Connections of the node's pool (flushes, guarded picks, heartbeats, the client). Besides
+     * it a node opens its LISTEN connection, one for the leader lock, and one per queue for
+     * plain picks (`runtime/sql/pick-pool.ts`), closed when idle.
+     */
     poolSize: z.number().int().min(2).max(100).default(10),
     /** Apply migrations when joining (safe with concurrent joiners). */
     migrate: z.boolean().default(true),

@@ -18,6 +18,8 @@ const CONTENDED_TRIES = 5;
 
 export interface ClaimerOptions {
   readonly db: Queryable;
+  /** Where the plain pick runs (`pick-pool.ts`), on the same database as `db`; default `db`. */
+  readonly pickDb?: Queryable;
   readonly schema: string;
   readonly nodeId: string;
   readonly leaseMs: number;
@@ -55,12 +57,14 @@ export class Claimer {
   }
 
   async #pick(queue: string, limit: number): Promise<Claimed> {
-    const { db, schema, nodeId, leaseMs, machines, gates } = this.#o;
+    const { db, pickDb, schema, nodeId, leaseMs, machines, gates } = this.#o;
     for (let attempt = 1; ; attempt++) {
       const guarded = this.#allGuarded || this.#guarded.has(queue);
       try {
         if (!guarded) {
-          const rows = await claimBatch(db, schema, { queue, limit, nodeId, leaseMs, machines });
+          const rows = pickDb
+            ? await claimBatch(pickDb, schema, { queue, limit, nodeId, leaseMs, machines, sameDatabase: db })
+            : await claimBatch(db, schema, { queue, limit, nodeId, leaseMs, machines });
           return { rows, full: rows.length === limit, wakeInMs: null };
         }
         const { rows, report } = await claimGuarded(db, schema, {

@@ -133,6 +133,14 @@ describe('application_name', () => {
     expect((await names()).filter((n) => n === `gen_durable ${node.id}`.slice(0, 63)).length).toBeGreaterThan(
       0,
     );
+    // The plain pick has a connection of its own (it takes the pick's generic plan), closed on stop.
+    expect(await names()).toContain(`gen_durable pick ${node.id}`.slice(0, 63));
+    await node.stop();
+    // A backend leaves pg_stat_activity moments after its connection closed.
+    await eventually(
+      async () => ((await names()).some((n) => n.includes(node.id)) ? undefined : true),
+      'connections closed',
+    );
   });
 });
 

@@ -21,6 +21,7 @@ import {
   shapeOf,
 } from '../runtime/sql/flush.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
+import { pickPool } from '../runtime/sql/pick-pool.js';
 import { FRESH_MS, freshSizeClass, noteTableSize, sizeClassOf } from '../runtime/sql/table-size.js';
 import { seedRunnable, useTestSchema } from './support/db.js';
 import { type PlanNode, planNodes, removedBy } from './support/plan.js';
@@ -174,6 +175,42 @@ describe('the pick and the plain flush', () => {
     // The pick right after the growth ran under the old class (it read the new size), the next under the new.
     expect(names.at(-1)).toMatch(new RegExp(`_s${after}$`));
     expect(names.at(-2)).toMatch(new RegExp(`_s${before}$`));
+  });
+});
+
+describe('the pick on connections of its own (pick-pool.ts)', () => {
+  it('runs on its generic plan from the first prepared execution, and its size reading serves the flush elsewhere', async () => {
+    await seed('own', 200);
+    const picks = pickPool({ connectionString: db.url, max: 1 }, (e) => {
+      throw e;
+    });
+    try {
+      const claimed = [];
+      for (let i = 0; i < 8; i++) {
+        claimed.push(
+          ...(await claimBatch(picks, db.schema, {
+            queue: 'own',
+            limit: 10,
+            nodeId: 'n1',
+            leaseMs: 60_000,
+            sameDatabase: db.pool,
+          })),
+        );
+      }
+      expect(claimed).toHaveLength(80);
+      // One connection: its prepared statements are the pick's, under the size class read.
+      const { rows } = await picks.query<{ name: string; generic: string; custom: string }>(
+        `SELECT name, generic_plans::text AS generic, custom_plans::text AS custom FROM pg_prepared_statements`,
+      );
+      expect(rows.map((r) => r.name)).toEqual([expect.stringMatching(/^gd_claim_[0-9a-f]+_s\d+$/)]);
+      // The first pick ran unprepared (it read the size); the seven after it, generic.
+      expect(rows.map((r) => [r.generic, r.custom])).toEqual([['7', '0']]);
+      // The flush, on the other pool, is prepared by the size the pick read.
+      expect(freshSizeClass(db.pool, db.schema)).toBe(sizeClassOf(await heapBytes()));
+    } finally {
+      await releaseClaims(db.pool, db.schema, 'n1', null);
+      await picks.end();
+    }
   });
 });
 

@@ -222,7 +222,11 @@ export async function claimBatch(db: Queryable, schema: string, args: ClaimArgs)
   // table is index-driven too (joined to `picked`, it hashed the whole table: ~20 ms).
   const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: 'by-size' });
   const rows = await run<ClaimedRow & { heap_bytes?: string }>(db, stmt, plainValues(args));
-  if (rows.length > 0) noteTableSize(db, schema, Number(rows[0]!.heap_bytes));
+  if (rows.length > 0) {
+    const bytes = Number(rows[0]!.heap_bytes);
+    noteTableSize(db, schema, bytes);
+    if (args.sameDatabase) noteTableSize(args.sameDatabase, schema, bytes);
+  }
   return rows;
 }
 
@@ -232,6 +236,12 @@ export interface ClaimArgs {
   readonly nodeId: string;
   readonly leaseMs: number;
   readonly machines?: readonly string[] | null;
+  /**
+   * Another pool on the same database (the node's, when the pick runs on its own connections,
+   * `pick-pool.ts`): the table size the pick reads is noted for it too, for the statements
+   * prepared by size class there (the flush).
+   */
+  readonly sameDatabase?: object;
   /** Use the guarded claim (`CLAIM_GUARDED_SQL`): the queue's rows may carry concurrency keys or rate limits. */
   readonly guarded?: boolean;
   /** Gates raising the concurrency of keys `<gate>:...`: gate name → limit (guarded claim). */
