@@ -29,7 +29,7 @@ import type { ClaimedRow } from '../runtime/sql/claim.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
 import { declareRateLimits } from '../runtime/sql/rates.js';
 import { Claimer } from '../runtime/claimer.js';
-import { pickPool } from '../runtime/sql/pick-pool.js';
+import { PickPool } from '../runtime/sql/pick-pool.js';
 import { warnUnservedQueues } from './unserved-queues.js';
 import { consequencesOf } from '../runtime/commit-consequences.js';
 import { deregisterNode, registerNode } from '../runtime/sql/nodes.js';
@@ -58,7 +58,7 @@ export class GenDurableNode {
   readonly #config: NodeConfig;
   readonly #db: pg.Pool;
   /** The plain pick's connections (`pick-pool.ts`): always this node's own. */
-  readonly #pickDb: pg.Pool;
+  readonly #pickDb: PickPool;
   readonly #ownsDb: boolean;
   readonly #queues = new Map<string, QueueRuntime>();
   readonly #flusher: Flusher;
@@ -94,7 +94,7 @@ export class GenDurableNode {
       });
     this.#db.on('error', (error) => this.#reportError('pool', error));
     // One connection per queue at most: a queue has one pick in flight at a time.
-    this.#pickDb = pickPool(
+    this.#pickDb = new PickPool(
       {
         ...this.#db.options,
         max: Math.max(1, Object.keys(config.queues).length),

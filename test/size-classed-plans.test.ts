@@ -21,7 +21,7 @@ import {
   shapeOf,
 } from '../runtime/sql/flush.js';
 import { releaseClaims } from '../runtime/sql/loop.js';
-import { pickPool } from '../runtime/sql/pick-pool.js';
+import { PickPool } from '../runtime/sql/pick-pool.js';
 import { FRESH_MS, freshSizeClass, noteTableSize, sizeClassOf } from '../runtime/sql/table-size.js';
 import { seedRunnable, useTestSchema } from './support/db.js';
 import { type PlanNode, planNodes, removedBy } from './support/plan.js';
@@ -181,7 +181,7 @@ describe('the pick and the plain flush', () => {
 describe('the pick on connections of its own (pick-pool.ts)', () => {
   it('runs on its generic plan from the first prepared execution, and its size reading serves the flush elsewhere', async () => {
     await seed('own', 200);
-    const picks = pickPool({ connectionString: db.url, max: 1 }, (e) => {
+    const picks = new PickPool({ connectionString: db.url, max: 1 }, (e) => {
       throw e;
     });
     try {
@@ -199,9 +199,9 @@ describe('the pick on connections of its own (pick-pool.ts)', () => {
       }
       expect(claimed).toHaveLength(80);
       // One connection: its prepared statements are the pick's, under the size class read.
-      const { rows } = await picks.query<{ name: string; generic: string; custom: string }>(
-        `SELECT name, generic_plans::text AS generic, custom_plans::text AS custom FROM pg_prepared_statements`,
-      );
+      const { rows } = await picks.query<{ name: string; generic: string; custom: string }>({
+        text: `SELECT name, generic_plans::text AS generic, custom_plans::text AS custom FROM pg_prepared_statements`,
+      });
       expect(rows.map((r) => r.name)).toEqual([expect.stringMatching(/^gd_claim_[0-9a-f]+_s\d+$/)]);
       // The first pick ran unprepared (it read the size); the seven after it, generic.
       expect(rows.map((r) => [r.generic, r.custom])).toEqual([['7', '0']]);

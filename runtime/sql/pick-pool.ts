@@ -18,20 +18,48 @@
  */
 import type pg from 'pg';
 import { loadPg } from '../pg.js';
+import type { Queryable } from './db.js';
 
 export const PICK_SESSION_SETUP = 'SET plan_cache_mode = force_generic_plan';
 
 /**
  * A pool for the pick, connecting as `options` say (the node's pool's options, with their
- * own `application_name` and size). A server that refuses the setting (before Postgres 12)
- * still runs the pick, planned as anywhere else.
+ * own `application_name` and size). Each connection is set up by its first use, before the
+ * statement it was taken for; a server that refuses the setting (before Postgres 12) still
+ * runs the pick, planned as anywhere else.
  */
-export function pickPool(options: pg.PoolConfig, onError: (error: Error) => void): pg.Pool {
-  const pool = new (loadPg().Pool)(options);
-  pool.on('connect', (client) => {
-    // Queued ahead of the pick that asked for the connection.
-    client.query(PICK_SESSION_SETUP).catch(() => undefined);
-  });
-  pool.on('error', onError);
-  return pool;
+export class PickPool implements Queryable {
+  readonly #pool: pg.Pool;
+  readonly #setUp = new WeakSet<pg.PoolClient>();
+
+  constructor(options: pg.PoolConfig, onError: (error: Error) => void) {
+    this.#pool = new (loadPg().Pool)(options);
+    this.#pool.on('error', onError);
+  }
+
+  /** As `pg.Pool.query`: a connection whose statement failed is discarded, not reused. */
+  async query<R extends pg.QueryResultRow = pg.QueryResultRow>(config: {
+    name?: string;
+    text: string;
+    values?: unknown[];
+  }): Promise<pg.QueryResult<R>> {
+    const client = await this.#pool.connect();
+    let failed: Error | undefined;
+    try {
+      if (!this.#setUp.has(client)) {
+        await client.query(PICK_SESSION_SETUP).catch(() => undefined);
+        this.#setUp.add(client);
+      }
+      return await client.query<R>(config);
+    } catch (error) {
+      failed = error instanceof Error ? error : new Error(String(error));
+      throw error;
+    } finally {
+      client.release(failed);
+    }
+  }
+
+  end(): Promise<void> {
+    return this.#pool.end();
+  }
 }
