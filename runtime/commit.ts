@@ -83,14 +83,19 @@ export async function commitBatch(
 
   const commit = async (q: Queryable): Promise<Committed> => {
     const out = await flushOutcomes(q, schema, nodeId, rows, { shape, lockIds, consumed });
+    // Every outcome applied but those reported stale; of the applied ones, only the rows
+    // that are watched or have an inbox come back.
+    const stale = new Set<string>();
+    for (const r of out) if (r.kind === 'stale') stale.add(r.id);
     const applied = new Map<string, boolean>();
+    for (const row of rows) if (!stale.has(row.id)) applied.set(row.id, false);
     const withInbox = new Set<string>();
     const wakes: Array<readonly [string, number]> = [];
     for (const r of out) {
       if (r.kind === 'applied') {
         applied.set(r.id, r.watched);
         if (r.inbox) withInbox.add(r.id);
-      } else if (r.queue !== null) wakes.push([r.queue, 0]);
+      } else if (r.kind === 'joined' && r.queue !== null) wakes.push([r.queue, 0]);
     }
     if (!transactional) return { applied, withInbox, wakes, signals: [] };
     const live = batch.filter((e) => applied.has(e.id));

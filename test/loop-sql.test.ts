@@ -203,7 +203,7 @@ describe('claimBatch', () => {
 });
 
 describe('flushOutcomes', () => {
-  it('applies an outcome only while the claim holds: a stale outcome commits nothing', async () => {
+  it('applies an outcome only while the claim holds: a stale outcome commits nothing, and is reported', async () => {
     const [id] = await seed('stale', [{}]);
     const [first] = await claimBatch(db.pool, db.schema, {
       queue: 'stale',
@@ -230,21 +230,20 @@ describe('flushOutcomes', () => {
       lastError: null,
       error: null,
     };
+    const stale = { id, watched: false, inbox: false, queue: null, kind: 'stale' };
     expect(
       await flushOutcomes(db.pool, db.schema, 'old', [{ ...outcome, id: id!, claim: first!.claim }]),
-    ).toEqual([]);
+    ).toEqual([stale]);
     // Right node, old claim token: still nothing.
     expect(
       await flushOutcomes(db.pool, db.schema, 'new', [{ ...outcome, id: id!, claim: first!.claim }]),
-    ).toEqual([]);
+    ).toEqual([stale]);
     const { rows } = await db.pool.query(`SELECT status::text, result FROM ${T()} WHERE id = $1`, [id]);
     expect(rows[0]).toEqual({ status: 'executing', result: null });
-    // The current claim commits, once.
+    // The current claim commits, once: an applied row nobody watches is not returned.
     const current = { ...outcome, id: id!, claim: second!.claim, result: '"fresh"' };
-    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([
-      { id, watched: false, inbox: false, queue: null, kind: 'applied' },
-    ]);
     expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([]);
+    expect(await flushOutcomes(db.pool, db.schema, 'new', [current])).toEqual([stale]);
     const { rows: after } = await db.pool.query(`SELECT status::text, result FROM ${T()} WHERE id = $1`, [
       id,
     ]);
@@ -286,9 +285,7 @@ describe('flushOutcomes', () => {
           )
         ).rows[0]!;
       const was = await counts();
-      expect(await flushOutcomes(conn, db.schema, 'n', [ahead])).toEqual([
-        { id, watched: false, inbox: false, queue: null, kind: 'applied' },
-      ]);
+      expect(await flushOutcomes(conn, db.schema, 'n', [ahead])).toEqual([]);
       const now = await counts();
       expect({ updated: now.updated - was.updated, hot: now.hot - was.hot }).toEqual({ updated: 1, hot: 1 });
       await conn.query('COMMIT');
@@ -304,10 +301,12 @@ describe('flushOutcomes', () => {
       claim: token,
     });
     // Sent again (a retry after a lost reply): its token no longer holds, nothing applies twice.
-    expect(await flushOutcomes(db.pool, db.schema, 'n', [ahead])).toEqual([]);
+    expect(await flushOutcomes(db.pool, db.schema, 'n', [ahead])).toEqual([
+      { id, watched: false, inbox: false, queue: null, kind: 'stale' },
+    ]);
     // The continuation's outcome commits on the new token, and releases the claim.
     const finished = toOutcomeRow({ id: id!, claim: token, result: { id: id!, kind: 'done', result: '1' } });
-    expect(await flushOutcomes(db.pool, db.schema, 'n', [finished])).toHaveLength(1);
+    expect(await flushOutcomes(db.pool, db.schema, 'n', [finished])).toEqual([]);
     expect(await read()).toMatchObject({ status: 'done', locked_by: null, lease_expires_at: null });
   });
 
@@ -338,7 +337,7 @@ describe('flushOutcomes', () => {
     };
     const done = (i: number) =>
       toOutcomeRow({ ...row(i), result: { id: ids[i]!, kind: 'done', result: `${i}` } });
-    expect(await flushOutcomes(recording, db.schema, 'n', [done(0), done(1)])).toHaveLength(2);
+    expect(await flushOutcomes(recording, db.schema, 'n', [done(0), done(1)])).toEqual([]);
     // The node id, then id, claim, status, attempt and result: nothing for what no outcome changes.
     expect(sent[0]!.values).toHaveLength(6);
     expect(sent[0]!.text).not.toMatch(/jsonb_array_elements|eligible_at =|state =|last_error =/);
@@ -362,7 +361,7 @@ describe('flushOutcomes', () => {
       ...row(2),
       result: { id: ids[2]!, kind: 'retry', state: '{"y":2}', delayMs: 60_000, error: 'failed once' },
     });
-    expect(await flushOutcomes(recording, db.schema, 'n', [retry, done(3)])).toHaveLength(2);
+    expect(await flushOutcomes(recording, db.schema, 'n', [retry, done(3)])).toEqual([]);
     expect(sent[1]!.text).toMatch(/jsonb_array_elements/);
     const retried = await db.pool.query<{
       id: string;

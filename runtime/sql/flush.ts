@@ -313,8 +313,23 @@ function deletingFlush(shape: FlushShape, columns: readonly Column[]): string {
          AND NOT t.watched AND NOT t.inbox AND t.parent_id IS NULL
        RETURNING t.id
      ), upd AS (${outcomeUpdate(shape, columns, 't.id, t.watched, t.inbox', 'o.id NOT IN (SELECT id FROM gone)')})
-     SELECT id::text AS id, watched, inbox, NULL::text AS queue, 'applied' AS kind FROM upd
-     UNION ALL SELECT id::text, false, false, NULL, 'applied' FROM gone`;
+     ${report('upd', ['upd', 'gone'])}`;
+}
+
+/**
+ * What a flush returns of its batch (`FlushRow`): the rows it wrote that someone reads after
+ * (`flagged`, a CTE of `id, watched, inbox`: watched by a `waitFor`, or holding an inbox),
+ * and every outcome that did not apply (`stale`: in none of the `written` CTEs). A row
+ * written with neither flag is not returned: a batch of plain jobs brings back no row at
+ * all, where each row used to come back (id, flags, kind) to be parsed by the node. The
+ * outcomes that did not apply are found by a hash anti-join of the batch's ids with what
+ * was written.
+ */
+function report(flagged: string, written: readonly string[]): string {
+  const none = written.map((w) => `NOT EXISTS (SELECT 1 FROM ${w} WHERE ${w}.id = o.id)`).join(' AND ');
+  return `SELECT id::text AS id, watched, inbox, NULL::text AS queue, 'applied' AS kind FROM ${flagged}
+     WHERE watched OR inbox
+     UNION ALL SELECT o.id::text, false, false, NULL, 'stale' FROM unnest($2::bigint[]) AS o(id) WHERE ${none}`;
 }
 
 /** The statement for a batch of this shape. */
@@ -322,11 +337,8 @@ export function flushSql(shape: FlushShape): string {
   const columns = columnsOf(shape);
   if (!shape.terminal && !shape.lock && !shape.consume) {
     if (shape.deletes) return deletingFlush(shape, columns);
-    return outcomeUpdate(
-      shape,
-      columns,
-      `t.id::text AS id, t.watched, t.inbox, NULL::text AS queue, 'applied' AS kind`,
-    );
+    return `WITH upd AS (${outcomeUpdate(shape, columns, 't.id, t.watched, t.inbox')})
+     ${report('upd', ['upd'])}`;
   }
   const ctes: string[] = [];
   const next = columns.length + 2; // the first parameter after the outcome arrays
@@ -347,7 +359,7 @@ export function flushSql(shape: FlushShape): string {
     ? `UNION ALL SELECT id::text, false, false, queue, 'joined' FROM settle_joined WHERE status = 'runnable'`
     : '';
   return `WITH ${ctes.join(', ')}
-     SELECT id::text AS id, watched, inbox, NULL::text AS queue, 'applied' AS kind FROM upd ${joined}`;
+     ${report('upd', ['upd'])} ${joined}`;
 }
 
 /** The parameters of a flush of `rows` in `shape`. */
@@ -365,8 +377,12 @@ export interface FlushRow {
   /** A signal was ever stored for the row (after this commit). */
   readonly inbox: boolean;
   readonly queue: string | null;
-  /** `applied`: an outcome of the batch that committed; `joined`: a parent whose children all ended. */
-  readonly kind: 'applied' | 'joined';
+  /**
+   * `applied`: an outcome of the batch that committed, on a row that is watched or has an
+   * inbox (the others that committed are not returned); `stale`: an outcome of the batch that
+   * did not apply (its claim no longer held); `joined`: a parent whose children all ended.
+   */
+  readonly kind: 'applied' | 'stale' | 'joined';
 }
 
 /**
@@ -389,8 +405,9 @@ function isPlain(shape: FlushShape): boolean {
 }
 
 /**
- * Commits a batch of outcomes in one statement; returns the outcomes that applied, and the
- * parents that became runnable because their last children ended here.
+ * Commits a batch of outcomes in one statement; returns the outcomes that did not apply, the
+ * applied ones on watched rows or rows with an inbox, and the parents that became runnable
+ * because their last children ended here (see `report`).
  */
 export async function flushOutcomes(
   db: Queryable,
