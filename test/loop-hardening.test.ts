@@ -221,8 +221,11 @@ async function runFlusher(
   return { applied: applied.sort(), abandoned: abandoned.sort() };
 }
 
-const includesId = (id: string) => (config: { values?: unknown[] }) =>
-  Array.isArray(config.values?.[1]) && (config.values[1] as unknown[]).includes(id);
+/** A flush whose batch holds `id`: its ids are `$2`, an array literal (`{1,2,3}`). */
+const includesId = (id: string) => (config: { values?: unknown[] }) => {
+  const ids = config.values?.[1];
+  return typeof ids === 'string' && /^\{[\d,]*\}$/.test(ids) && ids.slice(1, -1).split(',').includes(id);
+};
 
 describe('flush failures are classified', () => {
   it('classifies real Postgres errors: connection loss and lost races are transient, the rest are not', async () => {

@@ -121,6 +121,12 @@ interface Column {
   readonly name: string;
   readonly type: string;
   readonly value: (r: OutcomeRow) => unknown;
+  /**
+   * Its values are numbers, digit strings (ids, claim tokens), fixed words (a status) or
+   * null, none of which an array literal quotes: sent as one literal built here, not
+   * through `pg`'s array serialiser, which quotes and escapes element by element.
+   */
+  readonly bare?: true;
 }
 
 /**
@@ -129,10 +135,10 @@ interface Column {
  */
 function columnsOf(shape: FlushShape): Column[] {
   const columns: Column[] = [
-    { name: 'id', type: 'bigint', value: (r) => r.id },
-    { name: 'claim', type: 'bigint', value: (r) => r.claim },
-    { name: 'status', type: 'text', value: (r) => r.status },
-    { name: 'attempt_op', type: 'int', value: (r) => r.attempt },
+    { name: 'id', type: 'bigint', value: (r) => r.id, bare: true },
+    { name: 'claim', type: 'bigint', value: (r) => r.claim, bare: true },
+    { name: 'status', type: 'text', value: (r) => r.status, bare: true },
+    { name: 'attempt_op', type: 'int', value: (r) => r.attempt, bare: true },
   ];
   if (shape.moves !== false) {
     columns.push(
@@ -140,7 +146,8 @@ function columnsOf(shape: FlushShape): Column[] {
       { name: 'state', type: 'text', value: (r) => r.state },
     );
   }
-  if (shape.delays !== false) columns.push({ name: 'delay_ms', type: 'bigint', value: (r) => r.delayMs });
+  if (shape.delays !== false)
+    columns.push({ name: 'delay_ms', type: 'bigint', value: (r) => r.delayMs, bare: true });
   if (shape.results !== false) columns.push({ name: 'result', type: 'text', value: (r) => r.result });
   if (shape.errors !== false) {
     columns.push(
@@ -368,7 +375,18 @@ export function flushOutcomeValues(
   rows: readonly OutcomeRow[],
   shape: FlushShape,
 ): unknown[] {
-  return [nodeId, ...columnsOf(shape).map((c) => rows.map(c.value))];
+  return [nodeId, ...columnsOf(shape).map((c) => (c.bare ? bareArray(rows, c.value) : rows.map(c.value)))];
+}
+
+/** The array literal of values that need no quoting (`Column.bare`): `{1,2,NULL}`. */
+function bareArray(rows: readonly OutcomeRow[], value: (r: OutcomeRow) => unknown): string {
+  let literal = '{';
+  for (let i = 0; i < rows.length; i++) {
+    const v = value(rows[i]!);
+    if (i > 0) literal += ',';
+    literal += v === null || v === undefined ? 'NULL' : String(v);
+  }
+  return `${literal}}`;
 }
 
 export interface FlushRow {
