@@ -382,7 +382,7 @@ export function flushOutcomeValues(
 function bareArray(rows: readonly OutcomeRow[], value: (r: OutcomeRow) => unknown): string {
   let literal = '{';
   for (let i = 0; i < rows.length; i++) {
-    const v = value(rows[i]!);
+    const v = value(rows[i]!) as string | number | null | undefined;
     if (i > 0) literal += ',';
     literal += v === null || v === undefined ? 'NULL' : String(v);
   }
