@@ -116,7 +116,7 @@ export const CLAIM_BATCH_SQL = `${PRIORITY_WALK},
      WHERE t.id = ANY (ARRAY(SELECT id FROM picked))
      RETURNING t.id::text AS id, t.claim::text AS claim, t.fsm, t.version, t.step, t.state::text AS state,
                t.attempt, t.max_attempts, t.correlation_key, t.concurrency_key, ${CLAIM_EXTRAS},
-               (SELECT pg_relation_size(':schema.gen_durable')) AS heap_bytes`;
+               (SELECT pg_relation_size(':schema.gen_durable'))::text AS heap_bytes`;
 
 /**
  * How many steps of a row's concurrency key may run at once: a configured gate's limit for
@@ -223,6 +223,7 @@ export async function claimBatch(db: Queryable, schema: string, args: ClaimArgs)
   const stmt = statement(schema, 'claim', CLAIM_BATCH_SQL, { prepared: 'by-size' });
   const rows = await run<ClaimedRow & { heap_bytes?: string }>(db, stmt, plainValues(args));
   if (rows.length > 0) {
+    // On every row, as text: `pg` would test a bigint column against a pattern row by row.
     const bytes = Number(rows[0]!.heap_bytes);
     noteTableSize(db, schema, bytes);
     if (args.sameDatabase) noteTableSize(args.sameDatabase, schema, bytes);
