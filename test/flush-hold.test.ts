@@ -65,7 +65,8 @@ async function slowStart(
   await eventually(async () => {
     const { rows } = await db.pool.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM pg_stat_activity
-       WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'UPDATE%gen_durable%'`,
+       WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1`,
+      [`%UPDATE "${db.schema}".gen_durable%`],
     );
     return rows[0]!.n > 0 ? true : undefined;
   }, 'the first flush to wait on the lock');
