@@ -45,6 +45,12 @@ export class PickPool implements Queryable {
   }): Promise<pg.QueryResult<R>> {
     const client = await this.#pool.connect();
     let failed: Error | undefined;
+    // A checked-out client emits its connection's errors (a server restart) as well as
+    // failing the query: heard here, as `pg.Pool.query` does, or they would be uncaught.
+    const onError = (error: Error): void => {
+      failed ??= error;
+    };
+    client.on('error', onError);
     try {
       if (!this.#setUp.has(client)) {
         await client.query(PICK_SESSION_SETUP).catch(() => undefined);
@@ -55,6 +61,7 @@ export class PickPool implements Queryable {
       failed = error instanceof Error ? error : new Error(String(error));
       throw error;
     } finally {
+      client.off('error', onError);
       client.release(failed);
     }
   }
