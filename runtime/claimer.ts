@@ -62,9 +62,14 @@ export class Claimer {
       const guarded = this.#allGuarded || this.#guarded.has(queue);
       try {
         if (!guarded) {
-          const rows = pickDb
-            ? await claimBatch(pickDb, schema, { queue, limit, nodeId, leaseMs, machines, sameDatabase: db })
-            : await claimBatch(db, schema, { queue, limit, nodeId, leaseMs, machines });
+          const rows = await claimBatch(pickDb ?? db, schema, {
+            queue,
+            limit,
+            nodeId,
+            leaseMs,
+            machines,
+            sameDatabase: pickDb && db,
+          });
           return { rows, full: rows.length === limit, wakeInMs: null };
         }
         const { rows, report } = await claimGuarded(db, schema, {

@@ -242,7 +242,7 @@ export interface ClaimArgs {
    * `pick-pool.ts`): the table size the pick reads is noted for it too, for the statements
    * prepared by size class there (the flush).
    */
-  readonly sameDatabase?: object;
+  readonly sameDatabase?: object | undefined;
   /** Use the guarded claim (`CLAIM_GUARDED_SQL`): the queue's rows may carry concurrency keys or rate limits. */
   readonly guarded?: boolean;
   /** Gates raising the concurrency of keys `<gate>:...`: gate name → limit (guarded claim). */

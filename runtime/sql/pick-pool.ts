@@ -20,7 +20,7 @@ import type pg from 'pg';
 import { loadPg } from '../pg.js';
 import type { Queryable } from './db.js';
 
-export const PICK_SESSION_SETUP = 'SET plan_cache_mode = force_generic_plan';
+const PICK_SESSION_SETUP = 'SET plan_cache_mode = force_generic_plan';
 
 /**
  * A pool for the pick, connecting as `options` say (the node's pool's options, with their
